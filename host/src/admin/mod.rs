@@ -1,0 +1,131 @@
+//! The admin listener: health, readiness, metrics (open) and backend state (token).
+
+use crate::balancer::Backend;
+use crate::metrics::Metrics;
+use crate::proxy::json_error;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde::Serialize;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+pub struct Admin {
+    backends: Arc<[Arc<Backend>]>,
+    metrics: Arc<Metrics>,
+    /// Expected bearer token; `None` closes every protected route.
+    token: Option<String>,
+}
+
+#[derive(Serialize)]
+struct BackendView<'a> {
+    url: &'a str,
+    weight: u32,
+    healthy: bool,
+    in_flight: u64,
+    requests: u64,
+    failures: u64,
+}
+
+impl Admin {
+    pub fn new(
+        backends: Arc<[Arc<Backend>]>,
+        metrics: Arc<Metrics>,
+        token: Option<String>,
+    ) -> Self {
+        Admin {
+            backends,
+            metrics,
+            token,
+        }
+    }
+
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path();
+        match (request.method(), path) {
+            (&Method::GET, "/healthz") => {
+                json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+            }
+            (&Method::GET, "/readyz") => self.readiness(),
+            (&Method::GET, "/metrics") => {
+                let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            _ if !self.authorized(&request) => {
+                let mut response =
+                    json_error(StatusCode::UNAUTHORIZED, "Missing or invalid bearer token");
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
+            }
+            (&Method::GET, "/backends") => {
+                let view: Vec<BackendView> = self
+                    .backends
+                    .iter()
+                    .map(|b| BackendView {
+                        url: &b.name,
+                        weight: b.weight,
+                        healthy: b.is_healthy(),
+                        in_flight: b.in_flight(),
+                        requests: b.requests(),
+                        failures: b.failures(),
+                    })
+                    .collect();
+                json(StatusCode::OK, &view)
+            }
+            (_, "/healthz" | "/readyz" | "/metrics" | "/backends") => {
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
+            }
+            _ => json_error(StatusCode::NOT_FOUND, "Not found"),
+        }
+    }
+
+    fn readiness(&self) -> Response<Full<Bytes>> {
+        let healthy = self.backends.iter().filter(|b| b.is_healthy()).count();
+        let status = if healthy > 0 {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json(
+            status,
+            &serde_json::json!({
+                "ready": healthy > 0,
+                "healthy_backends": healthy,
+                "backends": self.backends.len(),
+            }),
+        )
+    }
+
+    fn authorized(&self, request: &Request<Incoming>) -> bool {
+        let Some(expected) = &self.token else {
+            return false;
+        };
+        let Some(given) = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        bool::from(given.trim().as_bytes().ct_eq(expected.as_bytes()))
+    }
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,84 @@
+//! Command-line interface.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Programmable HTTP load balancer and rate limiter"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve: proxy requests to the configured backends.
+    Run(RunArgs),
+    /// Check a configuration file without serving.
+    Validate(ConfigArg),
+    /// Start echo backends on loopback and a gateway in front of them.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Configuration file [default: gateway.yaml].
+    #[arg(short = 'c', long = "config", env = "GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    pub fn path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("gateway.yaml"))
+    }
+
+    /// True when the user named the file (flag or environment) rather than relying on the default.
+    pub fn explicit(&self) -> bool {
+        self.config.is_some()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Proxy listen address (overrides `listen`).
+    #[arg(long, env = "GATEWAY_LISTEN")]
+    pub listen: Option<String>,
+    /// Backend URL; repeat for several (overrides `backends`).
+    #[arg(long = "backend", env = "GATEWAY_BACKENDS", value_delimiter = ',')]
+    pub backends: Vec<String>,
+    /// Log format: pretty or json (overrides `log.format`).
+    #[arg(long, env = "GATEWAY_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Admin listen address (overrides `admin.listen`).
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Proxy listen address (overrides `listen`).
+    #[arg(long, env = "GATEWAY_LISTEN")]
+    pub listen: Option<String>,
+    /// Log format: pretty or json.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Number of echo backends.
+    #[arg(long = "backends", default_value_t = 3)]
+    pub count: u16,
+    /// Port of the first echo backend; the others follow.
+    #[arg(long, default_value_t = 9001)]
+    pub base_port: u16,
+    /// Start only the echo backends, no gateway.
+    #[arg(long)]
+    pub backends_only: bool,
+}

@@ -1,0 +1,194 @@
+//! Reading the file: environment expansion, YAML parsing with positions, overrides, validation.
+
+use super::raw::RawConfig;
+use super::{Config, Problem, env, validate};
+use std::path::{Path, PathBuf};
+
+/// Values from command-line flags and `GATEWAY_*` variables; they win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub backends: Vec<String>,
+    pub log_format: Option<String>,
+    pub log_level: Option<String>,
+    pub admin_listen: Option<String>,
+    pub admin_token: Option<String>,
+}
+
+impl Overrides {
+    /// True when the overrides alone describe a runnable gateway.
+    pub fn has_backends(&self) -> bool {
+        !self.backends.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// No file and nothing to run without one: a usage error.
+    #[error("config file {0} not found; pass -c FILE, or --backend URL to run without a file")]
+    Missing(PathBuf),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} problem(s) in the configuration", .0.len())]
+    Invalid(Vec<Problem>),
+}
+
+/// Parses configuration text; every problem found is returned.
+pub fn parse(text: &str, over: &Overrides) -> Result<Config, Vec<Problem>> {
+    let expanded = env::expand(text, |name| std::env::var(name).ok())?;
+    let raw: RawConfig = if expanded.trim().is_empty() {
+        RawConfig::default()
+    } else {
+        serde_saphyr::from_str(&expanded).map_err(|e| vec![yaml_problem(&e)])?
+    };
+    validate::validate(&raw, over)
+}
+
+fn yaml_problem(err: &serde_saphyr::Error) -> Problem {
+    let message = err.without_snippet().to_string();
+    let first = message.lines().next().unwrap_or("invalid YAML");
+    // The position is reported separately; drop the parser's own " at line L, column C".
+    let message = match first.rfind(" at line ") {
+        Some(cut) => first[..cut].to_owned(),
+        None => first.to_owned(),
+    };
+    match err.location().filter(|l| l.line() > 0) {
+        Some(loc) => Problem::at(
+            "(yaml)",
+            loc.line() as usize,
+            loc.column() as usize,
+            message,
+        ),
+        None => Problem::new("(yaml)", message),
+    }
+}
+
+/// Loads the configuration from `path`. When the file is absent and was not
+/// named explicitly, the overrides alone are used if they name backends.
+pub fn load(path: &Path, explicit: bool, over: &Overrides) -> Result<Config, LoadError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if explicit || !over.has_backends() {
+                return Err(LoadError::Missing(path.to_owned()));
+            }
+            String::new()
+        }
+        Err(source) => {
+            return Err(LoadError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    parse(&text, over).map_err(LoadError::Invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Algorithm, LogFormat};
+    use std::time::Duration;
+
+    fn ok(text: &str) -> Config {
+        parse(text, &Overrides::default()).expect("valid config")
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        parse(text, &Overrides::default()).expect_err("invalid config")
+    }
+
+    #[test]
+    fn three_line_file_works_with_defaults() {
+        let c = ok(
+            "listen: 0.0.0.0:8080\nbackends:\n  - http://127.0.0.1:9001\n  - url: http://127.0.0.1:9002\n    weight: 2\n",
+        );
+        assert_eq!(c.backends.len(), 2);
+        assert_eq!(c.backends[1].weight, 2);
+        assert_eq!(c.algorithm, Algorithm::RoundRobin);
+        assert_eq!(c.proxy.retries, 2);
+        assert_eq!(c.health_check.interval, Duration::from_secs(5));
+        assert_eq!(c.admin.listen.port(), 9091);
+        assert_eq!(c.log.format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_its_line() {
+        let p = problems("listen: 0.0.0.0:8080\nbackends: [http://a:1]\nbogus: 1\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].line, Some(3), "{p:?}");
+        assert!(p[0].message.contains("bogus"), "{p:?}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_with_position() {
+        let p = problems(
+            "listen: nope\nbackends:\n  - ftp://x:1\n  - url: http://b:2\n    weight: 0\nproxy:\n  connect_timeout: soon\n",
+        );
+        let lines: Vec<_> = p.iter().map(|p| (p.path.as_str(), p.line)).collect();
+        assert_eq!(
+            lines,
+            vec![
+                ("listen", Some(1)),
+                ("backends[0].url", Some(3)),
+                ("backends[1].weight", Some(4)),
+                ("proxy.connect_timeout", Some(7)),
+            ]
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let over = Overrides {
+            listen: Some("127.0.0.1:1".into()),
+            backends: vec!["http://127.0.0.1:2".into()],
+            log_format: Some("json".into()),
+            ..Overrides::default()
+        };
+        let c = parse("listen: 0.0.0.0:8080\nbackends: [http://x:9]\n", &over).unwrap();
+        assert_eq!(c.listen.port(), 1);
+        assert_eq!(c.backends.len(), 1);
+        assert_eq!(c.backends[0].url.port_u16(), Some(2));
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_flag_is_reported_by_flag_name() {
+        let over = Overrides {
+            listen: Some("nope".into()),
+            ..Overrides::default()
+        };
+        let p = parse("backends: [http://x:9]\n", &over).unwrap_err();
+        assert_eq!(p[0].path, "--listen");
+        assert_eq!(p[0].line, None);
+    }
+
+    #[test]
+    fn cidrs_and_bare_addresses_are_accepted() {
+        let c = ok(
+            "backends: [http://x:9]\nproxy:\n  trusted_proxies: [10.0.0.0/8, \"::1\", 192.168.1.7]\n",
+        );
+        assert_eq!(c.proxy.trusted_proxies.len(), 3);
+    }
+
+    #[test]
+    fn alias_bomb_is_rejected_not_expanded() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let prev = i - 1;
+            text.push_str(&format!(
+                "a{i}: &a{i} [*a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}]\n"
+            ));
+        }
+        assert!(!problems(&text).is_empty());
+    }
+
+    #[test]
+    fn missing_backends_is_explained() {
+        let p = problems("listen: 0.0.0.0:8080\n");
+        assert!(p[0].message.contains("no backends"));
+    }
+}

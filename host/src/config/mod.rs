@@ -1,0 +1,155 @@
+//! Configuration: parsed once into typed, validated values; nothing downstream re-checks strings.
+
+mod env;
+mod load;
+mod raw;
+mod validate;
+
+pub use load::{LoadError, Overrides, load, parse};
+
+use hyper::Uri;
+use ipnet::IpNet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything the gateway needs to run, with defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address of the proxy listener.
+    pub listen: SocketAddr,
+    /// Upstream servers, in the order written.
+    pub backends: Vec<BackendConfig>,
+    /// How a backend is chosen for each request.
+    pub algorithm: Algorithm,
+    pub health_check: HealthCheckConfig,
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// `http://host:port` plus an optional path prefix.
+    pub url: Uri,
+    /// Share of requests relative to the other backends (≥ 1).
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    LeastRequests,
+    Random,
+}
+
+impl Algorithm {
+    pub const NAMES: &'static str = "round_robin, least_requests, random";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::LeastRequests => "least_requests",
+            Algorithm::Random => "random",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    /// Active probes on; when off, a passively failed backend is retried after `interval`.
+    pub enabled: bool,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failed probes that take a backend out.
+    pub unhealthy_threshold: u32,
+    /// Consecutive good probes that bring it back.
+    pub healthy_threshold: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub connect_timeout: Duration,
+    /// Time allowed from sending the request until the response headers arrive.
+    pub request_timeout: Duration,
+    /// Further backends tried after a failed attempt.
+    pub retries: u32,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Largest accepted request body; `None`: unlimited.
+    pub max_body_bytes: Option<u64>,
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// A client must send its whole request head within this time.
+    pub header_read_timeout: Duration,
+    /// On shutdown, in-flight requests get this long to finish.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token for the protected routes; `None` leaves them closed (401).
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A `tracing` filter directive such as `info` or `gateway=debug`.
+    pub level: String,
+    pub format: LogFormat,
+    /// One event per request at info level.
+    pub access: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// One thing wrong with a configuration, located as precisely as known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted field path (`backends[1].weight`) or the flag it came from.
+    pub path: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            path: path.into(),
+            line: None,
+            column: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn at(
+        path: impl Into<String>,
+        line: usize,
+        column: usize,
+        message: impl Into<String>,
+    ) -> Self {
+        Problem {
+            line: Some(line),
+            column: Some(column),
+            ..Problem::new(path, message)
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => {
+                write!(f, "{}:{}: {}: {}", line, column, self.path, self.message)
+            }
+            _ => write!(f, "{}: {}", self.path, self.message),
+        }
+    }
+}

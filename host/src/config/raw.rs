@@ -1,0 +1,114 @@
+//! The configuration file exactly as written: every value keeps its line and
+//! column so that validation can point at it.
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde_saphyr::Spanned;
+use std::fmt;
+
+/// A value and where it was written (`None` location: it came from a flag or
+/// an environment override).
+pub type S<T> = Spanned<T>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<S<String>>,
+    pub backends: Option<Vec<S<RawBackend>>>,
+    pub balancer: Option<RawBalancer>,
+    pub health_check: Option<RawHealthCheck>,
+    pub proxy: Option<RawProxy>,
+    pub admin: Option<RawAdmin>,
+    pub log: Option<RawLog>,
+}
+
+/// A backend is either a bare URL or `{url, weight}`.
+#[derive(Debug)]
+pub struct RawBackend {
+    pub url: String,
+    pub weight: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBalancer {
+    pub algorithm: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub enabled: Option<bool>,
+    pub path: Option<S<String>>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub unhealthy_threshold: Option<S<i64>>,
+    pub healthy_threshold: Option<S<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub connect_timeout: Option<S<String>>,
+    pub request_timeout: Option<S<String>>,
+    pub retries: Option<S<i64>>,
+    pub trusted_proxies: Option<Vec<S<String>>>,
+    pub max_body_bytes: Option<S<i64>>,
+    pub max_header_bytes: Option<S<i64>>,
+    pub header_read_timeout: Option<S<String>>,
+    pub drain_timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<S<String>>,
+    pub token: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<S<String>>,
+    pub format: Option<S<String>>,
+    pub access: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for RawBackend {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BackendVisitor;
+
+        impl<'de> Visitor<'de> for BackendVisitor {
+            type Value = RawBackend;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a URL string or a map {url, weight}")
+            }
+
+            fn visit_str<E: de::Error>(self, url: &str) -> Result<RawBackend, E> {
+                Ok(RawBackend {
+                    url: url.to_owned(),
+                    weight: None,
+                })
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawBackend, A::Error> {
+                let mut url = None;
+                let mut weight = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "url" => url = Some(map.next_value::<String>()?),
+                        "weight" => weight = Some(map.next_value::<i64>()?),
+                        other => {
+                            return Err(de::Error::unknown_field(other, &["url", "weight"]));
+                        }
+                    }
+                }
+                let url = url.ok_or_else(|| de::Error::missing_field("url"))?;
+                Ok(RawBackend { url, weight })
+            }
+        }
+
+        deserializer.deserialize_any(BackendVisitor)
+    }
+}

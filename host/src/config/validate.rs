@@ -1,0 +1,410 @@
+//! Turns the file as written (plus flag and environment overrides) into a
+//! [`Config`], collecting every problem instead of stopping at the first.
+
+use super::load::Overrides;
+use super::raw::{RawConfig, S};
+use super::{
+    AdminConfig, Algorithm, BackendConfig, Config, HealthCheckConfig, LogConfig, LogFormat,
+    Problem, ProxyConfig,
+};
+use hyper::Uri;
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// A value to check: where it came from and what it says.
+struct Input<'a, T> {
+    path: String,
+    value: &'a T,
+    line: Option<usize>,
+    column: Option<usize>,
+}
+
+impl<T> Input<'_, T> {
+    fn problem(&self, message: impl Into<String>) -> Problem {
+        Problem {
+            path: self.path.clone(),
+            line: self.line,
+            column: self.column,
+            message: message.into(),
+        }
+    }
+}
+
+fn spanned<'a, T>(path: impl Into<String>, s: &'a S<T>) -> Input<'a, T> {
+    let line = s.referenced.line() as usize;
+    let column = s.referenced.column() as usize;
+    Input {
+        path: path.into(),
+        value: &s.value,
+        line: (line > 0).then_some(line),
+        column: (line > 0).then_some(column),
+    }
+}
+
+fn flag<'a, T>(path: &str, value: &'a T) -> Input<'a, T> {
+    Input {
+        path: path.to_owned(),
+        value,
+        line: None,
+        column: None,
+    }
+}
+
+/// Picks the override if present, else the file's value.
+fn pick<'a, T>(
+    file_path: &str,
+    file: Option<&'a S<T>>,
+    override_name: &str,
+    over: Option<&'a T>,
+) -> Option<Input<'a, T>> {
+    match (over, file) {
+        (Some(v), _) => Some(flag(override_name, v)),
+        (None, Some(s)) => Some(spanned(file_path, s)),
+        (None, None) => None,
+    }
+}
+
+#[derive(Default)]
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn duration(&mut self, input: Option<Input<'_, String>>, default: Duration) -> Duration {
+        let Some(input) = input else { return default };
+        match humantime::parse_duration(input.value.trim()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.problems
+                    .push(input.problem("must be greater than zero"));
+                default
+            }
+            Err(e) => {
+                self.problems.push(input.problem(format!(
+                    "invalid duration {:?} ({e}); allowed: a number and unit such as 250ms, 5s, 1m",
+                    input.value
+                )));
+                default
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, input: Option<Input<'_, String>>, default: SocketAddr) -> SocketAddr {
+        let Some(input) = input else { return default };
+        match input.value.trim().parse() {
+            Ok(addr) => addr,
+            Err(_) => {
+                self.problems.push(input.problem(format!(
+                    "invalid listen address {:?}; allowed: IP:PORT such as 0.0.0.0:8080 or [::1]:8080",
+                    input.value
+                )));
+                default
+            }
+        }
+    }
+
+    fn int(&mut self, input: Option<Input<'_, i64>>, min: i64, max: i64, default: i64) -> i64 {
+        let Some(input) = input else { return default };
+        let v = *input.value;
+        if v < min || v > max {
+            self.problems
+                .push(input.problem(format!("{v} is out of range; allowed: {min} to {max}")));
+            return default;
+        }
+        v
+    }
+
+    fn backend_url(&mut self, input: &Input<'_, String>) -> Option<Uri> {
+        let text = input.value.trim();
+        let uri: Uri = match text.parse() {
+            Ok(uri) => uri,
+            Err(e) => {
+                self.problems.push(input.problem(format!(
+                    "invalid backend URL {text:?} ({e}); allowed: http://host:port[/path]"
+                )));
+                return None;
+            }
+        };
+        if uri.scheme_str() != Some("http") {
+            self.problems.push(input.problem(format!(
+                "backend URL {text:?} must start with http:// (TLS to backends is not supported)"
+            )));
+            return None;
+        }
+        if uri.authority().is_none_or(|a| a.host().is_empty()) {
+            self.problems
+                .push(input.problem(format!("backend URL {text:?} has no host")));
+            return None;
+        }
+        if uri.query().is_some() {
+            self.problems
+                .push(input.problem(format!("backend URL {text:?} must not have a query")));
+            return None;
+        }
+        Some(uri)
+    }
+
+    fn cidr(&mut self, input: Input<'_, String>) -> Option<IpNet> {
+        let text = input.value.trim();
+        if let Ok(net) = text.parse::<IpNet>() {
+            return Some(net.trunc());
+        }
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            return Some(IpNet::from(ip));
+        }
+        self.problems.push(input.problem(format!(
+            "invalid CIDR {text:?}; allowed: an address or network such as 10.0.0.0/8 or ::1"
+        )));
+        None
+    }
+}
+
+pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker::default();
+
+    let listen = c.socket_addr(
+        pick(
+            "listen",
+            raw.listen.as_ref(),
+            "--listen",
+            over.listen.as_ref(),
+        ),
+        SocketAddr::from(([0, 0, 0, 0], 8080)),
+    );
+
+    let mut backends = Vec::new();
+    if !over.backends.is_empty() {
+        for url in &over.backends {
+            let input = flag("--backend", url);
+            if let Some(url) = c.backend_url(&input) {
+                backends.push(BackendConfig { url, weight: 1 });
+            }
+        }
+    } else if let Some(list) = &raw.backends {
+        for (i, entry) in list.iter().enumerate() {
+            let at = spanned(format!("backends[{i}]"), entry);
+            let url_input = Input {
+                path: format!("backends[{i}].url"),
+                value: &entry.value.url,
+                line: at.line,
+                column: at.column,
+            };
+            let url = c.backend_url(&url_input);
+            let weight = match entry.value.weight {
+                Some(w) if !(1..=1000).contains(&w) => {
+                    c.problems.push(Problem {
+                        path: format!("backends[{i}].weight"),
+                        ..at.problem(format!("weight {w} is out of range; allowed: 1 to 1000"))
+                    });
+                    1
+                }
+                Some(w) => w as u32,
+                None => 1,
+            };
+            if let Some(url) = url {
+                backends.push(BackendConfig { url, weight });
+            }
+        }
+    }
+    if backends.is_empty() && c.problems.iter().all(|p| !p.path.starts_with("backends")) {
+        c.problems.push(Problem::new(
+            "backends",
+            "no backends configured; list at least one http://host:port (or pass --backend)",
+        ));
+    }
+
+    let balancer = raw.balancer.as_ref();
+    let algorithm = match balancer.and_then(|b| b.algorithm.as_ref()) {
+        None => Algorithm::RoundRobin,
+        Some(s) => {
+            let input = spanned("balancer.algorithm", s);
+            match input.value.as_str() {
+                "round_robin" => Algorithm::RoundRobin,
+                "least_requests" => Algorithm::LeastRequests,
+                "random" => Algorithm::Random,
+                other => {
+                    c.problems.push(input.problem(format!(
+                        "unknown algorithm {other:?}; allowed: {}",
+                        Algorithm::NAMES
+                    )));
+                    Algorithm::RoundRobin
+                }
+            }
+        }
+    };
+
+    let hc = raw.health_check.as_ref();
+    let hc_path = match hc.and_then(|h| h.path.as_ref()) {
+        None => "/".to_owned(),
+        Some(s) => {
+            let input = spanned("health_check.path", s);
+            if input.value.starts_with('/') && input.value.parse::<Uri>().is_ok() {
+                input.value.clone()
+            } else {
+                c.problems.push(input.problem(format!(
+                    "invalid health check path {:?}; allowed: an absolute path such as /healthz",
+                    input.value
+                )));
+                "/".to_owned()
+            }
+        }
+    };
+    let health_check = HealthCheckConfig {
+        enabled: hc.and_then(|h| h.enabled).unwrap_or(true),
+        path: hc_path,
+        interval: c.duration(
+            hc.and_then(|h| h.interval.as_ref())
+                .map(|s| spanned("health_check.interval", s)),
+            Duration::from_secs(5),
+        ),
+        timeout: c.duration(
+            hc.and_then(|h| h.timeout.as_ref())
+                .map(|s| spanned("health_check.timeout", s)),
+            Duration::from_secs(1),
+        ),
+        unhealthy_threshold: c.int(
+            hc.and_then(|h| h.unhealthy_threshold.as_ref())
+                .map(|s| spanned("health_check.unhealthy_threshold", s)),
+            1,
+            100,
+            3,
+        ) as u32,
+        healthy_threshold: c.int(
+            hc.and_then(|h| h.healthy_threshold.as_ref())
+                .map(|s| spanned("health_check.healthy_threshold", s)),
+            1,
+            100,
+            2,
+        ) as u32,
+    };
+
+    let px = raw.proxy.as_ref();
+    let trusted_proxies = px
+        .and_then(|p| p.trusted_proxies.as_ref())
+        .map(|list| {
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, s)| c.cidr(spanned(format!("proxy.trusted_proxies[{i}]"), s)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let max_body = c.int(
+        px.and_then(|p| p.max_body_bytes.as_ref())
+            .map(|s| spanned("proxy.max_body_bytes", s)),
+        0,
+        i64::MAX,
+        0,
+    );
+    let proxy = ProxyConfig {
+        connect_timeout: c.duration(
+            px.and_then(|p| p.connect_timeout.as_ref())
+                .map(|s| spanned("proxy.connect_timeout", s)),
+            Duration::from_secs(1),
+        ),
+        request_timeout: c.duration(
+            px.and_then(|p| p.request_timeout.as_ref())
+                .map(|s| spanned("proxy.request_timeout", s)),
+            Duration::from_secs(30),
+        ),
+        retries: c.int(
+            px.and_then(|p| p.retries.as_ref())
+                .map(|s| spanned("proxy.retries", s)),
+            0,
+            10,
+            2,
+        ) as u32,
+        trusted_proxies,
+        max_body_bytes: (max_body > 0).then_some(max_body as u64),
+        max_header_bytes: c.int(
+            px.and_then(|p| p.max_header_bytes.as_ref())
+                .map(|s| spanned("proxy.max_header_bytes", s)),
+            8192,
+            1 << 20,
+            64 * 1024,
+        ) as usize,
+        header_read_timeout: c.duration(
+            px.and_then(|p| p.header_read_timeout.as_ref())
+                .map(|s| spanned("proxy.header_read_timeout", s)),
+            Duration::from_secs(10),
+        ),
+        drain_timeout: c.duration(
+            px.and_then(|p| p.drain_timeout.as_ref())
+                .map(|s| spanned("proxy.drain_timeout", s)),
+            Duration::from_secs(30),
+        ),
+    };
+
+    let ad = raw.admin.as_ref();
+    let admin = AdminConfig {
+        listen: c.socket_addr(
+            pick(
+                "admin.listen",
+                ad.and_then(|a| a.listen.as_ref()),
+                "GATEWAY_ADMIN_LISTEN",
+                over.admin_listen.as_ref(),
+            ),
+            SocketAddr::from(([127, 0, 0, 1], 9091)),
+        ),
+        token: over
+            .admin_token
+            .clone()
+            .or_else(|| ad.and_then(|a| a.token.as_ref()).map(|s| s.value.clone()))
+            .filter(|t| !t.is_empty()),
+    };
+
+    let lg = raw.log.as_ref();
+    let level = over
+        .log_level
+        .clone()
+        .or_else(|| lg.and_then(|l| l.level.as_ref()).map(|s| s.value.clone()))
+        .unwrap_or_else(|| "info".to_owned());
+    if let Err(e) = level.parse::<tracing_subscriber::EnvFilter>() {
+        let input = match lg.and_then(|l| l.level.as_ref()) {
+            Some(s) if over.log_level.is_none() => spanned("log.level", s),
+            _ => flag("GATEWAY_LOG_LEVEL", &level),
+        };
+        c.problems.push(input.problem(format!(
+            "invalid log level {level:?} ({e}); allowed: error, warn, info, debug, trace or a filter like gateway=debug"
+        )));
+    }
+    let format = match pick(
+        "log.format",
+        lg.and_then(|l| l.format.as_ref()),
+        "--log-format",
+        over.log_format.as_ref(),
+    ) {
+        None => LogFormat::Pretty,
+        Some(input) => match input.value.as_str() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                c.problems.push(input.problem(format!(
+                    "unknown log format {other:?}; allowed: pretty, json"
+                )));
+                LogFormat::Pretty
+            }
+        },
+    };
+    let log = LogConfig {
+        level,
+        format,
+        access: lg.and_then(|l| l.access).unwrap_or(true),
+    };
+
+    if c.problems.is_empty() {
+        Ok(Config {
+            listen,
+            backends,
+            algorithm,
+            health_check,
+            proxy,
+            admin,
+            log,
+        })
+    } else {
+        let mut problems = c.problems;
+        problems.sort_by_key(|p| (p.line.is_none(), p.line, p.column));
+        Err(problems)
+    }
+}

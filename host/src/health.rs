@@ -1,0 +1,132 @@
+//! Backend health: passive marking from failed requests and active probes
+//! that take backends out and bring them back. Transitions are logged once.
+
+use crate::balancer::Backend;
+use crate::config::HealthCheckConfig;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Takes a backend out of rotation after a failed request (passive check).
+pub fn mark_down(backends: &[Arc<Backend>], index: usize, reason: &str) {
+    if backends[index].set_healthy(false) {
+        let remaining = backends.iter().filter(|b| b.is_healthy()).count();
+        tracing::warn!(
+            event = "backend_down",
+            backend = %backends[index].name,
+            reason,
+            healthy_remaining = remaining,
+            "backend marked down; failing over to the remaining healthy backends"
+        );
+    }
+}
+
+fn mark_up(backend: &Backend, reason: &str) {
+    if backend.set_healthy(true) {
+        tracing::info!(event = "backend_up", backend = %backend.name, reason, "backend back in rotation");
+    }
+}
+
+/// Probes every backend on an interval until `shutdown` fires.
+pub struct HealthChecker {
+    backends: Arc<[Arc<Backend>]>,
+    config: HealthCheckConfig,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl HealthChecker {
+    pub fn new(backends: Arc<[Arc<Backend>]>, config: HealthCheckConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(1)
+            .build(connector);
+        HealthChecker {
+            backends,
+            config,
+            client,
+        }
+    }
+
+    pub fn spawn(self, shutdown: watch::Receiver<bool>) {
+        let checker = Arc::new(self);
+        for index in 0..checker.backends.len() {
+            let checker = Arc::clone(&checker);
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = checker.watch(index) => {}
+                    _ = shutdown.changed() => {}
+                }
+            });
+        }
+    }
+
+    async fn watch(&self, index: usize) {
+        let backend = &self.backends[index];
+        let mut ticker = tokio::time::interval(self.config.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if !self.config.enabled {
+            // No probes: a passively failed backend gets traffic again after one interval.
+            loop {
+                ticker.tick().await;
+                if !backend.is_healthy() {
+                    ticker.tick().await;
+                    mark_up(
+                        backend,
+                        "retry after health_check.interval (active checks disabled)",
+                    );
+                }
+            }
+        }
+        let (mut successes, mut failures) = (0u32, 0u32);
+        loop {
+            ticker.tick().await;
+            match self.probe(backend).await {
+                Ok(()) => {
+                    failures = 0;
+                    successes = successes.saturating_add(1);
+                    if successes >= self.config.healthy_threshold {
+                        mark_up(backend, "health check passed");
+                    }
+                }
+                Err(reason) => {
+                    successes = 0;
+                    failures = failures.saturating_add(1);
+                    tracing::debug!(backend = %backend.name, %reason, "health check failed");
+                    if failures >= self.config.unhealthy_threshold {
+                        mark_down(
+                            &self.backends,
+                            index,
+                            &format!("health check failed: {reason}"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    async fn probe(&self, backend: &Backend) -> Result<(), String> {
+        let uri = format!("{}{}", backend.name, self.config.path);
+        let request = Request::get(uri)
+            .header(http::header::USER_AGENT, "gateway-health-check")
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(self.config.timeout, self.client.request(request)).await {
+            Err(_) => Err(format!("no answer within {:?}", self.config.timeout)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(response)) if is_good(response.status()) => Ok(()),
+            Ok(Ok(response)) => Err(format!("status {}", response.status())),
+        }
+    }
+}
+
+/// 2xx and 3xx count as healthy, as in HAProxy.
+fn is_good(status: StatusCode) -> bool {
+    status.is_success() || status.is_redirection()
+}

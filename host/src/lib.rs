@@ -1,0 +1,13 @@
+//! gateway: a programmable HTTP load balancer and rate limiter.
+
+pub mod admin;
+pub mod app;
+pub mod balancer;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod health;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod server;

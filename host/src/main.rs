@@ -1,0 +1,199 @@
+//! The `gateway` binary: parse the command line, dispatch, map outcomes to exit codes
+//! (0 ok, 1 invalid input or config, 2 usage).
+
+use clap::Parser;
+use gateway::cli::{Cli, Command, ConfigArg, DemoArgs};
+use gateway::config::{self, Config, LoadError, Overrides};
+use gateway::server::{self, ConnLimits, Shutdown};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate(args) => validate(&args),
+        Command::Run(args) => {
+            let over = Overrides {
+                listen: args.listen.clone(),
+                backends: args.backends.clone(),
+                log_format: args.log_format.clone(),
+                admin_listen: args.admin_listen.clone(),
+                ..env_overrides()
+            };
+            match load(&args.config, &over) {
+                Ok(config) => serve(config, None),
+                Err(code) => code,
+            }
+        }
+        Command::Demo(args) => demo(args),
+    }
+}
+
+/// Overrides that only come from the environment.
+fn env_overrides() -> Overrides {
+    Overrides {
+        admin_token: std::env::var("GATEWAY_ADMIN_TOKEN").ok(),
+        log_level: std::env::var("GATEWAY_LOG_LEVEL").ok(),
+        ..Overrides::default()
+    }
+}
+
+fn load(args: &ConfigArg, over: &Overrides) -> Result<Config, ExitCode> {
+    let path = args.path();
+    match config::load(&path, args.explicit(), over) {
+        Ok(config) => Ok(config),
+        Err(LoadError::Missing(path)) => {
+            eprintln!(
+                "error: config file {} not found; pass -c FILE, or --backend URL to run without a file",
+                path.display()
+            );
+            Err(ExitCode::from(2))
+        }
+        Err(LoadError::Invalid(problems)) => {
+            eprintln!("error: {} is not a valid configuration:", path.display());
+            for problem in problems {
+                eprintln!("  {problem}");
+            }
+            Err(ExitCode::from(1))
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+fn validate(args: &ConfigArg) -> ExitCode {
+    let path = args.path();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("error: cannot read {}: {error}", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    match config::parse(&text, &env_overrides()) {
+        Ok(c) => {
+            println!(
+                "{}: ok — listen {}, {} backend(s), {}, admin {}",
+                path.display(),
+                c.listen,
+                c.backends.len(),
+                c.algorithm.name(),
+                c.admin.listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            println!("{}: {} problem(s)", path.display(), problems.len());
+            for problem in problems {
+                println!("  {}:{problem}", path.display());
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn serve(config: Config, before: Option<DemoBackends>) -> ExitCode {
+    let _log = gateway::logging::init(&config.log);
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        if let Some(backends) = before {
+            backends.start().await?;
+        }
+        gateway::app::run(config).await
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Echo backends to start before (or instead of) the gateway.
+struct DemoBackends {
+    count: u16,
+    base_port: u16,
+}
+
+impl DemoBackends {
+    async fn start(&self) -> anyhow::Result<()> {
+        let (_stop, signal) = tokio::sync::watch::channel(false);
+        let (done, _drained) = tokio::sync::mpsc::channel(1);
+        let shutdown = Shutdown { signal, done };
+        let limits = ConnLimits {
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: std::time::Duration::from_secs(10),
+        };
+        for (listener, backend) in gateway::demo::bind(self.count, self.base_port).await? {
+            tracing::info!(event = "demo_backend", addr = %listener.local_addr()?, "echo backend started");
+            let backend = Arc::clone(&backend);
+            tokio::spawn(server::serve(
+                listener,
+                move |request, peer| {
+                    let backend = Arc::clone(&backend);
+                    async move { backend.handle(request, peer).await }
+                },
+                limits,
+                shutdown.clone(),
+            ));
+        }
+        // The demo backends live as long as the process; keep their shutdown channel open.
+        std::mem::forget(_stop);
+        Ok(())
+    }
+}
+
+fn demo(args: DemoArgs) -> ExitCode {
+    let backends = DemoBackends {
+        count: args.count,
+        base_port: args.base_port,
+    };
+    let urls = (0..args.count)
+        .map(|i| format!("http://127.0.0.1:{}", args.base_port + i))
+        .collect();
+    let over = Overrides {
+        listen: args.listen.clone(),
+        backends: urls,
+        log_format: args.log_format.clone(),
+        ..env_overrides()
+    };
+    let mut config = match load(&args.config, &over) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    if args.backends_only {
+        let _log = gateway::logging::init(&config.log);
+        let Ok(runtime) = runtime() else {
+            return ExitCode::from(1);
+        };
+        return match runtime.block_on(async {
+            backends.start().await?;
+            tokio::signal::ctrl_c().await?;
+            anyhow::Ok(())
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    config.admin.token.get_or_insert_with(|| "demo".to_owned());
+    serve(config, Some(backends))
+}

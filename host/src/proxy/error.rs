@@ -1,0 +1,74 @@
+//! The one place where failures become HTTP answers: JSON `{"code","message"}`.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use serde::Serialize;
+
+/// Why the gateway answered a request itself instead of relaying a backend's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("No healthy backend")]
+    NoHealthyBackend,
+    #[error("Bad gateway: backend failed")]
+    BadGateway,
+    #[error("Gateway timeout: backend did not answer in time")]
+    GatewayTimeout,
+    #[error("Request body too large")]
+    BodyTooLarge,
+    #[error("Malformed request: {0}")]
+    BadRequest(&'static str),
+}
+
+impl ProxyError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
+            ProxyError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        json_error(self.status(), &self.to_string())
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: u16,
+    message: &'a str,
+}
+
+/// `{"code": <status>, "message": "<text>"}` with `Content-Type: application/json`.
+pub fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(&ErrorBody {
+        code: status.as_u16(),
+        message,
+    })
+    .unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn body_is_exact_json() {
+        let response = ProxyError::NoHealthyBackend.into_response();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], br#"{"code":503,"message":"No healthy backend"}"#);
+    }
+}

@@ -1,0 +1,52 @@
+//! One request/response pair from the gateway's point of view: counted in
+//! metrics and written to the access log when it is over.
+
+use super::body::Finish;
+use crate::balancer::InFlight;
+use crate::metrics::Metrics;
+use http::{Method, StatusCode, Uri};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Exchange {
+    pub start: Instant,
+    pub method: Method,
+    pub uri: Uri,
+    pub client: IpAddr,
+    pub status: StatusCode,
+    /// Keeps the backend's in-flight count up until the response body is done.
+    pub backend: Option<InFlight>,
+    pub bytes: u64,
+    pub metrics: Arc<Metrics>,
+    /// Write an access-log event when done.
+    pub log: bool,
+}
+
+impl Finish for Exchange {
+    fn add_bytes(&mut self, n: usize) {
+        self.bytes += n as u64;
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        let backend = self.backend.as_ref().map(|g| g.backend());
+        self.metrics
+            .record(backend.map(|b| b.index), self.status, elapsed);
+        if self.log {
+            tracing::info!(
+                target: "access",
+                client = %self.client,
+                method = %self.method,
+                path = %self.uri.path_and_query().map_or("/", |p| p.as_str()),
+                status = self.status.as_u16(),
+                backend = backend.map_or("-", |b| b.name.as_str()),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                bytes = self.bytes,
+                "request"
+            );
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The request path: client address → backend choice → forward with retries → response and log.
+
+mod body;
+mod client_addr;
+mod error;
+mod exchange;
+mod forward;
+mod headers;
+mod upgrade;
+
+pub use client_addr::client_ip;
+pub use error::{ProxyError, json_error};
+
+use crate::balancer::{Backend, BackendSelection};
+use crate::config::{Config, ProxyConfig};
+use crate::metrics::Metrics;
+use body::{BodySlot, ObservedBody};
+use bytes::Bytes;
+use exchange::Exchange;
+use forward::{Upstream, UpstreamBody};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body_util::{Either, Full, Limited};
+use hyper::body::{Body, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the client receives: a backend's streamed body or the gateway's own answer.
+pub type ResponseBody = Either<ObservedBody<Incoming, Exchange>, Full<Bytes>>;
+
+/// Shared by every connection; cheap to reach through an `Arc`.
+pub struct Proxy {
+    /// The configured backends, in order; indices are stable.
+    backends: Arc<[Arc<Backend>]>,
+    /// The balancing algorithm.
+    selection: Arc<dyn BackendSelection>,
+    /// Pooled keep-alive HTTP/1.1 connections to all backends.
+    client: Client<HttpConnector, UpstreamBody>,
+    /// Precomputed scheme/authority/prefix per backend.
+    upstreams: Vec<Upstream>,
+    settings: ProxyConfig,
+    metrics: Arc<Metrics>,
+    access_log: bool,
+}
+
+impl Proxy {
+    pub fn new(
+        config: &Config,
+        backends: Arc<[Arc<Backend>]>,
+        selection: Arc<dyn BackendSelection>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.proxy.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Proxy {
+            upstreams: backends.iter().map(|b| Upstream::new(&b.url)).collect(),
+            backends,
+            selection,
+            client,
+            settings: config.proxy.clone(),
+            metrics,
+            access_log: config.log.access,
+        }
+    }
+
+    /// Serves one client request.
+    pub async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
+        let start = Instant::now();
+        let peer_ip = peer.ip().to_canonical();
+        let trusted = self
+            .settings
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&peer_ip));
+        let client = client_ip(peer_ip, request.headers(), &self.settings.trusted_proxies);
+        let mut exchange = Exchange {
+            start,
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            client,
+            status: StatusCode::OK,
+            backend: None,
+            bytes: 0,
+            metrics: Arc::clone(&self.metrics),
+            log: self.access_log,
+        };
+
+        if let Err(error) = self.admissible(&request) {
+            return local(error, exchange);
+        }
+        let upgrade = match request.version() {
+            Version::HTTP_11 => headers::requested_upgrade(request.headers()),
+            _ => None,
+        };
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+
+        let (mut parts, body) = request.into_parts();
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::prepare_request(&mut parts.headers, peer_ip, trusted, host, upgrade);
+        let limit = self
+            .settings
+            .max_body_bytes
+            .map_or(usize::MAX, |m| m as usize);
+        let body = BodySlot::new(Limited::new(body, limit));
+
+        let (mut response, in_flight) = match self.forward(&parts, body).await {
+            Ok(answer) => answer,
+            Err(error) => return local(error, exchange),
+        };
+        exchange.status = response.status();
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let backend_upgrade = hyper::upgrade::on(&mut response);
+            upgrade::tunnel(client_upgrade, backend_upgrade, in_flight);
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+        }
+        headers::remove_hop_by_hop(response.headers_mut());
+        exchange.backend = Some(in_flight);
+        response.map(|body| Either::Left(ObservedBody::new(body, exchange)))
+    }
+
+    /// Refuses requests the gateway will not forward, before any backend sees them.
+    fn admissible(&self, request: &Request<Incoming>) -> Result<(), ProxyError> {
+        if request.method() == Method::CONNECT {
+            return Err(ProxyError::BadRequest("CONNECT is not supported"));
+        }
+        if let (Some(max), Some(declared)) = (
+            self.settings.max_body_bytes,
+            request.body().size_hint().exact(),
+        ) && declared > max
+        {
+            return Err(ProxyError::BodyTooLarge);
+        }
+        Ok(())
+    }
+}
+
+/// The gateway's own answer, counted and logged like any other.
+fn local(error: ProxyError, mut exchange: Exchange) -> Response<ResponseBody> {
+    exchange.status = error.status();
+    let response = error.into_response();
+    exchange.bytes = response.body().size_hint().exact().unwrap_or(0);
+    drop(exchange);
+    response.map(Either::Right)
+}
