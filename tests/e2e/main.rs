@@ -1,1 +1,8 @@
+//! End-to-end tests: the built `gateway` binary, real backends on loopback, real HTTP.
 
+mod balancing;
+mod cli;
+mod failures;
+mod http_behaviour;
+mod lifecycle;
+mod support;

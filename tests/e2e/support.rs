@@ -1,0 +1,412 @@
+//! Test fixtures: the real `gateway` binary started with a YAML file, real
+//! HTTP backends on loopback, and a small HTTP client.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gateway");
+
+/// A running gateway process; killed when dropped.
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts the binary with `yaml` (listen and admin addresses are forced to
+    /// ephemeral loopback ports) and waits until it listens.
+    pub fn start(yaml: &str) -> Gateway {
+        Self::start_with(yaml, &[])
+    }
+
+    pub fn start_with(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let mut command = Command::new(BIN);
+        command
+            .args(["run", "-c"])
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start gateway");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut gateway = Gateway {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            logs,
+            _dir: dir,
+        };
+        let started = gateway.wait_log(|l| l.contains(r#""event":"listening""#), Duration::from_secs(20));
+        let started: serde_json::Value = serde_json::from_str(&started).expect("json log line");
+        gateway.addr = started["proxy"].as_str().unwrap().parse().unwrap();
+        gateway.admin = started["admin"].as_str().unwrap().parse().unwrap();
+        gateway
+    }
+
+    /// Waits for a log line matching `pred`; panics with the log on timeout.
+    pub fn wait_log(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.logs.lock().unwrap().iter().find(|l| pred(l)) {
+                return line.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("gateway exited with {status}; log:\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "log line not seen in time; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn count_log(&self, pred: impl Fn(&str) -> bool) -> usize {
+        self.logs.lock().unwrap().iter().filter(|l| pred(l)).count()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory (VmHWM) in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
+    }
+
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "gateway did not exit; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test backend on loopback that answers with its name and counts hits
+/// (health-check probes are not counted).
+///
+/// Routes: `/headers` echoes request headers as JSON; `/slow?ms=N` waits;
+/// `/upload` counts the request body; `/download?bytes=N` streams N bytes;
+/// `/upgrade` switches protocols and echoes bytes; `/status?code=N`;
+/// anything else answers the backend's name.
+pub struct TestBackend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicU64>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestBackend {
+    pub async fn start(name: &str) -> TestBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        Self::serve(name, listener)
+    }
+
+    /// Starts on a specific address (to revive a backend that was stopped).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> TestBackend {
+        let listener = TcpListener::bind(addr).await.expect("rebind backend");
+        Self::serve(name, listener)
+    }
+
+    fn serve(name: &str, listener: TcpListener) -> TestBackend {
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let backend_name = name.to_owned();
+        let counter = Arc::clone(&hits);
+        tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                    _ = &mut stopped => break,
+                };
+                let name = backend_name.clone();
+                let hits = Arc::clone(&counter);
+                connections.spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let probe = req
+                            .headers()
+                            .get("user-agent")
+                            .is_some_and(|ua| ua == "gateway-health-check");
+                        if !probe {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let name = name.clone();
+                        async move { Ok::<_, Infallible>(route(&name, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+            // Dropping the set aborts every open connection: the backend is really gone.
+            connections.abort_all();
+        });
+        TestBackend {
+            name: name.to_owned(),
+            addr,
+            hits,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Closes the listener and every connection.
+    pub async fn stop(mut self) -> SocketAddr {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.addr
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+type TestBody = http_body_util::Either<Full<Bytes>, Pattern>;
+
+fn query_num(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.parse().ok()).flatten()
+    })
+}
+
+async fn route(name: &str, mut req: Request<Incoming>) -> Response<TestBody> {
+    let text = |s: String| Response::new(http_body_util::Either::Left(Full::new(Bytes::from(s))));
+    match req.uri().path() {
+        "/headers" => {
+            let map: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                .collect();
+            text(serde_json::Value::Object(map).to_string())
+        }
+        "/slow" => {
+            let ms = query_num(&req, "ms").unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            text(name.to_owned())
+        }
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut total = 0u64;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(frame) => total += frame.data_ref().map_or(0, |d| d.len() as u64),
+                    Err(_) => break,
+                }
+            }
+            text(total.to_string())
+        }
+        "/download" => {
+            let bytes = query_num(&req, "bytes").unwrap_or(0);
+            Response::new(http_body_util::Either::Right(Pattern::new(bytes)))
+        }
+        "/status" => {
+            let code = query_num(&req, "code").unwrap_or(200) as u16;
+            let mut r = text(name.to_owned());
+            *r.status_mut() = StatusCode::from_u16(code).unwrap();
+            r
+        }
+        "/upgrade" => {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    let mut io = TokioIo::new(upgraded);
+                    let (mut r, mut w) = tokio::io::split(&mut io);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+            let mut r = text(String::new());
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            r.headers_mut().insert("upgrade", "echo".parse().unwrap());
+            r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+            r
+        }
+        _ => {
+            let mut r = text(name.to_owned());
+            r.headers_mut().insert("x-backend", name.parse().unwrap());
+            r.headers_mut().insert("connection", "x-internal".parse().unwrap());
+            r.headers_mut().insert("x-internal", "secret".parse().unwrap());
+            r.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
+            r.headers_mut().insert("proxy-authenticate", "basic".parse().unwrap());
+            r
+        }
+    }
+}
+
+/// A body of `remaining` bytes produced in 64 KiB chunks without allocating per chunk.
+pub struct Pattern {
+    remaining: u64,
+    chunk: Bytes,
+}
+
+impl Pattern {
+    pub fn new(bytes: u64) -> Self {
+        Pattern {
+            remaining: bytes,
+            chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+        }
+    }
+}
+
+impl Body for Pattern {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(self.chunk.len() as u64) as usize;
+        self.remaining -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A GET; returns status, headers and body text.
+pub async fn get(client: &HttpClient, url: &str) -> (StatusCode, http::HeaderMap, String) {
+    send(client, Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, String) {
+    let response = client.request(req).await.expect("request failed");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// YAML for a gateway in front of `backends`, plus `extra` top-level sections.
+pub fn config(backends: &[&TestBackend], extra: &str) -> String {
+    let mut yaml = String::from("backends:\n");
+    for b in backends {
+        yaml.push_str(&format!("  - {}\n", b.url()));
+    }
+    yaml.push_str("admin:\n  token: test-token\n");
+    yaml.push_str(extra);
+    yaml
+}
+
+/// A loopback address with nothing listening on it.
+pub async fn dead_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
+
+/// A backend that accepts connections and closes them without answering.
+pub async fn rude_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                drop(stream);
+            });
+        }
+    });
+    addr
+}
