@@ -1,7 +1,11 @@
 //! Wiring: build the shared state from a [`Config`], start the listeners and
 //! background tasks, and drain on SIGTERM/SIGINT.
 
-use crate::admin::Admin;
+use crate::admin::{Admin, Clients};
+use crate::limiter::{Limiter, spawn_sync};
+use crate::limiter::sync::load_overrides;
+use crate::store::Store;
+use std::time::Duration;
 use crate::balancer::{self, Backend};
 use crate::config::Config;
 use crate::health::HealthChecker;
@@ -22,17 +26,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map(|(i, b)| Arc::new(Backend::new(i, b.url.clone(), b.weight)))
         .collect();
     let selection = balancer::build(config.algorithm, &backends);
-    let metrics = Arc::new(Metrics::new(&backends));
+    let limiting = rate_limiting(&config).await?;
+    let limiter = limiting.as_ref().map(|(_, limiter)| Arc::clone(limiter));
+    let metrics = Arc::new(Metrics::new(&backends, limiter.clone()));
     let proxy = Arc::new(Proxy::new(
         &config,
         Arc::clone(&backends),
         selection,
         Arc::clone(&metrics),
+        limiter.clone(),
     ));
+    let clients = limiting.map(|(store, limiter)| Clients {
+        store,
+        limiter: Some(limiter),
+    });
     let admin = Arc::new(Admin::new(
         Arc::clone(&backends),
         Arc::clone(&metrics),
         config.admin.token.clone(),
+        clients,
     ));
 
     let listener = TcpListener::bind(config.listen)
@@ -95,6 +107,43 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Opens the limits database and starts the limiter with its ticker and sync
+/// task; `None` when rate limiting is off.
+async fn rate_limiting(config: &Config) -> anyhow::Result<Option<(Arc<Store>, Arc<Limiter>)>> {
+    let rl = &config.rate_limit;
+    if !rl.enabled {
+        return Ok(None);
+    }
+    let limiter = Arc::new(Limiter::new(rl.default, rl.refill_interval, rl.max_clients));
+    let store = match Store::connect(&rl.database, Duration::from_secs(5)).await {
+        Ok(store) => Arc::new(store),
+        Err(error) if rl.database_required => {
+            anyhow::bail!("rate_limit.database {}: {error} (set rate_limit.database_required: false to start with default limits)", crate::store::redact(&rl.database));
+        }
+        Err(error) => {
+            tracing::warn!(%error, "limits database unavailable at start; serving default limits and retrying");
+            let store = loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if let Ok(store) = Store::connect(&rl.database, Duration::from_secs(5)).await {
+                    break store;
+                }
+            };
+            Arc::new(store)
+        }
+    };
+    limiter.apply_overrides(load_overrides(&store).await?);
+    limiter.spawn_ticker(rl.refill_interval);
+    spawn_sync(Arc::clone(&store), Arc::clone(&limiter), rl.sync_interval);
+    tracing::info!(
+        event = "rate_limit",
+        database = %store.display,
+        capacity = rl.default.capacity,
+        refill_per_second = rl.default.refill_per_second(),
+        "rate limiting on"
+    );
+    Ok(Some((store, limiter)))
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -11,3 +11,7 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod limiter;
+pub mod store;
+#[cfg(test)]
+mod test_env;

@@ -2,6 +2,7 @@
 //! request path touches only atomics, never a label lookup.
 
 use crate::balancer::Backend;
+use crate::limiter::{Decision, Limiter};
 use http::StatusCode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,6 +24,11 @@ struct BackendLabel {
     backend: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Per-backend handles; index `backends.len()` is "answered by the gateway itself".
@@ -41,10 +47,14 @@ pub struct Metrics {
     /// Times a request moved on to another backend after a failed attempt.
     pub failovers: Counter,
     backends: Vec<Arc<Backend>>,
+    /// Rate-limit decisions: allowed, limited, overflow (client not tracked: `max_clients` reached).
+    decisions: [Counter; 3],
+    tracked_clients: Gauge,
+    limiter: Option<Arc<Limiter>>,
 }
 
 impl Metrics {
-    pub fn new(backends: &[Arc<Backend>]) -> Self {
+    pub fn new(backends: &[Arc<Backend>], limiter: Option<Arc<Limiter>>) -> Self {
         let mut registry = Registry::with_prefix("gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<BackendLabel, Histogram>::new_with_constructor(|| {
@@ -54,6 +64,18 @@ impl Metrics {
         let healthy = Family::<BackendLabel, Gauge>::default();
         let in_flight = Family::<BackendLabel, Gauge>::default();
         let failovers = Counter::default();
+        let decisions = Family::<OutcomeLabel, Counter>::default();
+        let tracked_clients = Gauge::default();
+        registry.register(
+            "ratelimit_decisions",
+            "Rate-limit decisions by outcome",
+            decisions.clone(),
+        );
+        registry.register(
+            "ratelimit_tracked_clients",
+            "Clients with a live token bucket",
+            tracked_clients.clone(),
+        );
         registry.register(
             "requests",
             "Requests answered, by backend (\"none\": answered by the gateway) and status class",
@@ -121,7 +143,12 @@ impl Metrics {
                 })
                 .collect()
         };
+        let decisions = ["allowed", "limited", "overflow"]
+            .map(|outcome| decisions.get_or_create(&OutcomeLabel { outcome }).clone());
         Metrics {
+            decisions,
+            tracked_clients,
+            limiter,
             healthy: gauge(&healthy),
             in_flight: gauge(&in_flight),
             registry,
@@ -144,6 +171,15 @@ impl Metrics {
         handles.latency.observe(elapsed.as_secs_f64());
     }
 
+    pub fn record_decision(&self, decision: &Decision) {
+        let index = match (decision.allowed, decision.overflow) {
+            (true, _) => 0,
+            (false, false) => 1,
+            (false, true) => 2,
+        };
+        self.decisions[index].inc();
+    }
+
     pub fn record_failure(&self, backend: usize) {
         self.handles(Some(backend)).failures.inc();
     }
@@ -153,6 +189,9 @@ impl Metrics {
         for (i, b) in self.backends.iter().enumerate() {
             self.healthy[i].set(i64::from(b.is_healthy()));
             self.in_flight[i].set(b.in_flight() as i64);
+        }
+        if let Some(limiter) = &self.limiter {
+            self.tracked_clients.set(limiter.tracked() as i64);
         }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
@@ -170,7 +209,7 @@ mod tests {
     #[test]
     fn renders_counts_per_backend_and_class() {
         let set = backends(&[1, 1]);
-        let m = Metrics::new(&set);
+        let m = Metrics::new(&set, None);
         m.record(Some(1), StatusCode::OK, Duration::from_millis(3));
         m.record(
             None,

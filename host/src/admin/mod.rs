@@ -1,4 +1,9 @@
-//! The admin listener: health, readiness, metrics (open) and backend state (token).
+//! The admin listener: health, readiness, metrics (open); backend state and
+//! per-client limits (bearer token).
+
+mod clients;
+
+pub use clients::Clients;
 
 use crate::balancer::Backend;
 use crate::metrics::Metrics;
@@ -16,6 +21,8 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     /// Expected bearer token; `None` closes every protected route.
     token: Option<String>,
+    /// Per-client limits; `None` when rate limiting is off.
+    clients: Option<Clients>,
 }
 
 #[derive(Serialize)]
@@ -33,11 +40,13 @@ impl Admin {
         backends: Arc<[Arc<Backend>]>,
         metrics: Arc<Metrics>,
         token: Option<String>,
+        clients: Option<Clients>,
     ) -> Self {
         Admin {
             backends,
             metrics,
             token,
+            clients,
         }
     }
 
@@ -79,10 +88,26 @@ impl Admin {
                     .collect();
                 json(StatusCode::OK, &view)
             }
+            (_, "/clients") => self.clients(request, None).await,
+            (_, p) if p.starts_with("/clients/") => {
+                let raw = &p["/clients/".len()..];
+                let key = percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned();
+                self.clients(request, Some(key)).await
+            }
             (_, "/healthz" | "/readyz" | "/metrics" | "/backends") => {
                 json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
             }
             _ => json_error(StatusCode::NOT_FOUND, "Not found"),
+        }
+    }
+
+    async fn clients(&self, request: Request<Incoming>, key: Option<String>) -> Response<Full<Bytes>> {
+        match &self.clients {
+            Some(clients) => clients.handle(request, key).await,
+            None => json_error(
+                StatusCode::NOT_FOUND,
+                "Rate limiting is not configured (add a rate_limit section)",
+            ),
         }
     }
 
@@ -119,7 +144,7 @@ impl Admin {
     }
 }
 
-fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
+pub(crate) fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;

@@ -7,6 +7,7 @@ mod validate;
 
 pub use load::{LoadError, Overrides, load, parse};
 
+use crate::limiter::{KeySource, Limits};
 use hyper::Uri;
 use ipnet::IpNet;
 use std::fmt;
@@ -26,6 +27,27 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub rate_limit: RateLimitConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    /// On when the `rate_limit` section is present (unless `enabled: false`).
+    pub enabled: bool,
+    /// What a client is.
+    pub key: KeySource,
+    /// Limits for clients without a database override.
+    pub default: Limits,
+    /// Refill tick.
+    pub refill_interval: Duration,
+    /// Most clients tracked at once.
+    pub max_clients: usize,
+    /// `sqlite://…` or `postgres://…` holding per-client overrides.
+    pub database: String,
+    /// Refuse to start when the database is unreachable (else start with defaults).
+    pub database_required: bool,
+    /// How often the database is checked for changed limits.
+    pub sync_interval: Duration,
 }
 
 #[derive(Debug, Clone)]

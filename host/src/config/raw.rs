@@ -20,6 +20,28 @@ pub struct RawConfig {
     pub proxy: Option<RawProxy>,
     pub admin: Option<RawAdmin>,
     pub log: Option<RawLog>,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub enabled: Option<bool>,
+    pub key: Option<S<String>>,
+    pub ipv6_prefix: Option<S<i64>>,
+    pub default: Option<RawLimits>,
+    pub refill_interval: Option<S<String>>,
+    pub max_clients: Option<S<i64>>,
+    pub database: Option<S<String>>,
+    pub database_required: Option<bool>,
+    pub sync_interval: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub capacity: Option<S<i64>>,
+    pub refill_per_second: Option<S<f64>>,
 }
 
 /// A backend is either a bare URL or `{url, weight}`.

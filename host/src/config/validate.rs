@@ -2,11 +2,12 @@
 //! [`Config`], collecting every problem instead of stopping at the first.
 
 use super::load::Overrides;
-use super::raw::{RawConfig, S};
+use super::raw::{RawConfig, RawRateLimit, S};
 use super::{
     AdminConfig, Algorithm, BackendConfig, Config, HealthCheckConfig, LogConfig, LogFormat,
-    Problem, ProxyConfig,
+    Problem, ProxyConfig, RateLimitConfig,
 };
+use crate::limiter::{KeySource, Limits};
 use hyper::Uri;
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
@@ -392,8 +393,11 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
         access: lg.and_then(|l| l.access).unwrap_or(true),
     };
 
+    let rate_limit = rate_limit(&mut c, raw.rate_limit.as_ref());
+
     if c.problems.is_empty() {
         Ok(Config {
+            rate_limit,
             listen,
             backends,
             algorithm,
@@ -406,5 +410,109 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
         let mut problems = c.problems;
         problems.sort_by_key(|p| (p.line.is_none(), p.line, p.column));
         Err(problems)
+    }
+}
+
+fn rate_limit(c: &mut Checker, raw: Option<&RawRateLimit>) -> RateLimitConfig {
+    let ipv6_prefix = c.int(
+        raw.and_then(|r| r.ipv6_prefix.as_ref()).map(|s| spanned("rate_limit.ipv6_prefix", s)),
+        1,
+        128,
+        64,
+    ) as u8;
+    let key = match raw.and_then(|r| r.key.as_ref()) {
+        None => KeySource::Ip { ipv6_prefix },
+        Some(s) => {
+            let input = spanned("rate_limit.key", s);
+            let text = input.value.trim();
+            match text.strip_prefix("header:") {
+                _ if text == "ip" => KeySource::Ip { ipv6_prefix },
+                Some(name) => match http::HeaderName::from_bytes(name.trim().as_bytes()) {
+                    Ok(name) => KeySource::Header { name, ipv6_prefix },
+                    Err(_) => {
+                        c.problems.push(input.problem(format!("{name:?} is not a valid header name")));
+                        KeySource::Ip { ipv6_prefix }
+                    }
+                },
+                None => {
+                    c.problems.push(input.problem(format!(
+                        "unknown key source {text:?}; allowed: ip, header:NAME"
+                    )));
+                    KeySource::Ip { ipv6_prefix }
+                }
+            }
+        }
+    };
+    let fallback = Limits::new(100, 10.0).unwrap_or(Limits {
+        capacity: 100,
+        refill_milli: 10_000,
+        is_override: false,
+    });
+    let default = match raw.and_then(|r| r.default.as_ref()) {
+        None => fallback,
+        Some(d) => {
+            let capacity = d.capacity.as_ref().map_or(100, |s| s.value);
+            let refill = d.refill_per_second.as_ref().map_or(10.0, |s| s.value);
+            match Limits::new(capacity, refill) {
+                Ok(limits) => limits,
+                Err(reason) => {
+                    let located = if reason.starts_with("capacity") {
+                        d.capacity
+                            .as_ref()
+                            .map(|s| spanned("rate_limit.default.capacity", s).problem(&reason))
+                    } else {
+                        d.refill_per_second
+                            .as_ref()
+                            .map(|s| spanned("rate_limit.default.refill_per_second", s).problem(&reason))
+                    };
+                    c.problems.push(
+                        located.unwrap_or_else(|| Problem::new("rate_limit.default", reason)),
+                    );
+                    fallback
+                }
+            }
+        }
+    };
+    let refill_interval = c.duration(
+        raw.and_then(|r| r.refill_interval.as_ref()).map(|s| spanned("rate_limit.refill_interval", s)),
+        Duration::from_millis(100),
+    );
+    if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&refill_interval) {
+        let input = raw.and_then(|r| r.refill_interval.as_ref()).map(|s| spanned("rate_limit.refill_interval", s));
+        if let Some(input) = input {
+            c.problems.push(input.problem("must be from 1ms to 1m"));
+        }
+    }
+    let database = match raw.and_then(|r| r.database.as_ref()) {
+        None => "sqlite://gateway.db".to_owned(),
+        Some(s) => {
+            let input = spanned("rate_limit.database", s);
+            let url = input.value.trim();
+            let known = ["sqlite:", "postgres://", "postgresql://"];
+            if !known.iter().any(|p| url.starts_with(p)) {
+                c.problems.push(input.problem(format!(
+                    "unsupported database URL {url:?}; allowed: sqlite://PATH or postgres://USER@HOST/DB"
+                )));
+            }
+            url.to_owned()
+        }
+    };
+    RateLimitConfig {
+        enabled: raw.is_some_and(|r| r.enabled.unwrap_or(true)),
+        key,
+        default,
+        refill_interval,
+        max_clients: c.int(
+            raw.and_then(|r| r.max_clients.as_ref()).map(|s| spanned("rate_limit.max_clients", s)),
+            1,
+            100_000_000,
+            1_000_000,
+        ) as usize,
+        database,
+        database_required: raw.and_then(|r| r.database_required).unwrap_or(true),
+        sync_interval: c.duration(
+            raw.and_then(|r| r.sync_interval.as_ref()).map(|s| spanned("rate_limit.sync_interval", s)),
+            Duration::from_millis(500),
+        ),
     }
 }

@@ -13,6 +13,7 @@ pub use error::{ProxyError, json_error};
 
 use crate::balancer::{Backend, BackendSelection};
 use crate::config::{Config, ProxyConfig};
+use crate::limiter::{self, KeyBuf, KeySource, Limiter};
 use crate::metrics::Metrics;
 use body::{BodySlot, ObservedBody};
 use bytes::Bytes;
@@ -44,6 +45,10 @@ pub struct Proxy {
     settings: ProxyConfig,
     metrics: Arc<Metrics>,
     access_log: bool,
+    /// Per-client token buckets, when `rate_limit` is on.
+    limiter: Option<Arc<Limiter>>,
+    /// What a client is, for the limiter.
+    key_source: KeySource,
 }
 
 impl Proxy {
@@ -52,6 +57,7 @@ impl Proxy {
         backends: Arc<[Arc<Backend>]>,
         selection: Arc<dyn BackendSelection>,
         metrics: Arc<Metrics>,
+        limiter: Option<Arc<Limiter>>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.proxy.connect_timeout));
@@ -68,13 +74,15 @@ impl Proxy {
             settings: config.proxy.clone(),
             metrics,
             access_log: config.log.access,
+            limiter,
+            key_source: config.rate_limit.key.clone(),
         }
     }
 
-    /// Serves one client request.
+    /// Serves one client request: who is it, may it pass, then forward.
     pub async fn handle(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
@@ -97,6 +105,37 @@ impl Proxy {
             log: self.access_log,
         };
 
+        let decision = match &self.limiter {
+            Some(limiter) => {
+                let mut buf = KeyBuf::default();
+                let key = limiter::client_key(&self.key_source, client, request.headers(), &mut buf);
+                let decision = limiter.check(key);
+                self.metrics.record_decision(&decision);
+                if !decision.allowed {
+                    tracing::debug!(client = key, overflow = decision.overflow, "rate limited");
+                    exchange.status = StatusCode::TOO_MANY_REQUESTS;
+                    drop(exchange);
+                    return limiter::rejection(&decision).map(Either::Right);
+                }
+                Some(decision)
+            }
+            None => None,
+        };
+        let mut response = self.route(request, peer_ip, trusted, exchange).await;
+        if let Some(decision) = &decision {
+            limiter::apply_headers(response.headers_mut(), decision);
+        }
+        response
+    }
+
+    /// Forwards an admitted request and relays the answer.
+    async fn route(
+        &self,
+        mut request: Request<Incoming>,
+        peer_ip: std::net::IpAddr,
+        trusted: bool,
+        mut exchange: Exchange,
+    ) -> Response<ResponseBody> {
         if let Err(error) = self.admissible(&request) {
             return local(error, exchange);
         }

@@ -1,0 +1,182 @@
+//! `/clients` and `/clients/{key}`: per-client limits in the database, applied
+//! to this gateway's live buckets at once (other gateways pick them up on
+//! their next sync).
+
+use super::json;
+use crate::limiter::{Limiter, Limits};
+use crate::proxy::json_error;
+use crate::store::{ClientRecord, Store, StoreError};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Largest admin request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+/// Longest client key accepted.
+const MAX_KEY: usize = 512;
+
+pub struct Clients {
+    pub store: Arc<Store>,
+    /// The running limiter, updated immediately on a change (absent when limiting is off).
+    pub limiter: Option<Arc<Limiter>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    client_id: String,
+    capacity: i64,
+    refill_per_second: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    client_id: Option<String>,
+    capacity: i64,
+    refill_per_second: f64,
+}
+
+/// A client as the API shows it: timestamps in RFC 3339.
+#[derive(Serialize)]
+pub struct ClientView {
+    client_id: String,
+    capacity: i64,
+    refill_per_second: f64,
+    created_at: String,
+    updated_at: String,
+}
+
+impl From<ClientRecord> for ClientView {
+    fn from(r: ClientRecord) -> Self {
+        let time = |ms: i64| {
+            let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+            humantime::format_rfc3339_millis(at).to_string()
+        };
+        ClientView {
+            created_at: time(r.created_at),
+            updated_at: time(r.updated_at),
+            client_id: r.client_id,
+            capacity: r.capacity,
+            refill_per_second: r.refill_per_second,
+        }
+    }
+}
+
+fn store_error(error: StoreError) -> Response<Full<Bytes>> {
+    match error {
+        StoreError::Exists(_) => json_error(StatusCode::CONFLICT, &error.to_string()),
+        StoreError::NotFound(_) => json_error(StatusCode::NOT_FOUND, &error.to_string()),
+        other => {
+            tracing::warn!(error = %other, "admin: database operation failed");
+            json_error(StatusCode::SERVICE_UNAVAILABLE, &format!("Database unavailable: {other}"))
+        }
+    }
+}
+
+fn bad_request(reason: impl std::fmt::Display) -> Response<Full<Bytes>> {
+    json_error(StatusCode::BAD_REQUEST, &reason.to_string())
+}
+
+/// Checks a key given by a user: non-empty, printable, bounded.
+fn valid_key(key: &str) -> Result<(), String> {
+    if key.trim().is_empty() {
+        return Err("client_id must not be empty".into());
+    }
+    if key.len() > MAX_KEY {
+        return Err(format!("client_id is longer than {MAX_KEY} bytes"));
+    }
+    if key.chars().any(char::is_control) {
+        return Err("client_id must not contain control characters".into());
+    }
+    Ok(())
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(request: Request<Incoming>) -> Result<T, Response<Full<Bytes>>> {
+    let body = Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| bad_request(format!("Cannot read body: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| bad_request(format!("Invalid JSON: {e}")))
+}
+
+impl Clients {
+    /// Serves `/clients…`; `key` is the decoded path segment after `/clients/`.
+    pub async fn handle(&self, request: Request<Incoming>, key: Option<String>) -> Response<Full<Bytes>> {
+        match (request.method().clone(), key) {
+            (Method::GET, None) => match self.store.list().await {
+                Ok(list) => json(
+                    StatusCode::OK,
+                    &list.into_iter().map(ClientView::from).collect::<Vec<_>>(),
+                ),
+                Err(e) => store_error(e),
+            },
+            (Method::POST, None) => {
+                let body: CreateBody = match read_json(request).await {
+                    Ok(body) => body,
+                    Err(response) => return response,
+                };
+                if let Err(reason) = valid_key(&body.client_id) {
+                    return bad_request(reason);
+                }
+                let limits = match Limits::new(body.capacity, body.refill_per_second) {
+                    Ok(limits) => limits,
+                    Err(reason) => return bad_request(reason),
+                };
+                match self.store.create(&body.client_id, &limits).await {
+                    Ok(record) => {
+                        self.apply(&record.client_id, Some(limits));
+                        json(StatusCode::CREATED, &ClientView::from(record))
+                    }
+                    Err(e) => store_error(e),
+                }
+            }
+            (Method::GET, Some(key)) => match self.store.get(&key).await {
+                Ok(Some(record)) => json(StatusCode::OK, &ClientView::from(record)),
+                Ok(None) => store_error(StoreError::NotFound(key)),
+                Err(e) => store_error(e),
+            },
+            (Method::PUT, Some(key)) => {
+                let body: UpdateBody = match read_json(request).await {
+                    Ok(body) => body,
+                    Err(response) => return response,
+                };
+                if body.client_id.as_ref().is_some_and(|id| *id != key) {
+                    return bad_request("client_id in the body does not match the path");
+                }
+                let limits = match Limits::new(body.capacity, body.refill_per_second) {
+                    Ok(limits) => limits,
+                    Err(reason) => return bad_request(reason),
+                };
+                match self.store.update(&key, &limits).await {
+                    Ok(record) => {
+                        self.apply(&key, Some(limits));
+                        json(StatusCode::OK, &ClientView::from(record))
+                    }
+                    Err(e) => store_error(e),
+                }
+            }
+            (Method::DELETE, Some(key)) => match self.store.delete(&key).await {
+                Ok(()) => {
+                    self.apply(&key, None);
+                    let mut response = Response::new(Full::new(Bytes::new()));
+                    *response.status_mut() = StatusCode::NO_CONTENT;
+                    response
+                }
+                Err(e) => store_error(e),
+            },
+            _ => json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
+        }
+    }
+
+    fn apply(&self, key: &str, limits: Option<Limits>) {
+        if let Some(limiter) = &self.limiter {
+            limiter.apply_one(key, limits);
+        }
+    }
+}

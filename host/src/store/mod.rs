@@ -1,0 +1,284 @@
+//! Per-client limits in a database: SQLite (embedded, the default) or
+//! PostgreSQL, through one sqlx `Any` pool and one portable schema.
+
+use crate::limiter::Limits;
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("client {0:?} already exists")]
+    Exists(String),
+    #[error("client {0:?} not found")]
+    NotFound(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL {0:?}; allowed: sqlite://PATH or postgres://…")]
+    Url(String),
+}
+
+/// One row of the `clients` table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientRecord {
+    pub client_id: String,
+    pub capacity: i64,
+    pub refill_per_second: f64,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl ClientRecord {
+    pub fn limits(&self) -> Result<Limits, String> {
+        Limits::new(self.capacity, self.refill_per_second)
+    }
+}
+
+/// Cheap summary of the table: when it changes, something in the table changed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fingerprint {
+    rows: i64,
+    last_update: i64,
+    capacity_sum: i64,
+    refill_sum: f64,
+}
+
+pub struct Store {
+    pool: AnyPool,
+    /// The URL with any password removed, for logs.
+    pub display: String,
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The URL without its password.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// `SELECT` of every column, followed by the rest of the statement.
+macro_rules! select_clients {
+    ($rest:literal) => {
+        concat!(
+            "SELECT key, capacity, refill_per_second, created_at, updated_at FROM clients",
+            $rest
+        )
+    };
+}
+
+fn record(row: &sqlx::any::AnyRow) -> Result<ClientRecord, sqlx::Error> {
+    Ok(ClientRecord {
+        client_id: row.try_get(0)?,
+        capacity: row.try_get(1)?,
+        refill_per_second: row.try_get(2)?,
+        created_at: row.try_get(3)?,
+        updated_at: row.try_get(4)?,
+    })
+}
+
+impl Store {
+    /// Connects (creating an SQLite file if needed) and runs the embedded migrations.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Store, StoreError> {
+        install_default_drivers();
+        let url = if url.starts_with("sqlite:") {
+            if url.contains("mode=") {
+                url.to_owned()
+            } else if url.contains('?') {
+                format!("{url}&mode=rwc")
+            } else {
+                format!("{url}?mode=rwc")
+            }
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            url.to_owned()
+        } else {
+            return Err(StoreError::Url(url.to_owned()));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(timeout)
+            .connect(&url)
+            .await?;
+        if url.starts_with("sqlite:") {
+            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
+        }
+        MIGRATOR.run(&pool).await?;
+        Ok(Store {
+            pool,
+            display: redact(&url),
+        })
+    }
+
+    pub async fn list(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        let rows = sqlx::query(select_clients!(" ORDER BY key"))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(record).collect::<Result<_, _>>()?)
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<ClientRecord>, StoreError> {
+        let row = sqlx::query(select_clients!(" WHERE key = $1"))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(record).transpose()?)
+    }
+
+    /// Inserts a new client; `Exists` if the key is taken.
+    pub async fn create(&self, key: &str, limits: &Limits) -> Result<ClientRecord, StoreError> {
+        let now = now_millis();
+        let done = sqlx::query(
+            "INSERT INTO clients (key, capacity, refill_per_second, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $4) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(i64::from(limits.capacity))
+        .bind(limits.refill_per_second())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Exists(key.to_owned()));
+        }
+        self.must_get(key).await
+    }
+
+    /// Changes an existing client; `NotFound` if there is none.
+    pub async fn update(&self, key: &str, limits: &Limits) -> Result<ClientRecord, StoreError> {
+        let done = sqlx::query(
+            "UPDATE clients SET capacity = $1, refill_per_second = $2, \
+             updated_at = CASE WHEN updated_at >= $3 THEN updated_at + 1 ELSE $3 END WHERE key = $4",
+        )
+        .bind(i64::from(limits.capacity))
+        .bind(limits.refill_per_second())
+        .bind(now_millis())
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(key.to_owned()));
+        }
+        self.must_get(key).await
+    }
+
+    /// Creates or changes a client.
+    pub async fn upsert(&self, key: &str, limits: &Limits) -> Result<ClientRecord, StoreError> {
+        match self.update(key, limits).await {
+            Err(StoreError::NotFound(_)) => match self.create(key, limits).await {
+                Err(StoreError::Exists(_)) => self.update(key, limits).await,
+                other => other,
+            },
+            other => other,
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM clients WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(key.to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn must_get(&self, key: &str) -> Result<ClientRecord, StoreError> {
+        self.get(key)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(key.to_owned()))
+    }
+
+    /// A summary that changes whenever a row is added, removed or changed.
+    pub async fn fingerprint(&self) -> Result<Fingerprint, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*), CAST(COALESCE(MAX(updated_at), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(capacity), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(refill_per_second), 0) AS DOUBLE PRECISION) FROM clients",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Fingerprint {
+            rows: row.try_get(0)?,
+            last_update: row.try_get(1)?,
+            capacity_sum: row.try_get(2)?,
+            refill_sum: row.try_get(3)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u@h:5432/db");
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    async fn exercise(store: &Store) {
+        let limits = Limits::new(10, 0.5).unwrap();
+        let before = store.fingerprint().await.unwrap();
+        let created = store.create("k1", &limits).await.unwrap();
+        assert_eq!(created.capacity, 10);
+        assert_eq!(created.refill_per_second, 0.5);
+        assert!(matches!(store.create("k1", &limits).await, Err(StoreError::Exists(_))));
+        let after_create = store.fingerprint().await.unwrap();
+        assert_ne!(before, after_create);
+        let updated = store.update("k1", &Limits::new(20, 2.0).unwrap()).await.unwrap();
+        assert_eq!(updated.capacity, 20);
+        assert!(updated.updated_at > created.updated_at || updated.updated_at >= created.created_at);
+        assert_ne!(after_create, store.fingerprint().await.unwrap());
+        assert!(matches!(
+            store.update("nope", &limits).await,
+            Err(StoreError::NotFound(_))
+        ));
+        store.upsert("k2", &limits).await.unwrap();
+        store.upsert("k2", &Limits::new(3, 1.0).unwrap()).await.unwrap();
+        let all = store.list().await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].capacity, 3);
+        store.delete("k1").await.unwrap();
+        assert!(matches!(store.delete("k1").await, Err(StoreError::NotFound(_))));
+        assert_eq!(store.get("k1").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn sqlite_store_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("limits.db").display());
+        let store = Store::connect(&url, Duration::from_secs(5)).await.unwrap();
+        exercise(&store).await;
+        // Reopening runs the migrations again harmlessly and keeps the data.
+        drop(store);
+        let store = Store::connect(&url, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(store.list().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn postgres_store_round_trip() {
+        let Some(base) = crate::test_env::postgres() else {
+            return;
+        };
+        let schema = crate::test_env::fresh_pg_schema(&base).await;
+        let store = Store::connect(&schema, Duration::from_secs(5)).await.unwrap();
+        exercise(&store).await;
+    }
+}
