@@ -2,18 +2,18 @@
 //! background tasks, and drain on SIGTERM/SIGINT.
 
 use crate::admin::{Admin, Clients};
-use crate::limiter::{Limiter, spawn_sync};
-use crate::limiter::sync::load_overrides;
-use crate::store::Store;
-use std::time::Duration;
 use crate::balancer::{self, Backend};
 use crate::config::Config;
 use crate::health::HealthChecker;
+use crate::limiter::sync::load_overrides;
+use crate::limiter::{Limiter, spawn_sync};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::{self, ConnLimits, Shutdown};
+use crate::store::Store;
 use anyhow::Context;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -120,7 +120,10 @@ async fn rate_limiting(config: &Config) -> anyhow::Result<Option<(Arc<Store>, Ar
     let store = match Store::connect(&rl.database, Duration::from_secs(5)).await {
         Ok(store) => Arc::new(store),
         Err(error) if rl.database_required => {
-            anyhow::bail!("rate_limit.database {}: {error} (set rate_limit.database_required: false to start with default limits)", crate::store::redact(&rl.database));
+            anyhow::bail!(
+                "rate_limit.database {}: {error} (set rate_limit.database_required: false to start with default limits)",
+                crate::store::redact(&rl.database)
+            );
         }
         Err(error) => {
             tracing::warn!(%error, "limits database unavailable at start; serving default limits and retrying");

@@ -22,6 +22,39 @@ pub enum Command {
     Validate(ConfigArg),
     /// Start echo backends on loopback and a gateway in front of them.
     Demo(DemoArgs),
+    /// Manage per-client rate limits in the configured database.
+    Clients(ClientsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClientsArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Database URL (default: `rate_limit.database` from the config file, else sqlite://gateway.db).
+    #[arg(long, env = "GATEWAY_DATABASE")]
+    pub database: Option<String>,
+    #[command(subcommand)]
+    pub action: ClientsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientsAction {
+    /// List every client with its limits (JSON).
+    List,
+    /// Show one client's limits (JSON); exit 1 if absent.
+    Get { key: String },
+    /// Create or change a client's limits.
+    Set {
+        key: String,
+        /// Bucket size in tokens (whole number ≥ 1).
+        #[arg(long)]
+        capacity: i64,
+        /// Tokens added per second (may be fractional, e.g. 0.5).
+        #[arg(long)]
+        refill_per_second: f64,
+    },
+    /// Remove a client's override; exit 1 if absent.
+    Delete { key: String },
 }
 
 #[derive(Debug, Args)]

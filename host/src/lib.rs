@@ -4,14 +4,15 @@ pub mod admin;
 pub mod app;
 pub mod balancer;
 pub mod cli;
+pub mod clients_cli;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod limiter;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
-pub mod limiter;
 pub mod store;
 #[cfg(test)]
 mod test_env;

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo(args) => demo(args),
+        Command::Clients(args) => clients(args),
     }
 }
 
@@ -89,6 +90,22 @@ fn validate(args: &ConfigArg) -> ExitCode {
             for problem in problems {
                 println!("  {}:{problem}", path.display());
             }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn clients(args: gateway::cli::ClientsArgs) -> ExitCode {
+    let Ok(runtime) = runtime() else {
+        return ExitCode::from(1);
+    };
+    match runtime.block_on(gateway::clients_cli::run(args)) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
             ExitCode::from(1)
         }
     }

@@ -25,7 +25,9 @@ fn service(var: &str) -> Option<String> {
 pub async fn fresh_pg_schema(base: &str) -> String {
     use sqlx::Connection;
     let schema = format!("gw_test_{}", fastrand::u64(..));
-    let mut conn = sqlx::PgConnection::connect(base).await.expect("connect to GATEWAY_TEST_POSTGRES");
+    let mut conn = sqlx::PgConnection::connect(base)
+        .await
+        .expect("connect to GATEWAY_TEST_POSTGRES");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&mut conn)
         .await

@@ -51,7 +51,10 @@ async fn weights_scale_the_share() {
 async fn least_requests_avoids_the_busy_backend() {
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
-    let gw = Gateway::start(&config(&[&a, &b], "balancer:\n  algorithm: least_requests\n"));
+    let gw = Gateway::start(&config(
+        &[&a, &b],
+        "balancer:\n  algorithm: least_requests\n",
+    ));
     let client = client();
     // Keep one slow request in flight; it lands on one backend.
     let slow = {
@@ -76,7 +79,10 @@ async fn a_thousand_concurrent_requests_all_succeed() {
         TestBackend::start("b").await,
         TestBackend::start("c").await,
     ];
-    let gw = Gateway::start(&config(&backends.iter().collect::<Vec<_>>(), "log:\n  access: false\n"));
+    let gw = Gateway::start(&config(
+        &backends.iter().collect::<Vec<_>>(),
+        "log:\n  access: false\n",
+    ));
     let client = client();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..1000 {
@@ -93,6 +99,11 @@ async fn a_thousand_concurrent_requests_all_succeed() {
     let total: u64 = backends.iter().map(|b| b.hits()).sum();
     assert_eq!(total, 1000);
     for b in &backends {
-        assert!((300..=367).contains(&b.hits()), "uneven spread: {} got {}", b.name, b.hits());
+        assert!(
+            (300..=367).contains(&b.hits()),
+            "uneven spread: {} got {}",
+            b.name,
+            b.hits()
+        );
     }
 }

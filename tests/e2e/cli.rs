@@ -25,7 +25,11 @@ fn validate_accepts_the_example_config() {
     let (code, text) = run(&["validate", "-c", example], dir.path());
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("ok"), "{text}");
-    assert_eq!(text.trim().lines().count(), 1, "summary is one line: {text}");
+    assert_eq!(
+        text.trim().lines().count(),
+        1,
+        "summary is one line: {text}"
+    );
 }
 
 #[test]
@@ -53,7 +57,11 @@ fn validate_reports_every_problem_with_line_and_column() {
 fn validate_names_the_unknown_key_and_its_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("typo.yaml");
-    std::fs::write(&file, "backends: [http://127.0.0.1:1]\nhealth_check:\n  intervall: 5s\n").unwrap();
+    std::fs::write(
+        &file,
+        "backends: [http://127.0.0.1:1]\nhealth_check:\n  intervall: 5s\n",
+    )
+    .unwrap();
     let (code, text) = run(&["validate", "-c", file.to_str().unwrap()], dir.path());
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains(":3:") && text.contains("intervall"), "{text}");
@@ -71,7 +79,12 @@ fn run_without_config_or_backends_is_a_usage_error() {
 fn unknown_flag_is_a_usage_error_and_help_works() {
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(run(&["run", "--bogus"], dir.path()).0, Some(2));
-    for cmd in [&["--help"][..], &["run", "--help"], &["validate", "--help"], &["demo", "--help"]] {
+    for cmd in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["validate", "--help"],
+        &["demo", "--help"],
+    ] {
         let (code, text) = run(cmd, dir.path());
         assert_eq!(code, Some(0), "{cmd:?}: {text}");
         assert!(text.contains("Usage"), "{text}");

@@ -28,7 +28,11 @@ async fn a_dead_backend_costs_clients_no_errors() {
         assert!(body == "a" || body == "c", "{body}");
     }
     gw.wait_log(is_down_event, Duration::from_secs(2));
-    assert_eq!(gw.count_log(is_down_event), 1, "down transition logged more than once");
+    assert_eq!(
+        gw.count_log(is_down_event),
+        1,
+        "down transition logged more than once"
+    );
     let (_, _, backends) = send(
         &client,
         Request::get(gw.admin_url("/backends"))
@@ -78,12 +82,18 @@ async fn a_revived_backend_gets_traffic_again() {
         assert_eq!((status.as_u16(), body.as_str()), (200, "a"));
     }
     let b = TestBackend::start_on("b", b_addr).await;
-    gw.wait_log(|l| l.contains(r#""event":"backend_up""#), Duration::from_secs(5));
+    gw.wait_log(
+        |l| l.contains(r#""event":"backend_up""#),
+        Duration::from_secs(5),
+    );
     let mut bodies = Vec::new();
     for _ in 0..4 {
         bodies.push(get(&client, &gw.url("/")).await.2);
     }
-    assert!(bodies.iter().any(|x| x == "b"), "revived backend got nothing: {bodies:?}");
+    assert!(
+        bodies.iter().any(|x| x == "b"),
+        "revived backend got nothing: {bodies:?}"
+    );
     assert!(b.hits() >= 2);
 }
 
@@ -103,7 +113,10 @@ async fn slow_backend_gives_504_json() {
 async fn broken_backend_retries_idempotent_requests_only() {
     let rude = rude_backend().await;
     let good = TestBackend::start("good").await;
-    let yaml = format!("backends:\n  - http://{rude}\n  - {}\nhealth_check:\n  interval: 1h\n", good.url());
+    let yaml = format!(
+        "backends:\n  - http://{rude}\n  - {}\nhealth_check:\n  interval: 1h\n",
+        good.url()
+    );
     let gw = Gateway::start(&yaml);
     let client = client();
     // Every request meets the rude backend first (each pick advances the
@@ -118,7 +131,10 @@ async fn broken_backend_retries_idempotent_requests_only() {
         .unwrap();
     let (status, _, body) = send(&client, post).await;
     assert_eq!(status, 502, "{body}");
-    assert_eq!(body, r#"{"code":502,"message":"Bad gateway: backend failed"}"#);
+    assert_eq!(
+        body,
+        r#"{"code":502,"message":"Bad gateway: backend failed"}"#
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +147,9 @@ async fn upload_to_a_dead_backend_is_replayed_on_the_next() {
     );
     let gw = Gateway::start(&yaml);
     let body = Bytes::from(vec![7u8; 1 << 20]);
-    let post = Request::post(gw.url("/upload")).body(Full::new(body)).unwrap();
+    let post = Request::post(gw.url("/upload"))
+        .body(Full::new(body))
+        .unwrap();
     let (status, _, received) = send(&client(), post).await;
     assert_eq!(status, 200);
     assert_eq!(received, (1u64 << 20).to_string());

@@ -29,7 +29,10 @@ async fn hop_by_hop_headers_are_dropped_and_forwarding_headers_added() {
     assert_eq!(status, 200);
     let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
     for gone in ["x-private", "keep-alive", "te", "proxy-authorization"] {
-        assert!(seen.get(gone).is_none(), "{gone} reached the backend: {seen}");
+        assert!(
+            seen.get(gone).is_none(),
+            "{gone} reached the backend: {seen}"
+        );
     }
     assert_ne!(seen["connection"], "keep-alive, x-private");
     assert_eq!(seen["host"], "shop.example");
@@ -55,7 +58,9 @@ async fn one_gib_up_and_down_in_bounded_memory() {
     let client: hyper_util::client::legacy::Client<_, Pattern> =
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
 
-    let upload = Request::post(gw.url("/upload")).body(Pattern::new(GIB)).unwrap();
+    let upload = Request::post(gw.url("/upload"))
+        .body(Pattern::new(GIB))
+        .unwrap();
     let response = client.request(upload).await.expect("upload");
     assert_eq!(response.status(), 200);
     let received = response.into_body().collect().await.unwrap().to_bytes();
@@ -64,10 +69,17 @@ async fn one_gib_up_and_down_in_bounded_memory() {
     let download = Request::get(gw.url(&format!("/download?bytes={GIB}")))
         .body(Pattern::new(0))
         .unwrap();
-    let mut body = client.request(download).await.expect("download").into_body();
+    let mut body = client
+        .request(download)
+        .await
+        .expect("download")
+        .into_body();
     let mut total = 0u64;
     while let Some(frame) = body.frame().await {
-        total += frame.expect("frame").data_ref().map_or(0, |d| d.len() as u64);
+        total += frame
+            .expect("frame")
+            .data_ref()
+            .map_or(0, |d| d.len() as u64);
     }
     assert_eq!(total, GIB);
 
@@ -80,13 +92,17 @@ async fn declared_oversized_body_gets_413_json() {
     let b = TestBackend::start("b").await;
     let gw = Gateway::start(&config(&[&b], "proxy:\n  max_body_bytes: 1000\n"));
     let client = client();
-    let big = Request::post(gw.url("/upload")).body(Full::new(Bytes::from(vec![0u8; 5000]))).unwrap();
+    let big = Request::post(gw.url("/upload"))
+        .body(Full::new(Bytes::from(vec![0u8; 5000])))
+        .unwrap();
     let (status, headers, body) = send(&client, big).await;
     assert_eq!(status, 413);
     assert_eq!(headers["content-type"], "application/json");
     assert_eq!(body, r#"{"code":413,"message":"Request body too large"}"#);
     assert_eq!(b.hits(), 0);
-    let small = Request::post(gw.url("/upload")).body(Full::new(Bytes::from(vec![0u8; 900]))).unwrap();
+    let small = Request::post(gw.url("/upload"))
+        .body(Full::new(Bytes::from(vec![0u8; 900])))
+        .unwrap();
     assert_eq!(send(&client, small).await.2, "900");
 }
 
@@ -127,12 +143,18 @@ async fn garbage_and_oversized_heads_are_refused_and_service_goes_on() {
     let gw = Gateway::start(&config(&[&b], ""));
 
     let mut garbage = TcpStream::connect(gw.addr).await.unwrap();
-    garbage.write_all(b"\x16\x03\x01 NOT HTTP AT ALL\r\n\r\n").await.unwrap();
+    garbage
+        .write_all(b"\x16\x03\x01 NOT HTTP AT ALL\r\n\r\n")
+        .await
+        .unwrap();
     let answer = read_head(&mut garbage).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
 
     let mut huge = TcpStream::connect(gw.addr).await.unwrap();
-    let header = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(200 * 1024));
+    let header = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200 * 1024)
+    );
     let _ = huge.write_all(header.as_bytes()).await;
     let answer = read_head(&mut huge).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
@@ -147,12 +169,17 @@ async fn upgrade_is_tunnelled() {
     let gw = Gateway::start(&config(&[&b], ""));
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     stream
-        .write_all(b"GET /upgrade HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .write_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
         .await
         .unwrap();
     let head = read_head(&mut stream).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("upgrade: echo"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: echo"),
+        "{head}"
+    );
     stream.write_all(b"ping over the tunnel").await.unwrap();
     let mut echoed = vec![0u8; 20];
     tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
@@ -167,9 +194,10 @@ async fn http2_prior_knowledge_is_served() {
     let b = TestBackend::start("b").await;
     let gw = Gateway::start(&config(&[&b], ""));
     let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .expect("h2 handshake");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
     tokio::spawn(conn);
     let req = Request::get(format!("http://h2.example{}", "/headers"))
         .body(Full::new(Bytes::new()))
@@ -208,7 +236,10 @@ async fn admin_requires_the_token_except_for_probes_and_metrics() {
     assert_eq!(get(&client, &gw.admin_url("/readyz")).await.0, 200);
     let (status, _, metrics) = get(&client, &gw.admin_url("/metrics")).await;
     assert_eq!(status, 200);
-    let line = format!(r#"gateway_requests_total{{backend="{}",class="2xx"}} 1"#, b.url());
+    let line = format!(
+        r#"gateway_requests_total{{backend="{}",class="2xx"}} 1"#,
+        b.url()
+    );
     assert!(metrics.contains(&line), "{metrics}");
     assert!(metrics.contains("gateway_request_duration_seconds_bucket"));
     assert!(metrics.contains("gateway_backend_healthy"));

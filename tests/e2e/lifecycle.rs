@@ -19,7 +19,10 @@ async fn sigterm_lets_the_slow_request_finish_and_exits_zero() {
     assert_eq!((status.as_u16(), body.as_str()), (200, "b"));
     assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0));
     assert!(gw.log_text().contains(r#""event":"drained""#));
-    assert!(tokio::net::TcpStream::connect(gw.addr).await.is_err(), "still accepting after shutdown");
+    assert!(
+        tokio::net::TcpStream::connect(gw.addr).await.is_err(),
+        "still accepting after shutdown"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,7 +31,11 @@ async fn drain_is_bounded_by_the_drain_timeout() {
     let mut gw = Gateway::start(&config(&[&b], "proxy:\n  drain_timeout: 300ms\n"));
     let client = client();
     let url = gw.url("/slow?ms=10000");
-    let _stuck = tokio::spawn(async move { client.request(http::Request::get(url).body(Default::default()).unwrap()).await });
+    let _stuck = tokio::spawn(async move {
+        client
+            .request(http::Request::get(url).body(Default::default()).unwrap())
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     gw.signal("TERM");
     assert_eq!(gw.wait_exit(Duration::from_secs(5)), Some(0));

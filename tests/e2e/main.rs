@@ -5,4 +5,5 @@ mod cli;
 mod failures;
 mod http_behaviour;
 mod lifecycle;
+mod rate_limit;
 mod support;

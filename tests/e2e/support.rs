@@ -47,7 +47,14 @@ impl Gateway {
         command
             .args(["run", "-c"])
             .arg(&path)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -71,7 +78,10 @@ impl Gateway {
             logs,
             _dir: dir,
         };
-        let started = gateway.wait_log(|l| l.contains(r#""event":"listening""#), Duration::from_secs(20));
+        let started = gateway.wait_log(
+            |l| l.contains(r#""event":"listening""#),
+            Duration::from_secs(20),
+        );
         let started: serde_json::Value = serde_json::from_str(&started).expect("json log line");
         gateway.addr = started["proxy"].as_str().unwrap().parse().unwrap();
         gateway.admin = started["admin"].as_str().unwrap().parse().unwrap();
@@ -88,7 +98,11 @@ impl Gateway {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("gateway exited with {status}; log:\n{}", self.log_text());
             }
-            assert!(Instant::now() < deadline, "log line not seen in time; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "log line not seen in time; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -115,8 +129,12 @@ impl Gateway {
 
     /// Peak resident memory (VmHWM) in bytes.
     pub fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("VmHWM");
         let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
         kb * 1024
     }
@@ -138,7 +156,11 @@ impl Gateway {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "gateway did not exit; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not exit; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -167,7 +189,9 @@ pub struct TestBackend {
 
 impl TestBackend {
     pub async fn start(name: &str) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         Self::serve(name, listener)
     }
 
@@ -305,16 +329,21 @@ async fn route(name: &str, mut req: Request<Incoming>) -> Response<TestBody> {
             let mut r = text(String::new());
             *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             r.headers_mut().insert("upgrade", "echo".parse().unwrap());
-            r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
             r
         }
         _ => {
             let mut r = text(name.to_owned());
             r.headers_mut().insert("x-backend", name.parse().unwrap());
-            r.headers_mut().insert("connection", "x-internal".parse().unwrap());
-            r.headers_mut().insert("x-internal", "secret".parse().unwrap());
-            r.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
-            r.headers_mut().insert("proxy-authenticate", "basic".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "x-internal".parse().unwrap());
+            r.headers_mut()
+                .insert("x-internal", "secret".parse().unwrap());
+            r.headers_mut()
+                .insert("keep-alive", "timeout=5".parse().unwrap());
+            r.headers_mut()
+                .insert("proxy-authenticate", "basic".parse().unwrap());
             r
         }
     }
@@ -339,7 +368,10 @@ impl Body for Pattern {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
@@ -365,14 +397,25 @@ pub fn client() -> HttpClient {
 
 /// A GET; returns status, headers and body text.
 pub async fn get(client: &HttpClient, url: &str) -> (StatusCode, http::HeaderMap, String) {
-    send(client, Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
+    send(
+        client,
+        Request::get(url).body(Full::new(Bytes::new())).unwrap(),
+    )
+    .await
 }
 
-pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, String) {
+pub async fn send(
+    client: &HttpClient,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, http::HeaderMap, String) {
     let response = client.request(req).await.expect("request failed");
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
-    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 /// YAML for a gateway in front of `backends`, plus `extra` top-level sections.
@@ -409,4 +452,67 @@ pub async fn rude_backend() -> SocketAddr {
         }
     });
     addr
+}
+
+/// PostgreSQL for tests from `GATEWAY_TEST_POSTGRES`; without it the test
+/// says loudly that it skipped (and fails when `GATEWAY_TEST_REQUIRE_SERVICES` is set).
+pub fn postgres() -> Option<String> {
+    match std::env::var("GATEWAY_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var_os("GATEWAY_TEST_REQUIRE_SERVICES").is_none(),
+                "GATEWAY_TEST_POSTGRES is not set but GATEWAY_TEST_REQUIRE_SERVICES is: refusing to skip"
+            );
+            eprintln!("SKIPPED: GATEWAY_TEST_POSTGRES is not set; this test needs PostgreSQL");
+            None
+        }
+    }
+}
+
+/// A database URL whose connections see a new, empty schema.
+pub async fn fresh_pg(base: &str) -> String {
+    use sqlx::Connection;
+    let schema = format!("gw_e2e_{}", fastrand::u64(..));
+    let mut conn = sqlx::PgConnection::connect(base)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut conn)
+        .await
+        .expect("create schema");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+/// A request with headers, empty body.
+pub fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Request<Full<Bytes>> {
+    let mut builder = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    builder
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap()
+}
+
+/// Runs `gateway` with arguments; returns exit code and combined output.
+pub fn run_cli(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("GATEWAY_CONFIG")
+        .env_remove("GATEWAY_DATABASE")
+        .output()
+        .expect("run gateway");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
 }

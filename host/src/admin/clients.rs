@@ -29,7 +29,7 @@ pub struct Clients {
 #[serde(deny_unknown_fields)]
 struct CreateBody {
     client_id: String,
-    capacity: i64,
+    capacity: f64,
     refill_per_second: f64,
 }
 
@@ -37,7 +37,7 @@ struct CreateBody {
 #[serde(deny_unknown_fields)]
 struct UpdateBody {
     client_id: Option<String>,
-    capacity: i64,
+    capacity: f64,
     refill_per_second: f64,
 }
 
@@ -73,7 +73,10 @@ fn store_error(error: StoreError) -> Response<Full<Bytes>> {
         StoreError::NotFound(_) => json_error(StatusCode::NOT_FOUND, &error.to_string()),
         other => {
             tracing::warn!(error = %other, "admin: database operation failed");
-            json_error(StatusCode::SERVICE_UNAVAILABLE, &format!("Database unavailable: {other}"))
+            json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("Database unavailable: {other}"),
+            )
         }
     }
 }
@@ -96,7 +99,20 @@ fn valid_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(request: Request<Incoming>) -> Result<T, Response<Full<Bytes>>> {
+/// JSON numbers arrive as floats; capacity must be a whole number.
+fn limits(capacity: f64, refill_per_second: f64) -> Result<Limits, String> {
+    if capacity.fract() != 0.0 || !(1.0..=crate::limiter::MAX_CAPACITY as f64).contains(&capacity) {
+        return Err(format!(
+            "capacity must be a whole number from 1 to {}, got {capacity}",
+            crate::limiter::MAX_CAPACITY
+        ));
+    }
+    Limits::new(capacity as i64, refill_per_second)
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    request: Request<Incoming>,
+) -> Result<T, Response<Full<Bytes>>> {
     let body = Limited::new(request.into_body(), MAX_BODY)
         .collect()
         .await
@@ -107,7 +123,11 @@ async fn read_json<T: serde::de::DeserializeOwned>(request: Request<Incoming>) -
 
 impl Clients {
     /// Serves `/clients…`; `key` is the decoded path segment after `/clients/`.
-    pub async fn handle(&self, request: Request<Incoming>, key: Option<String>) -> Response<Full<Bytes>> {
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        key: Option<String>,
+    ) -> Response<Full<Bytes>> {
         match (request.method().clone(), key) {
             (Method::GET, None) => match self.store.list().await {
                 Ok(list) => json(
@@ -124,7 +144,7 @@ impl Clients {
                 if let Err(reason) = valid_key(&body.client_id) {
                     return bad_request(reason);
                 }
-                let limits = match Limits::new(body.capacity, body.refill_per_second) {
+                let limits = match limits(body.capacity, body.refill_per_second) {
                     Ok(limits) => limits,
                     Err(reason) => return bad_request(reason),
                 };
@@ -149,7 +169,7 @@ impl Clients {
                 if body.client_id.as_ref().is_some_and(|id| *id != key) {
                     return bad_request("client_id in the body does not match the path");
                 }
-                let limits = match Limits::new(body.capacity, body.refill_per_second) {
+                let limits = match limits(body.capacity, body.refill_per_second) {
                     Ok(limits) => limits,
                     Err(reason) => return bad_request(reason),
                 };

@@ -3,7 +3,7 @@
 
 mod clients;
 
-pub use clients::Clients;
+pub use clients::{ClientView, Clients};
 
 use crate::balancer::Backend;
 use crate::metrics::Metrics;
@@ -91,7 +91,9 @@ impl Admin {
             (_, "/clients") => self.clients(request, None).await,
             (_, p) if p.starts_with("/clients/") => {
                 let raw = &p["/clients/".len()..];
-                let key = percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned();
+                let key = percent_encoding::percent_decode_str(raw)
+                    .decode_utf8_lossy()
+                    .into_owned();
                 self.clients(request, Some(key)).await
             }
             (_, "/healthz" | "/readyz" | "/metrics" | "/backends") => {
@@ -101,7 +103,11 @@ impl Admin {
         }
     }
 
-    async fn clients(&self, request: Request<Incoming>, key: Option<String>) -> Response<Full<Bytes>> {
+    async fn clients(
+        &self,
+        request: Request<Incoming>,
+        key: Option<String>,
+    ) -> Response<Full<Bytes>> {
         match &self.clients {
             Some(clients) => clients.handle(request, key).await,
             None => json_error(

@@ -190,17 +190,24 @@ mod tests {
     fn rate_limit_section_turns_limiting_on() {
         let off = ok("backends: [http://x:9]\n");
         assert!(!off.rate_limit.enabled);
-        let on = ok("backends: [http://x:9]\nrate_limit:\n  key: header:X-API-Key\n  default:\n    capacity: 5\n    refill_per_second: 0.5\n");
+        let on = ok(
+            "backends: [http://x:9]\nrate_limit:\n  key: header:X-API-Key\n  default:\n    capacity: 5\n    refill_per_second: 0.5\n",
+        );
         assert!(on.rate_limit.enabled);
         assert_eq!(on.rate_limit.default.capacity, 5);
         assert_eq!(on.rate_limit.default.refill_milli, 500);
-        assert!(matches!(on.rate_limit.key, crate::limiter::KeySource::Header { .. }));
+        assert!(matches!(
+            on.rate_limit.key,
+            crate::limiter::KeySource::Header { .. }
+        ));
         assert_eq!(on.rate_limit.database, "sqlite://gateway.db");
     }
 
     #[test]
     fn bad_rate_limit_values_are_located() {
-        let p = problems("backends: [http://x:9]\nrate_limit:\n  key: cookie\n  default:\n    capacity: 0\n  database: mysql://x\n");
+        let p = problems(
+            "backends: [http://x:9]\nrate_limit:\n  key: cookie\n  default:\n    capacity: 0\n  database: mysql://x\n",
+        );
         let lines: Vec<_> = p.iter().map(|p| (p.path.as_str(), p.line)).collect();
         assert_eq!(
             lines,

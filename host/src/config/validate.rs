@@ -415,7 +415,8 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
 
 fn rate_limit(c: &mut Checker, raw: Option<&RawRateLimit>) -> RateLimitConfig {
     let ipv6_prefix = c.int(
-        raw.and_then(|r| r.ipv6_prefix.as_ref()).map(|s| spanned("rate_limit.ipv6_prefix", s)),
+        raw.and_then(|r| r.ipv6_prefix.as_ref())
+            .map(|s| spanned("rate_limit.ipv6_prefix", s)),
         1,
         128,
         64,
@@ -430,7 +431,8 @@ fn rate_limit(c: &mut Checker, raw: Option<&RawRateLimit>) -> RateLimitConfig {
                 Some(name) => match http::HeaderName::from_bytes(name.trim().as_bytes()) {
                     Ok(name) => KeySource::Header { name, ipv6_prefix },
                     Err(_) => {
-                        c.problems.push(input.problem(format!("{name:?} is not a valid header name")));
+                        c.problems
+                            .push(input.problem(format!("{name:?} is not a valid header name")));
                         KeySource::Ip { ipv6_prefix }
                     }
                 },
@@ -461,9 +463,9 @@ fn rate_limit(c: &mut Checker, raw: Option<&RawRateLimit>) -> RateLimitConfig {
                             .as_ref()
                             .map(|s| spanned("rate_limit.default.capacity", s).problem(&reason))
                     } else {
-                        d.refill_per_second
-                            .as_ref()
-                            .map(|s| spanned("rate_limit.default.refill_per_second", s).problem(&reason))
+                        d.refill_per_second.as_ref().map(|s| {
+                            spanned("rate_limit.default.refill_per_second", s).problem(&reason)
+                        })
                     };
                     c.problems.push(
                         located.unwrap_or_else(|| Problem::new("rate_limit.default", reason)),
@@ -474,11 +476,14 @@ fn rate_limit(c: &mut Checker, raw: Option<&RawRateLimit>) -> RateLimitConfig {
         }
     };
     let refill_interval = c.duration(
-        raw.and_then(|r| r.refill_interval.as_ref()).map(|s| spanned("rate_limit.refill_interval", s)),
+        raw.and_then(|r| r.refill_interval.as_ref())
+            .map(|s| spanned("rate_limit.refill_interval", s)),
         Duration::from_millis(100),
     );
     if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&refill_interval) {
-        let input = raw.and_then(|r| r.refill_interval.as_ref()).map(|s| spanned("rate_limit.refill_interval", s));
+        let input = raw
+            .and_then(|r| r.refill_interval.as_ref())
+            .map(|s| spanned("rate_limit.refill_interval", s));
         if let Some(input) = input {
             c.problems.push(input.problem("must be from 1ms to 1m"));
         }
@@ -503,7 +508,8 @@ fn rate_limit(c: &mut Checker, raw: Option<&RawRateLimit>) -> RateLimitConfig {
         default,
         refill_interval,
         max_clients: c.int(
-            raw.and_then(|r| r.max_clients.as_ref()).map(|s| spanned("rate_limit.max_clients", s)),
+            raw.and_then(|r| r.max_clients.as_ref())
+                .map(|s| spanned("rate_limit.max_clients", s)),
             1,
             100_000_000,
             1_000_000,
@@ -511,7 +517,8 @@ fn rate_limit(c: &mut Checker, raw: Option<&RawRateLimit>) -> RateLimitConfig {
         database,
         database_required: raw.and_then(|r| r.database_required).unwrap_or(true),
         sync_interval: c.duration(
-            raw.and_then(|r| r.sync_interval.as_ref()).map(|s| spanned("rate_limit.sync_interval", s)),
+            raw.and_then(|r| r.sync_interval.as_ref())
+                .map(|s| spanned("rate_limit.sync_interval", s)),
             Duration::from_millis(500),
         ),
     }

@@ -42,8 +42,7 @@ impl Limits {
                 "capacity must be a whole number from 1 to {MAX_CAPACITY}, got {capacity}"
             ));
         }
-        if !refill_per_second.is_finite()
-            || !(MIN_REFILL..=MAX_REFILL).contains(&refill_per_second)
+        if !refill_per_second.is_finite() || !(MIN_REFILL..=MAX_REFILL).contains(&refill_per_second)
         {
             return Err(format!(
                 "refill_per_second must be from {MIN_REFILL} to {MAX_REFILL}, got {refill_per_second}"
@@ -207,7 +206,12 @@ impl Bucket {
 
     /// Milli-tokens available at `now` (for inspection; does not write).
     pub fn peek(&self, now: u64, tick_micros: u64) -> u64 {
-        Self::current(self.state.load(Ordering::Acquire), now, &self.limits(), tick_micros)
+        Self::current(
+            self.state.load(Ordering::Acquire),
+            now,
+            &self.limits(),
+            tick_micros,
+        )
     }
 }
 
@@ -256,7 +260,10 @@ mod tests {
             b.settle(t, TICK);
         }
         let expected = ticks * TICK * 333 / 1_000_000;
-        assert_eq!(b.peek(ticks, TICK) - start, expected.min(l.capacity_milli() - start));
+        assert_eq!(
+            b.peek(ticks, TICK) - start,
+            expected.min(l.capacity_milli() - start)
+        );
     }
 
     #[test]

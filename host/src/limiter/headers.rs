@@ -21,7 +21,9 @@ fn policy_name(decision: &Decision) -> &'static str {
 /// nothing is left, until the next token (the same as `Retry-After`).
 pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision) {
     let name = policy_name(decision);
-    let window = decision.limits.seconds_for(u64::from(decision.limits.capacity) * 1000);
+    let window = decision
+        .limits
+        .seconds_for(u64::from(decision.limits.capacity) * 1000);
     let policy = format!("\"{name}\";q={};w={window}", decision.limits.capacity);
     let t = if decision.remaining == 0 {
         decision.retry_after
@@ -66,9 +68,15 @@ mod tests {
         let response = rejection(&decision);
         assert_eq!(response.status(), 429);
         assert_eq!(response.headers()["retry-after"], "1");
-        assert_eq!(response.headers()["ratelimit-policy"], "\"default\";q=100;w=10");
+        assert_eq!(
+            response.headers()["ratelimit-policy"],
+            "\"default\";q=100;w=10"
+        );
         assert_eq!(response.headers()["ratelimit"], "\"default\";r=0;t=1");
         let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], br#"{"code":429,"message":"Rate limit exceeded"}"#);
+        assert_eq!(
+            &body[..],
+            br#"{"code":429,"message":"Rate limit exceeded"}"#
+        );
     }
 }

@@ -48,7 +48,12 @@ impl KeyBuf {
 
 /// The key a request is limited under: the header value, else the address
 /// (`203.0.113.7`, or `2001:db8:1:2::/64` for IPv6).
-pub fn client_key<'a>(source: &KeySource, ip: IpAddr, headers: &'a HeaderMap, buf: &'a mut KeyBuf) -> &'a str {
+pub fn client_key<'a>(
+    source: &KeySource,
+    ip: IpAddr,
+    headers: &'a HeaderMap,
+    buf: &'a mut KeyBuf,
+) -> &'a str {
     let prefix = match source {
         KeySource::Header { name, ipv6_prefix } => {
             if let Some(value) = headers
@@ -92,7 +97,10 @@ mod tests {
     fn ipv4_is_the_address() {
         let s = KeySource::Ip { ipv6_prefix: 64 };
         assert_eq!(key(&s, "203.0.113.7", &HeaderMap::new()), "203.0.113.7");
-        assert_eq!(key(&s, "::ffff:203.0.113.7", &HeaderMap::new()), "203.0.113.7");
+        assert_eq!(
+            key(&s, "::ffff:203.0.113.7", &HeaderMap::new()),
+            "203.0.113.7"
+        );
     }
 
     #[test]

@@ -60,7 +60,11 @@ pub struct Limiter {
 impl Limiter {
     pub fn new(default: Limits, refill_interval: Duration, max_clients: usize) -> Limiter {
         Limiter {
-            buckets: DashMap::with_capacity_and_hasher_and_shard_amount(0, PreHashed::default(), 64),
+            buckets: DashMap::with_capacity_and_hasher_and_shard_amount(
+                0,
+                PreHashed::default(),
+                64,
+            ),
             hasher: foldhash::fast::RandomState::default(),
             tick: AtomicU64::new(0),
             tick_micros: (refill_interval.as_micros() as u64).max(1),
@@ -92,7 +96,12 @@ impl Limiter {
                 overflow: true,
             };
         }
-        let limits = self.overrides.load().get(key).copied().unwrap_or(self.default);
+        let limits = self
+            .overrides
+            .load()
+            .get(key)
+            .copied()
+            .unwrap_or(self.default);
         let bucket = self.buckets.entry(hash).or_insert_with(|| {
             self.tracked.fetch_add(1, Ordering::Relaxed);
             Bucket::new(limits, now)
@@ -187,10 +196,14 @@ impl Limiter {
     }
 
     /// Drives refill and eviction until the returned task is aborted.
-    pub fn spawn_ticker(self: &Arc<Self>, refill_interval: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_ticker(
+        self: &Arc<Self>,
+        refill_interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let limiter = Arc::clone(self);
         // Eviction (which also settles every bucket) about once a second.
-        let evict_every = (Duration::from_secs(1).as_micros() / refill_interval.as_micros().max(1)).max(1) as u64;
+        let evict_every =
+            (Duration::from_secs(1).as_micros() / refill_interval.as_micros().max(1)).max(1) as u64;
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(refill_interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -200,10 +213,14 @@ impl Limiter {
                 ticker.tick().await;
                 limiter.tick();
                 ticks += 1;
-                if ticks % evict_every == 0 {
+                if ticks.is_multiple_of(evict_every) {
                     let evicted = limiter.evict_idle();
                     if evicted > 0 {
-                        tracing::debug!(evicted, tracked = limiter.tracked(), "evicted idle clients");
+                        tracing::debug!(
+                            evicted,
+                            tracked = limiter.tracked(),
+                            "evicted idle clients"
+                        );
                     }
                 }
             }
@@ -216,7 +233,11 @@ mod tests {
     use super::*;
 
     fn limiter(capacity: i64, rate: f64, max: usize) -> Limiter {
-        Limiter::new(Limits::new(capacity, rate).unwrap(), Duration::from_millis(100), max)
+        Limiter::new(
+            Limits::new(capacity, rate).unwrap(),
+            Duration::from_millis(100),
+            max,
+        )
     }
 
     #[test]

@@ -9,21 +9,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Loads every override once; errors name the rows that were skipped.
-pub async fn load_overrides(store: &Store) -> Result<HashMap<String, Limits>, crate::store::StoreError> {
+pub async fn load_overrides(
+    store: &Store,
+) -> Result<HashMap<String, Limits>, crate::store::StoreError> {
     let mut map = HashMap::new();
     for record in store.list().await? {
         match record.limits() {
             Ok(limits) => {
                 map.insert(record.client_id, limits);
             }
-            Err(reason) => tracing::warn!(client = %record.client_id, %reason, "ignoring invalid row in clients table"),
+            Err(reason) => {
+                tracing::warn!(client = %record.client_id, %reason, "ignoring invalid row in clients table")
+            }
         }
     }
     Ok(map)
 }
 
 /// Polls `store` every `interval` and applies changes to `limiter`.
-pub fn spawn_sync(store: Arc<Store>, limiter: Arc<Limiter>, interval: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn_sync(
+    store: Arc<Store>,
+    limiter: Arc<Limiter>,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -37,7 +45,11 @@ pub fn spawn_sync(store: Arc<Store>, limiter: Arc<Limiter>, interval: Duration) 
                     let overrides = load_overrides(&store).await?;
                     let changed = limiter.apply_overrides(overrides);
                     if seen.is_some() && changed > 0 {
-                        tracing::info!(event = "limits_reloaded", changed, "per-client limits changed in the database");
+                        tracing::info!(
+                            event = "limits_reloaded",
+                            changed,
+                            "per-client limits changed in the database"
+                        );
                     }
                     seen = Some(fingerprint);
                 }

@@ -108,7 +108,8 @@ impl Proxy {
         let decision = match &self.limiter {
             Some(limiter) => {
                 let mut buf = KeyBuf::default();
-                let key = limiter::client_key(&self.key_source, client, request.headers(), &mut buf);
+                let key =
+                    limiter::client_key(&self.key_source, client, request.headers(), &mut buf);
                 let decision = limiter.check(key);
                 self.metrics.record_decision(&decision);
                 if !decision.allowed {

@@ -116,7 +116,9 @@ impl Store {
             .connect(&url)
             .await?;
         if url.starts_with("sqlite:") {
-            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await?;
         }
         MIGRATOR.run(&pool).await?;
         Ok(Store {
@@ -229,7 +231,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u@h:5432/db"
+        );
         assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
     }
 
@@ -239,24 +244,38 @@ mod tests {
         let created = store.create("k1", &limits).await.unwrap();
         assert_eq!(created.capacity, 10);
         assert_eq!(created.refill_per_second, 0.5);
-        assert!(matches!(store.create("k1", &limits).await, Err(StoreError::Exists(_))));
+        assert!(matches!(
+            store.create("k1", &limits).await,
+            Err(StoreError::Exists(_))
+        ));
         let after_create = store.fingerprint().await.unwrap();
         assert_ne!(before, after_create);
-        let updated = store.update("k1", &Limits::new(20, 2.0).unwrap()).await.unwrap();
+        let updated = store
+            .update("k1", &Limits::new(20, 2.0).unwrap())
+            .await
+            .unwrap();
         assert_eq!(updated.capacity, 20);
-        assert!(updated.updated_at > created.updated_at || updated.updated_at >= created.created_at);
+        assert!(
+            updated.updated_at > created.updated_at || updated.updated_at >= created.created_at
+        );
         assert_ne!(after_create, store.fingerprint().await.unwrap());
         assert!(matches!(
             store.update("nope", &limits).await,
             Err(StoreError::NotFound(_))
         ));
         store.upsert("k2", &limits).await.unwrap();
-        store.upsert("k2", &Limits::new(3, 1.0).unwrap()).await.unwrap();
+        store
+            .upsert("k2", &Limits::new(3, 1.0).unwrap())
+            .await
+            .unwrap();
         let all = store.list().await.unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[1].capacity, 3);
         store.delete("k1").await.unwrap();
-        assert!(matches!(store.delete("k1").await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.delete("k1").await,
+            Err(StoreError::NotFound(_))
+        ));
         assert_eq!(store.get("k1").await.unwrap(), None);
     }
 
@@ -278,7 +297,9 @@ mod tests {
             return;
         };
         let schema = crate::test_env::fresh_pg_schema(&base).await;
-        let store = Store::connect(&schema, Duration::from_secs(5)).await.unwrap();
+        let store = Store::connect(&schema, Duration::from_secs(5))
+            .await
+            .unwrap();
         exercise(&store).await;
     }
 }

@@ -1,0 +1,71 @@
+//! `gateway clients …`: the same store the admin API uses, driven from a shell.
+
+use crate::admin::ClientView;
+use crate::cli::{ClientsAction, ClientsArgs};
+use crate::config::{self, Overrides};
+use crate::limiter::Limits;
+use crate::store::{Store, StoreError};
+use std::time::Duration;
+
+/// Where the limits live: `--database`, else the config file, else the default.
+fn database_url(args: &ClientsArgs) -> Result<String, String> {
+    if let Some(url) = &args.database {
+        return Ok(url.clone());
+    }
+    let path = args.config.path();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => config::parse(&text, &Overrides::default())
+            .map(|c| c.rate_limit.database)
+            .map_err(|problems| {
+                let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                format!("{} is not valid:\n  {}", path.display(), list.join("\n  "))
+            }),
+        Err(_) if !args.config.explicit() => Ok("sqlite://gateway.db".to_owned()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Runs one action; the error text is for the user, the exit code is 1.
+pub async fn run(args: ClientsArgs) -> Result<String, String> {
+    let url = database_url(&args)?;
+    let store = Store::connect(&url, Duration::from_secs(5))
+        .await
+        .map_err(|e| format!("{}: {e}", crate::store::redact(&url)))?;
+    match args.action {
+        ClientsAction::List => {
+            let list: Vec<ClientView> = store
+                .list()
+                .await
+                .map_err(describe)?
+                .into_iter()
+                .map(ClientView::from)
+                .collect();
+            Ok(pretty(&list))
+        }
+        ClientsAction::Get { key } => match store.get(&key).await.map_err(describe)? {
+            Some(record) => Ok(pretty(&ClientView::from(record))),
+            None => Err(format!("client {key:?} not found")),
+        },
+        ClientsAction::Set {
+            key,
+            capacity,
+            refill_per_second,
+        } => {
+            let limits = Limits::new(capacity, refill_per_second)?;
+            let record = store.upsert(&key, &limits).await.map_err(describe)?;
+            Ok(pretty(&ClientView::from(record)))
+        }
+        ClientsAction::Delete { key } => {
+            store.delete(&key).await.map_err(describe)?;
+            Ok(format!("deleted {key}"))
+        }
+    }
+}
+
+fn describe(error: StoreError) -> String {
+    error.to_string()
+}
+
+fn pretty<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
+}
