@@ -117,26 +117,27 @@ async fn rate_limiting(config: &Config) -> anyhow::Result<Option<(Arc<Store>, Ar
         return Ok(None);
     }
     let limiter = Arc::new(Limiter::new(rl.default, rl.refill_interval, rl.max_clients));
-    let store = match Store::connect(&rl.database, Duration::from_secs(5)).await {
-        Ok(store) => Arc::new(store),
+    let store = Arc::new(Store::lazy(&rl.database, Duration::from_secs(2))?);
+    match store.prepare().await {
+        Ok(()) => {
+            limiter.apply_overrides(load_overrides(&store).await?);
+        }
         Err(error) if rl.database_required => {
             anyhow::bail!(
                 "rate_limit.database {}: {error} (set rate_limit.database_required: false to start with default limits)",
-                crate::store::redact(&rl.database)
+                store.display
             );
         }
         Err(error) => {
-            tracing::warn!(%error, "limits database unavailable at start; serving default limits and retrying");
-            let store = loop {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                if let Ok(store) = Store::connect(&rl.database, Duration::from_secs(5)).await {
-                    break store;
+            tracing::warn!(event = "database_down", database = %store.display, %error, "limits database unavailable at start; serving default limits until it is reachable");
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                while store.prepare().await.is_err() {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
                 }
-            };
-            Arc::new(store)
+            });
         }
-    };
-    limiter.apply_overrides(load_overrides(&store).await?);
+    }
     limiter.spawn_ticker(rl.refill_interval);
     spawn_sync(Arc::clone(&store), Arc::clone(&limiter), rl.sync_interval);
     tracing::info!(

@@ -470,3 +470,32 @@ fn unreachable_database_at_start_exits_1() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("rate_limit.database"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_database_down_at_start_serves_default_limits() {
+    let b = TestBackend::start("b").await;
+    let mut gw = Gateway::start(&limited(
+        &b,
+        "postgres://nobody@127.0.0.1:1/none",
+        "  database_required: false\n  default:\n    capacity: 2\n    refill_per_second: 0.01\n",
+    ));
+    gw.wait_log(
+        |l| l.contains(r#""event":"database_down""#),
+        Duration::from_secs(5),
+    );
+    let client = client();
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(get(&client, &gw.url("/")).await.0.as_u16());
+        }
+        v
+    };
+    assert_eq!(statuses, vec![200, 200, 429]);
+    let (status, _, _) = send(
+        &client,
+        request("GET", &gw.admin_url("/clients"), &[AUTH], ""),
+    )
+    .await;
+    assert_eq!(status, 503);
+}

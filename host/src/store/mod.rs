@@ -51,6 +51,8 @@ pub struct Fingerprint {
 
 pub struct Store {
     pool: AnyPool,
+    /// SQLite wants WAL mode so the CLI can write while the gateway reads.
+    sqlite: bool,
     /// The URL with any password removed, for logs.
     pub display: String,
 }
@@ -96,6 +98,13 @@ fn record(row: &sqlx::any::AnyRow) -> Result<ClientRecord, sqlx::Error> {
 impl Store {
     /// Connects (creating an SQLite file if needed) and runs the embedded migrations.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Store, StoreError> {
+        let store = Self::lazy(url, timeout)?;
+        store.prepare().await?;
+        Ok(store)
+    }
+
+    /// A store that connects on first use; call [`Store::prepare`] before relying on it.
+    pub fn lazy(url: &str, timeout: Duration) -> Result<Store, StoreError> {
         install_default_drivers();
         let url = if url.starts_with("sqlite:") {
             if url.contains("mode=") {
@@ -113,18 +122,23 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(timeout)
-            .connect(&url)
-            .await?;
-        if url.starts_with("sqlite:") {
-            sqlx::query("PRAGMA journal_mode=WAL")
-                .execute(&pool)
-                .await?;
-        }
-        MIGRATOR.run(&pool).await?;
+            .connect_lazy(&url)?;
         Ok(Store {
+            sqlite: url.starts_with("sqlite:"),
             pool,
             display: redact(&url),
         })
+    }
+
+    /// Reaches the database and brings the schema up to date.
+    pub async fn prepare(&self) -> Result<(), StoreError> {
+        if self.sqlite {
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&self.pool)
+                .await?;
+        }
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
     }
 
     pub async fn list(&self) -> Result<Vec<ClientRecord>, StoreError> {
