@@ -8,6 +8,7 @@ use crate::health::HealthChecker;
 use crate::limiter::sync::load_overrides;
 use crate::limiter::{Limiter, spawn_sync};
 use crate::metrics::Metrics;
+use crate::plugin::Plugins;
 use crate::proxy::Proxy;
 use crate::server::{self, ConnLimits, Shutdown};
 use crate::store::Store;
@@ -25,16 +26,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, b)| Arc::new(Backend::new(i, b.url.clone(), b.weight)))
         .collect();
-    let selection = balancer::build(config.algorithm, &backends);
     let limiting = rate_limiting(&config).await?;
     let limiter = limiting.as_ref().map(|(_, limiter)| Arc::clone(limiter));
     let metrics = Arc::new(Metrics::new(&backends, limiter.clone()));
+    let plugins = Plugins::load(&config, &|interface| metrics.plugin_outcomes(interface))
+        .map_err(|e| anyhow::anyhow!("plugin: {e}"))?;
+    if config.plugins.reload {
+        plugins.spawn_reloader();
+    }
+    let selection = balancer::build(config.algorithm, &backends, plugins.select.clone());
     let proxy = Arc::new(Proxy::new(
         &config,
         Arc::clone(&backends),
         selection,
         Arc::clone(&metrics),
         limiter.clone(),
+        &plugins,
     ));
     let clients = limiting.map(|(store, limiter)| Clients {
         store,

@@ -24,6 +24,20 @@ pub enum Command {
     Demo(DemoArgs),
     /// Manage per-client rate limits in the configured database.
     Clients(ClientsArgs),
+    /// Inspect WebAssembly plugins.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginAction {
+    /// Load a component and say which plugin interfaces it implements, or why it is rejected.
+    Check {
+        /// The component (.wasm).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ pub mod health;
 pub mod limiter;
 pub mod logging;
 pub mod metrics;
+pub mod plugin;
 pub mod proxy;
 pub mod server;
 pub mod store;

@@ -2,7 +2,7 @@
 //! (0 ok, 1 invalid input or config, 2 usage).
 
 use clap::Parser;
-use gateway::cli::{Cli, Command, ConfigArg, DemoArgs};
+use gateway::cli::{Cli, Command, ConfigArg, DemoArgs, PluginAction};
 use gateway::config::{self, Config, LoadError, Overrides};
 use gateway::server::{self, ConnLimits, Shutdown};
 use std::process::ExitCode;
@@ -27,6 +27,18 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => demo(args),
         Command::Clients(args) => clients(args),
+        Command::Plugin {
+            action: PluginAction::Check { file },
+        } => match gateway::plugin::check(&file) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(reason) => {
+                println!("{}: rejected — {reason}", file.display());
+                ExitCode::from(1)
+            }
+        },
     }
 }
 
@@ -73,7 +85,12 @@ fn validate(args: &ConfigArg) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match config::parse(&text, &env_overrides()) {
+    let parsed = config::parse(&text, &env_overrides()).and_then(|c| {
+        gateway::plugin::Plugins::load(&c, &|_| gateway::plugin::Outcomes::default())
+            .map(|_| c)
+            .map_err(|reason| vec![config::Problem::new("plugins", reason)])
+    });
+    match parsed {
         Ok(c) => {
             println!(
                 "{}: ok — listen {}, {} backend(s), {}, admin {}",

@@ -3,6 +3,7 @@
 
 use crate::balancer::Backend;
 use crate::limiter::{Decision, Limiter};
+use crate::plugin::Outcomes;
 use http::StatusCode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -51,6 +52,13 @@ pub struct Metrics {
     decisions: [Counter; 3],
     tracked_clients: Gauge,
     limiter: Option<Arc<Limiter>>,
+    plugin_calls: Family<PluginLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    interface: &'static str,
+    outcome: &'static str,
 }
 
 impl Metrics {
@@ -143,9 +151,16 @@ impl Metrics {
                 })
                 .collect()
         };
+        let plugin_calls = Family::<PluginLabels, Counter>::default();
+        registry.register(
+            "plugin_calls",
+            "Plugin calls by interface and outcome (ok, timeout, trap, invalid)",
+            plugin_calls.clone(),
+        );
         let decisions = ["allowed", "limited", "overflow"]
             .map(|outcome| decisions.get_or_create(&OutcomeLabel { outcome }).clone());
         Metrics {
+            plugin_calls,
             decisions,
             tracked_clients,
             limiter,
@@ -178,6 +193,21 @@ impl Metrics {
             (false, true) => 2,
         };
         self.decisions[index].inc();
+    }
+
+    /// Counters a plugin of `interface` reports its call outcomes to.
+    pub fn plugin_outcomes(&self, interface: &'static str) -> Outcomes {
+        let counter = |outcome| {
+            self.plugin_calls
+                .get_or_create(&PluginLabels { interface, outcome })
+                .clone()
+        };
+        Outcomes {
+            ok: counter("ok"),
+            timeout: counter("timeout"),
+            trap: counter("trap"),
+            invalid: counter("invalid"),
+        }
     }
 
     pub fn record_failure(&self, backend: usize) {

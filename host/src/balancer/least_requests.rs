@@ -1,6 +1,6 @@
 //! Least requests: the backend with the fewest in-flight requests per unit of weight.
 
-use super::{Backend, BackendSelection, Tried, usable};
+use super::{Backend, BackendSelection, Ctx, Tried, usable};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -17,7 +17,7 @@ impl LeastRequests {
 }
 
 impl BackendSelection for LeastRequests {
-    fn pick(&self, backends: &[Arc<Backend>], tried: &Tried) -> Option<usize> {
+    fn pick(&self, backends: &[Arc<Backend>], tried: &Tried, _ctx: &mut Ctx<'_>) -> Option<usize> {
         let len = backends.len();
         if len == 0 {
             return None;
@@ -50,7 +50,7 @@ impl BackendSelection for LeastRequests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::test_support::backends;
+    use crate::balancer::test_support::{backends, with_ctx};
 
     #[test]
     fn picks_the_least_loaded() {
@@ -60,7 +60,7 @@ mod tests {
         let _c = set[1].start();
         let lr = LeastRequests::new();
         for _ in 0..5 {
-            assert_eq!(lr.pick(&set, &Tried::default()), Some(2));
+            assert_eq!(with_ctx(|c| lr.pick(&set, &Tried::default(), c)), Some(2));
         }
     }
 
@@ -69,7 +69,7 @@ mod tests {
         let set = backends(&[1, 1, 1]);
         let lr = LeastRequests::new();
         let mut seen: Vec<usize> = (0..3)
-            .map(|_| lr.pick(&set, &Tried::default()).unwrap())
+            .map(|_| with_ctx(|c| lr.pick(&set, &Tried::default(), c)).unwrap())
             .collect();
         seen.sort_unstable();
         assert_eq!(seen, vec![0, 1, 2]);
@@ -81,7 +81,10 @@ mod tests {
         let _g: Vec<_> = (0..3).map(|_| set[1].start()).collect();
         let _h = set[0].start();
         // backend 1 carries 3/4 per weight unit, backend 0 carries 1/1.
-        assert_eq!(LeastRequests::new().pick(&set, &Tried::default()), Some(1));
+        assert_eq!(
+            with_ctx(|c| LeastRequests::new().pick(&set, &Tried::default(), c)),
+            Some(1)
+        );
     }
 
     #[test]
@@ -90,6 +93,9 @@ mod tests {
         set[0].set_healthy(false);
         let mut tried = Tried::default();
         tried.insert(1);
-        assert_eq!(LeastRequests::new().pick(&set, &tried), Some(2));
+        assert_eq!(
+            with_ctx(|c| LeastRequests::new().pick(&set, &tried, c)),
+            Some(2)
+        );
     }
 }

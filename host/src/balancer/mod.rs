@@ -2,11 +2,13 @@
 
 mod backend;
 mod least_requests;
+mod plugin;
 mod random;
 mod round_robin;
 
 pub use backend::{Backend, InFlight};
 pub use least_requests::LeastRequests;
+pub use plugin::PluginSelection;
 pub use random::Random;
 pub use round_robin::RoundRobin;
 
@@ -27,6 +29,16 @@ impl Tried {
     }
 }
 
+/// The request being balanced, for algorithms that look at it (plugins).
+pub struct Ctx<'a> {
+    /// Method, URI and headers (headers may be lent out and returned during a pick).
+    pub head: &'a mut http::request::Parts,
+    /// The client address as the proxy computed it.
+    pub client: std::net::IpAddr,
+    /// Set when a plugin failed during a pick (the caller may refuse the request).
+    pub plugin_failed: bool,
+}
+
 /// A balancing algorithm: given the backends and those already tried for this
 /// request, name the next one to try.
 ///
@@ -34,7 +46,7 @@ impl Tried {
 /// is the same call again with the failed one added to `tried`.
 pub trait BackendSelection: Send + Sync {
     /// A healthy backend not in `tried`, or `None` when none is left.
-    fn pick(&self, backends: &[Arc<Backend>], tried: &Tried) -> Option<usize>;
+    fn pick(&self, backends: &[Arc<Backend>], tried: &Tried, ctx: &mut Ctx<'_>) -> Option<usize>;
 }
 
 /// Is this backend worth a try for the current request?
@@ -42,8 +54,23 @@ fn usable(backends: &[Arc<Backend>], tried: &Tried, index: usize) -> bool {
     backends[index].is_healthy() && !tried.contains(index)
 }
 
-/// Builds the configured algorithm for a backend set.
-pub fn build(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Arc<dyn BackendSelection> {
+/// Builds the configured algorithm for a backend set, behind the plugin if there is one.
+pub fn build(
+    algorithm: Algorithm,
+    backends: &[Arc<Backend>],
+    plugin: Option<Arc<crate::plugin::Plugin<crate::plugin::SelectRole>>>,
+) -> Arc<dyn BackendSelection> {
+    let builtin = builtin(algorithm, backends);
+    match plugin {
+        Some(plugin) => Arc::new(PluginSelection {
+            plugin,
+            fallback: builtin,
+        }),
+        None => builtin,
+    }
+}
+
+fn builtin(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Arc<dyn BackendSelection> {
     let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
     match algorithm {
         Algorithm::RoundRobin => Arc::new(RoundRobin::new(&weights)),
@@ -56,7 +83,19 @@ pub fn build(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Arc<dyn Backend
 pub(crate) mod test_support {
     use super::Backend;
 
+    use super::Ctx;
     use std::sync::Arc;
+
+    /// Runs `f` with a context for a bare `GET /`.
+    pub fn with_ctx<T>(f: impl FnOnce(&mut Ctx<'_>) -> T) -> T {
+        let (mut head, ()) = http::Request::new(()).into_parts();
+        let mut ctx = Ctx {
+            head: &mut head,
+            client: std::net::IpAddr::from([127, 0, 0, 1]),
+            plugin_failed: false,
+        };
+        f(&mut ctx)
+    }
 
     pub fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
         weights

@@ -1,6 +1,6 @@
 //! Weighted random choice; no shared state at all on the request path.
 
-use super::{Backend, BackendSelection, Tried, usable};
+use super::{Backend, BackendSelection, Ctx, Tried, usable};
 use std::sync::Arc;
 
 #[derive(Debug)]
@@ -24,7 +24,7 @@ impl Random {
 }
 
 impl BackendSelection for Random {
-    fn pick(&self, backends: &[Arc<Backend>], tried: &Tried) -> Option<usize> {
+    fn pick(&self, backends: &[Arc<Backend>], tried: &Tried, _ctx: &mut Ctx<'_>) -> Option<usize> {
         let total = *self.cumulative.last()?;
         let draw = fastrand::u64(0..total);
         let first = self.cumulative.partition_point(|&c| c <= draw);
@@ -38,7 +38,7 @@ impl BackendSelection for Random {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::test_support::backends;
+    use crate::balancer::test_support::{backends, with_ctx};
 
     #[test]
     fn draws_follow_weights() {
@@ -46,7 +46,7 @@ mod tests {
         let r = Random::new(&[1, 3]);
         let mut counts = [0usize; 2];
         for _ in 0..40_000 {
-            counts[r.pick(&set, &Tried::default()).unwrap()] += 1;
+            counts[with_ctx(|c| r.pick(&set, &Tried::default(), c)).unwrap()] += 1;
         }
         let share = counts[1] as f64 / 40_000.0;
         assert!(
@@ -62,7 +62,7 @@ mod tests {
         set[2].set_healthy(false);
         let r = Random::new(&[1, 1, 1]);
         for _ in 0..50 {
-            assert_eq!(r.pick(&set, &Tried::default()), Some(1));
+            assert_eq!(with_ctx(|c| r.pick(&set, &Tried::default(), c)), Some(1));
         }
     }
 }

@@ -2,7 +2,7 @@
 //! without a lock: the whole weighted cycle is computed once and an atomic
 //! counter walks it.
 
-use super::{Backend, BackendSelection, Tried, usable};
+use super::{Backend, BackendSelection, Ctx, Tried, usable};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -24,7 +24,7 @@ impl RoundRobin {
 }
 
 impl BackendSelection for RoundRobin {
-    fn pick(&self, backends: &[Arc<Backend>], tried: &Tried) -> Option<usize> {
+    fn pick(&self, backends: &[Arc<Backend>], tried: &Tried, _ctx: &mut Ctx<'_>) -> Option<usize> {
         let len = self.cycle.len();
         for _ in 0..len {
             let index = self.cycle[self.next.fetch_add(1, Ordering::Relaxed) % len];
@@ -67,11 +67,11 @@ fn smooth_cycle(weights: &[u32]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::test_support::backends;
+    use crate::balancer::test_support::{backends, with_ctx};
 
     fn picks(rr: &RoundRobin, set: &[Arc<Backend>], n: usize) -> Vec<usize> {
         (0..n)
-            .map(|_| rr.pick(set, &Tried::default()).unwrap())
+            .map(|_| with_ctx(|c| rr.pick(set, &Tried::default(), c)).unwrap())
             .collect()
     }
 
@@ -101,14 +101,14 @@ mod tests {
         let set = backends(&[1, 1, 1]);
         let rr = RoundRobin::new(&[1, 1, 1]);
         let mut tried = Tried::default();
-        let first = rr.pick(&set, &tried).unwrap();
+        let first = with_ctx(|c| rr.pick(&set, &tried, c)).unwrap();
         tried.insert(first);
-        let second = rr.pick(&set, &tried).unwrap();
+        let second = with_ctx(|c| rr.pick(&set, &tried, c)).unwrap();
         tried.insert(second);
-        let third = rr.pick(&set, &tried).unwrap();
+        let third = with_ctx(|c| rr.pick(&set, &tried, c)).unwrap();
         tried.insert(third);
         assert_eq!(vec![first, second, third], vec![0, 1, 2]);
-        assert_eq!(rr.pick(&set, &tried), None);
+        assert_eq!(with_ctx(|c| rr.pick(&set, &tried, c)), None);
     }
 
     #[test]
@@ -117,6 +117,9 @@ mod tests {
         for b in &set {
             b.set_healthy(false);
         }
-        assert_eq!(RoundRobin::new(&[1, 2]).pick(&set, &Tried::default()), None);
+        assert_eq!(
+            with_ctx(|c| RoundRobin::new(&[1, 2]).pick(&set, &Tried::default(), c)),
+            None
+        );
     }
 }

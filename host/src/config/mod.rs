@@ -12,6 +12,7 @@ use hyper::Uri;
 use ipnet::IpNet;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything the gateway needs to run, with defaults filled in.
@@ -23,11 +24,30 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     /// How a backend is chosen for each request.
     pub algorithm: Algorithm,
+    /// The backend-selection plugin (`balancer.algorithm: plugin`); `algorithm` is then its fallback.
+    pub balancer_plugin: Option<PathBuf>,
     pub health_check: HealthCheckConfig,
     pub proxy: ProxyConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub rate_limit: RateLimitConfig,
+    pub plugins: PluginsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct PluginsConfig {
+    /// Work budget per call, expressed as time on an idle machine (converted to fuel).
+    pub timeout: Duration,
+    /// Linear memory cap per plugin instance, bytes.
+    pub memory_limit: usize,
+    /// A failed plugin call answers 500 instead of falling back to the built-in behaviour.
+    pub fail_closed: bool,
+    /// Key/value settings readable by plugins through `host.config`.
+    pub config: std::collections::HashMap<String, String>,
+    /// Where compiled plugins are cached.
+    pub cache_dir: PathBuf,
+    /// Watch plugin files and load replacements.
+    pub reload: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +56,8 @@ pub struct RateLimitConfig {
     pub enabled: bool,
     /// What a client is.
     pub key: KeySource,
+    /// Client-key plugin (`key: plugin`); the address is the fallback key.
+    pub key_plugin: Option<PathBuf>,
     /// Limits for clients without a database override.
     pub default: Limits,
     /// Refill tick.

@@ -21,6 +21,18 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub log: Option<RawLog>,
     pub rate_limit: Option<RawRateLimit>,
+    pub plugins: Option<RawPlugins>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugins {
+    pub timeout: Option<S<String>>,
+    pub memory_limit: Option<S<String>>,
+    pub fail_closed: Option<bool>,
+    pub config: Option<std::collections::BTreeMap<String, String>>,
+    pub cache_dir: Option<S<String>>,
+    pub reload: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -28,6 +40,7 @@ pub struct RawConfig {
 pub struct RawRateLimit {
     pub enabled: Option<bool>,
     pub key: Option<S<String>>,
+    pub key_plugin: Option<S<String>>,
     pub ipv6_prefix: Option<S<i64>>,
     pub default: Option<RawLimits>,
     pub refill_interval: Option<S<String>>,
@@ -55,6 +68,8 @@ pub struct RawBackend {
 #[serde(deny_unknown_fields)]
 pub struct RawBalancer {
     pub algorithm: Option<S<String>>,
+    pub plugin: Option<S<String>>,
+    pub fallback: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

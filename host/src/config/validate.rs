@@ -216,23 +216,43 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
     }
 
     let balancer = raw.balancer.as_ref();
-    let algorithm = match balancer.and_then(|b| b.algorithm.as_ref()) {
-        None => Algorithm::RoundRobin,
-        Some(s) => {
-            let input = spanned("balancer.algorithm", s);
+    let builtin =
+        |c: &mut Checker, input: Input<'_, String>, plugin_ok: bool| -> Option<Algorithm> {
             match input.value.as_str() {
-                "round_robin" => Algorithm::RoundRobin,
-                "least_requests" => Algorithm::LeastRequests,
-                "random" => Algorithm::Random,
+                "round_robin" => Some(Algorithm::RoundRobin),
+                "least_requests" => Some(Algorithm::LeastRequests),
+                "random" => Some(Algorithm::Random),
+                "plugin" if plugin_ok => None,
                 other => {
+                    let plugin = if plugin_ok { ", plugin" } else { "" };
                     c.problems.push(input.problem(format!(
-                        "unknown algorithm {other:?}; allowed: {}",
+                        "unknown algorithm {other:?}; allowed: {}{plugin}",
                         Algorithm::NAMES
                     )));
-                    Algorithm::RoundRobin
+                    Some(Algorithm::RoundRobin)
                 }
             }
-        }
+        };
+    let chosen = balancer
+        .and_then(|b| b.algorithm.as_ref())
+        .map(|s| builtin(&mut c, spanned("balancer.algorithm", s), true));
+    let fallback = balancer
+        .and_then(|b| b.fallback.as_ref())
+        .and_then(|s| builtin(&mut c, spanned("balancer.fallback", s), false))
+        .unwrap_or(Algorithm::RoundRobin);
+    let (algorithm, balancer_plugin) = match chosen {
+        None => (Algorithm::RoundRobin, None),
+        Some(Some(algorithm)) => (algorithm, None),
+        Some(None) => match balancer.and_then(|b| b.plugin.as_ref()) {
+            Some(path) => (fallback, Some(std::path::PathBuf::from(path.value.trim()))),
+            None => {
+                c.problems.push(Problem::new(
+                    "balancer.plugin",
+                    "balancer.algorithm is plugin but balancer.plugin (path to a .wasm component) is missing",
+                ));
+                (fallback, None)
+            }
+        },
     };
 
     let hc = raw.health_check.as_ref();
@@ -394,10 +414,13 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
     };
 
     let rate_limit = rate_limit(&mut c, raw.rate_limit.as_ref());
+    let plugins = plugins(&mut c, raw.plugins.as_ref());
 
     if c.problems.is_empty() {
         Ok(Config {
             rate_limit,
+            plugins,
+            balancer_plugin,
             listen,
             backends,
             algorithm,
@@ -427,7 +450,7 @@ fn rate_limit(c: &mut Checker, raw: Option<&RawRateLimit>) -> RateLimitConfig {
             let input = spanned("rate_limit.key", s);
             let text = input.value.trim();
             match text.strip_prefix("header:") {
-                _ if text == "ip" => KeySource::Ip { ipv6_prefix },
+                _ if text == "ip" || text == "plugin" => KeySource::Ip { ipv6_prefix },
                 Some(name) => match http::HeaderName::from_bytes(name.trim().as_bytes()) {
                     Ok(name) => KeySource::Header { name, ipv6_prefix },
                     Err(_) => {
@@ -438,7 +461,7 @@ fn rate_limit(c: &mut Checker, raw: Option<&RawRateLimit>) -> RateLimitConfig {
                 },
                 None => {
                     c.problems.push(input.problem(format!(
-                        "unknown key source {text:?}; allowed: ip, header:NAME"
+                        "unknown key source {text:?}; allowed: ip, header:NAME, plugin"
                     )));
                     KeySource::Ip { ipv6_prefix }
                 }
@@ -502,7 +525,22 @@ fn rate_limit(c: &mut Checker, raw: Option<&RawRateLimit>) -> RateLimitConfig {
             url.to_owned()
         }
     };
+    let wants_plugin = raw
+        .and_then(|r| r.key.as_ref())
+        .is_some_and(|k| k.value.trim() == "plugin");
+    let key_plugin = match (wants_plugin, raw.and_then(|r| r.key_plugin.as_ref())) {
+        (true, Some(path)) => Some(std::path::PathBuf::from(path.value.trim())),
+        (true, None) => {
+            c.problems.push(Problem::new(
+                "rate_limit.key_plugin",
+                "rate_limit.key is plugin but rate_limit.key_plugin (path to a .wasm component) is missing",
+            ));
+            None
+        }
+        (false, _) => None,
+    };
     RateLimitConfig {
+        key_plugin,
         enabled: raw.is_some_and(|r| r.enabled.unwrap_or(true)),
         key,
         default,
@@ -521,5 +559,60 @@ fn rate_limit(c: &mut Checker, raw: Option<&RawRateLimit>) -> RateLimitConfig {
                 .map(|s| spanned("rate_limit.sync_interval", s)),
             Duration::from_millis(500),
         ),
+    }
+}
+
+/// `16MiB`, `512KiB`, `1GiB` or a number of bytes.
+fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number.parse().ok()?;
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(scale)
+}
+
+fn plugins(c: &mut Checker, raw: Option<&super::raw::RawPlugins>) -> super::PluginsConfig {
+    let memory_limit = match raw.and_then(|p| p.memory_limit.as_ref()) {
+        None => 16 << 20,
+        Some(s) => {
+            let input = spanned("plugins.memory_limit", s);
+            match parse_size(input.value) {
+                Some(bytes) if (64 << 10..=4 << 30).contains(&bytes) => bytes,
+                _ => {
+                    c.problems.push(input.problem(format!(
+                        "invalid memory limit {:?}; allowed: 64KiB to 4GiB, e.g. 16MiB",
+                        input.value
+                    )));
+                    16 << 20
+                }
+            }
+        }
+    };
+    super::PluginsConfig {
+        timeout: c.duration(
+            raw.and_then(|p| p.timeout.as_ref())
+                .map(|s| spanned("plugins.timeout", s)),
+            Duration::from_millis(5),
+        ),
+        memory_limit,
+        fail_closed: raw.and_then(|p| p.fail_closed).unwrap_or(false),
+        config: raw
+            .and_then(|p| p.config.clone())
+            .map(|m| m.into_iter().collect())
+            .unwrap_or_default(),
+        cache_dir: raw
+            .and_then(|p| p.cache_dir.as_ref())
+            .map(|s| std::path::PathBuf::from(s.value.trim()))
+            .unwrap_or_else(crate::plugin::default_cache_dir),
+        reload: raw.and_then(|p| p.reload).unwrap_or(true),
     }
 }

@@ -18,6 +18,9 @@ pub enum ProxyError {
     BodyTooLarge,
     #[error("Malformed request: {0}")]
     BadRequest(&'static str),
+    /// A plugin failed and `plugins.fail_closed` is set.
+    #[error("Plugin failed")]
+    PluginFailed,
 }
 
 impl ProxyError {
@@ -28,6 +31,7 @@ impl ProxyError {
             ProxyError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::PluginFailed => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

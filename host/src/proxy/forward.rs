@@ -4,7 +4,7 @@
 use super::Proxy;
 use super::body::{BodySlot, ReplayBody};
 use super::error::ProxyError;
-use crate::balancer::{InFlight, Tried};
+use crate::balancer::{Ctx, InFlight, Tried};
 use crate::health;
 use http::request::Parts;
 use http::{Method, Request, Response, Uri, Version};
@@ -18,13 +18,23 @@ impl Proxy {
     /// Walks the balancer's candidates until one answers with response headers.
     pub(super) async fn forward(
         &self,
-        parts: &Parts,
+        parts: &mut Parts,
+        client: std::net::IpAddr,
         body: BodySlot<http_body_util::Limited<Incoming>>,
     ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
         let mut tried = Tried::default();
         let mut last_error = ProxyError::NoHealthyBackend;
         for attempt in 0..=self.settings.retries {
-            let Some(index) = self.selection.pick(&self.backends, &tried) else {
+            let mut ctx = Ctx {
+                head: parts,
+                client,
+                plugin_failed: false,
+            };
+            let picked = self.selection.pick(&self.backends, &tried, &mut ctx);
+            if ctx.plugin_failed && self.plugin_fail_closed {
+                return Err(ProxyError::PluginFailed);
+            }
+            let Some(index) = picked else {
                 return Err(last_error);
             };
             let backend = &self.backends[index];

@@ -15,6 +15,7 @@ use crate::balancer::{Backend, BackendSelection};
 use crate::config::{Config, ProxyConfig};
 use crate::limiter::{self, KeyBuf, KeySource, Limiter};
 use crate::metrics::Metrics;
+use crate::plugin::{KeyRole, Plugin, Plugins, RequestView};
 use body::{BodySlot, ObservedBody};
 use bytes::Bytes;
 use exchange::Exchange;
@@ -49,6 +50,10 @@ pub struct Proxy {
     limiter: Option<Arc<Limiter>>,
     /// What a client is, for the limiter.
     key_source: KeySource,
+    /// Computes client keys (`rate_limit.key: plugin`).
+    key_plugin: Option<Arc<Plugin<KeyRole>>>,
+    /// A failed plugin answers 500 instead of falling back.
+    plugin_fail_closed: bool,
 }
 
 impl Proxy {
@@ -58,6 +63,7 @@ impl Proxy {
         selection: Arc<dyn BackendSelection>,
         metrics: Arc<Metrics>,
         limiter: Option<Arc<Limiter>>,
+        plugins: &Plugins,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.proxy.connect_timeout));
@@ -76,13 +82,15 @@ impl Proxy {
             access_log: config.log.access,
             limiter,
             key_source: config.rate_limit.key.clone(),
+            key_plugin: plugins.key.clone(),
+            plugin_fail_closed: plugins.fail_closed,
         }
     }
 
     /// Serves one client request: who is it, may it pass, then forward.
     pub async fn handle(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
@@ -107,9 +115,23 @@ impl Proxy {
 
         let decision = match &self.limiter {
             Some(limiter) => {
+                let from_plugin = match &self.key_plugin {
+                    Some(plugin) => match plugin_key(plugin, &mut request, client) {
+                        Ok(key) => key,
+                        Err(_) if self.plugin_fail_closed => {
+                            return local(ProxyError::PluginFailed, exchange);
+                        }
+                        Err(_) => None,
+                    },
+                    None => None,
+                };
                 let mut buf = KeyBuf::default();
-                let key =
-                    limiter::client_key(&self.key_source, client, request.headers(), &mut buf);
+                let key = match &from_plugin {
+                    Some(key) => key.as_str(),
+                    None => {
+                        limiter::client_key(&self.key_source, client, request.headers(), &mut buf)
+                    }
+                };
                 let decision = limiter.check(key);
                 self.metrics.record_decision(&decision);
                 if !decision.allowed {
@@ -122,7 +144,9 @@ impl Proxy {
             }
             None => None,
         };
-        let mut response = self.route(request, peer_ip, trusted, exchange).await;
+        let mut response = self
+            .route(request, peer_ip, client, trusted, exchange)
+            .await;
         if let Some(decision) = &decision {
             limiter::apply_headers(response.headers_mut(), decision);
         }
@@ -134,6 +158,7 @@ impl Proxy {
         &self,
         mut request: Request<Incoming>,
         peer_ip: std::net::IpAddr,
+        client: std::net::IpAddr,
         trusted: bool,
         mut exchange: Exchange,
     ) -> Response<ResponseBody> {
@@ -160,7 +185,7 @@ impl Proxy {
             .map_or(usize::MAX, |m| m as usize);
         let body = BodySlot::new(Limited::new(body, limit));
 
-        let (mut response, in_flight) = match self.forward(&parts, body).await {
+        let (mut response, in_flight) = match self.forward(&mut parts, client, body).await {
             Ok(answer) => answer,
             Err(error) => return local(error, exchange),
         };
@@ -192,6 +217,25 @@ impl Proxy {
         }
         Ok(())
     }
+}
+
+/// Asks the key plugin for the request's client key; the headers are lent, not copied.
+fn plugin_key(
+    plugin: &Plugin<KeyRole>,
+    request: &mut Request<Incoming>,
+    client: std::net::IpAddr,
+) -> Result<Option<String>, crate::plugin::PluginFailure> {
+    let mut view = Some(RequestView {
+        method: request.method().clone(),
+        uri: request.uri().clone(),
+        headers: std::mem::take(request.headers_mut()),
+        client,
+    });
+    let key = plugin.client_key(&mut view);
+    if let Some(view) = view {
+        *request.headers_mut() = view.headers;
+    }
+    key
 }
 
 /// The gateway's own answer, counted and logged like any other.
