@@ -5,5 +5,6 @@ mod cli;
 mod failures;
 mod http_behaviour;
 mod lifecycle;
+mod plugins;
 mod rate_limit;
 mod support;

@@ -516,3 +516,34 @@ pub fn run_cli(args: &[&str]) -> (Option<i32>, String) {
     );
     (out.status.code(), text)
 }
+
+/// Builds the example plugins (and the test plugin) from source once per
+/// test run; returns the path of the component `name` (e.g. `sticky`).
+pub fn plugin(name: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = BUILT.get_or_init(|| {
+        let out = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(root.join("plugins/Cargo.toml"))
+            .output()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    });
+    if let Err(e) = built {
+        panic!(
+            "building the plugins failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`):\n{e}"
+        );
+    }
+    root.join(format!("plugins/target/wasm32-wasip2/release/{name}.wasm"))
+}

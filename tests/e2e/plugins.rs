@@ -1,0 +1,345 @@
+//! WebAssembly plugins, built from source, driving the real gateway: client
+//! keys for the limiter, sticky and canary backend choice, and a sandbox that
+//! survives plugins that loop, panic, hog memory or answer nonsense.
+
+use crate::support::*;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+fn yaml_for(backends: &[&TestBackend], extra: &str) -> String {
+    let mut yaml = String::from("backends:\n");
+    for b in backends {
+        yaml.push_str(&format!("  - {}\n", b.url()));
+    }
+    yaml.push_str("admin:\n  token: test-token\nlog:\n  access: false\nhealth_check:\n  interval: 100ms\n  timeout: 100ms\n  unhealthy_threshold: 1\n");
+    yaml.push_str(extra);
+    yaml
+}
+
+async fn get_as(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let (status, _, body) = send(client, request("GET", url, headers, "")).await;
+    (status.as_u16(), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_plugin_gives_each_key_its_own_bucket() {
+    let b = TestBackend::start("b").await;
+    let db = tempfile::tempdir().unwrap();
+    let yaml = yaml_for(
+        &[&b],
+        &format!(
+            "rate_limit:\n  key: plugin\n  key_plugin: {}\n  database: sqlite://{}\n  default:\n    capacity: 2\n    refill_per_second: 0.01\n",
+            plugin("api_key").display(),
+            db.path().join("l.db").display()
+        ),
+    );
+    let gw = Gateway::start(&yaml);
+    let client = client();
+    let mut seen = Vec::new();
+    for key in ["alpha", "alpha", "alpha", "beta", "beta", "beta"] {
+        seen.push(get_as(&client, &gw.url("/"), &[("x-api-key", key)]).await.0);
+    }
+    assert_eq!(seen, vec![200, 200, 429, 200, 200, 429]);
+    // Without the header the plugin declines and the client IP is the key.
+    assert_eq!(get_as(&client, &gw.url("/"), &[]).await.0, 200);
+    let (_, _, metrics) = get(&client, &gw.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains(r#"gateway_plugin_calls_total{interface="client-key",outcome="ok"} 7"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_plugin_keeps_a_user_on_one_backend_until_it_dies() {
+    let backends = [
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+    ];
+    let refs: Vec<&TestBackend> = backends.iter().collect();
+    let yaml = yaml_for(
+        &refs,
+        &format!(
+            "balancer:\n  algorithm: plugin\n  plugin: {}\n",
+            plugin("sticky").display()
+        ),
+    );
+    let mut gw = Gateway::start(&yaml);
+    let client = client();
+    let mut home: HashMap<String, String> = HashMap::new();
+    for user in 0..30 {
+        let user = format!("user-{user}");
+        let mut seen = HashSet::new();
+        for _ in 0..5 {
+            let (status, body) = get_as(&client, &gw.url("/"), &[("x-user", &user)]).await;
+            assert_eq!(status, 200);
+            seen.insert(body);
+        }
+        assert_eq!(seen.len(), 1, "{user} moved between backends: {seen:?}");
+        home.insert(user, seen.into_iter().next().unwrap());
+    }
+    let used: HashSet<&String> = home.values().collect();
+    assert!(used.len() >= 2, "30 users all on one backend: {used:?}");
+
+    // Kill one backend: only its users move, the others stay.
+    let [a, b, c] = backends;
+    let victim = a.name.clone();
+    let _ = a.stop().await;
+    gw.wait_log(
+        |l| l.contains(r#""event":"backend_down""#),
+        Duration::from_secs(5),
+    );
+    for (user, was) in &home {
+        let (status, now) = get_as(&client, &gw.url("/"), &[("x-user", user)]).await;
+        assert_eq!(status, 200);
+        if *was == victim {
+            assert_ne!(now, victim);
+        } else {
+            assert_eq!(&now, was, "{user} moved although its backend is alive");
+        }
+    }
+    drop((b, c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_plugin_splits_by_header() {
+    let stable1 = TestBackend::start("stable1").await;
+    let stable2 = TestBackend::start("stable2").await;
+    let canary = TestBackend::start("canary").await;
+    let yaml = yaml_for(
+        &[&stable1, &stable2, &canary],
+        &format!(
+            "balancer:\n  algorithm: plugin\n  plugin: {}\nplugins:\n  config:\n    canary.backend: \"{}\"\n",
+            plugin("canary").display(),
+            canary.url()
+        ),
+    );
+    let gw = Gateway::start(&yaml);
+    let client = client();
+    for _ in 0..10 {
+        assert_eq!(
+            get_as(&client, &gw.url("/"), &[("x-canary", "1")]).await.1,
+            "canary"
+        );
+    }
+    let mut stable = HashSet::new();
+    for i in 0..20 {
+        let (status, body) = get_as(&client, &gw.url("/"), &[("x-user", &format!("u{i}"))]).await;
+        assert_eq!(status, 200);
+        assert_ne!(body, "canary", "unmarked traffic reached the canary");
+        stable.insert(body);
+    }
+    assert_eq!(stable.len(), 2, "{stable:?}");
+}
+
+/// A gateway whose key and selection plugin misbehaves in `mode`.
+fn misbehaving(b: &TestBackend, mode: &str, extra: &str) -> String {
+    let wasm = plugin("misbehave");
+    let db = std::env::temp_dir().join(format!("gw-misbehave-{}.db", fastrand::u64(..)));
+    yaml_for(
+        &[b],
+        &format!(
+            "rate_limit:\n  key: plugin\n  key_plugin: {w}\n  database: sqlite://{db}\n  default:\n    capacity: 1000\n    refill_per_second: 1000\nbalancer:\n  algorithm: plugin\n  plugin: {w}\nplugins:\n  timeout: 20ms\n  memory_limit: 8MiB\n  config:\n    misbehave.mode: {mode}\n{extra}",
+            w = wasm.display(),
+            db = db.display()
+        ),
+    )
+}
+
+async fn survives(mode: &str, outcome: &str) {
+    let b = TestBackend::start("b").await;
+    let mut gw = Gateway::start(&misbehaving(&b, mode, ""));
+    let client = client();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let (status, body) = get_as(&client, &gw.url("/"), &[("x-api-key", "k")]).await;
+        assert_eq!((status, body.as_str()), (200, "b"), "mode {mode}");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "mode {mode}: request took {:?} (plugin timeout 20ms)",
+            started.elapsed()
+        );
+    }
+    gw.wait_log(
+        |l| l.contains(r#""event":"plugin_failure""#),
+        Duration::from_secs(2),
+    );
+    let (_, _, metrics) = get(&client, &gw.admin_url("/metrics")).await;
+    for interface in ["client-key", "backend-select"] {
+        let line = format!(
+            r#"gateway_plugin_calls_total{{interface="{interface}",outcome="{outcome}"}} 5"#
+        );
+        assert!(
+            metrics.contains(&line),
+            "mode {mode}: missing {line}\n{metrics}"
+        );
+    }
+    let (status, _, _) = get(&client, &gw.admin_url("/healthz")).await;
+    assert_eq!(status, 200);
+    let failures = gw.count_log(|l| l.contains(r#""event":"plugin_failure""#));
+    assert!(
+        failures <= 4,
+        "failures flood the log: {failures} lines for 10 failures"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_loops_forever_is_cut_off() {
+    survives("loop", "timeout").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_panics_is_contained() {
+    survives("panic", "trap").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_allocates_without_bound_is_contained() {
+    survives("alloc", "trap").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_names_a_bad_backend_falls_back() {
+    let b = TestBackend::start("b").await;
+    let gw = Gateway::start(&misbehaving(&b, "bad-index", ""));
+    let client = client();
+    for _ in 0..3 {
+        assert_eq!(
+            get_as(&client, &gw.url("/"), &[]).await,
+            (200, "b".to_owned())
+        );
+    }
+    let (_, _, metrics) = get(&client, &gw.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains(
+            r#"gateway_plugin_calls_total{interface="backend-select",outcome="invalid"} 3"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_answers_500_json() {
+    let b = TestBackend::start("b").await;
+    let gw = Gateway::start(&misbehaving(&b, "panic", "  fail_closed: true\n"));
+    let (status, headers, body) = get(&client(), &gw.url("/")).await;
+    assert_eq!(status, 500);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(body, r#"{"code":500,"message":"Plugin failed"}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_the_plugin_under_load_drops_no_request() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("select.wasm");
+    std::fs::copy(plugin("sticky"), &live).unwrap();
+    let yaml = yaml_for(
+        &[&a, &b],
+        &format!(
+            "balancer:\n  algorithm: plugin\n  plugin: {}\n",
+            live.display()
+        ),
+    );
+    let mut gw = Gateway::start(&yaml);
+    let client = client();
+    let url = gw.url("/");
+    let load = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            let until = Instant::now() + Duration::from_secs(4);
+            let mut i = 0;
+            while Instant::now() < until {
+                i += 1;
+                let user = format!("u{}", i % 50);
+                statuses.push(
+                    get_as(&client, &url, &[("x-user", &user), ("x-canary", "1")])
+                        .await
+                        .0,
+                );
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A broken file is refused and the running version keeps serving...
+    std::fs::write(&live, b"\0asm garbage").unwrap();
+    gw.wait_log(
+        |l| l.contains(r#""event":"plugin_reload_failed""#),
+        Duration::from_secs(5),
+    );
+    // ...and a good new version (the canary plugin) takes over.
+    let staging = dir.path().join("next.wasm");
+    std::fs::copy(plugin("canary"), &staging).unwrap();
+    std::fs::rename(&staging, &live).unwrap();
+    gw.wait_log(
+        |l| l.contains(r#""event":"plugin_reloaded""#),
+        Duration::from_secs(5),
+    );
+    let statuses = load.await.unwrap();
+    assert!(statuses.len() > 50, "too little load: {}", statuses.len());
+    assert!(
+        statuses.iter().all(|&s| s == 200),
+        "failed requests during reload: {:?}",
+        statuses.iter().filter(|&&s| s != 200).count()
+    );
+}
+
+#[test]
+fn plugin_check_reports_interfaces_and_rejections() {
+    let (code, out) = run_cli(&["plugin", "check", plugin("misbehave").to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("client-key, backend-select"), "{out}");
+    let (code, out) = run_cli(&["plugin", "check", plugin("sticky").to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("implements backend-select"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let (code, out) = run_cli(&["plugin", "check", core.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("core WebAssembly module, not a component"),
+        "{out}"
+    );
+    let text = dir.path().join("x.wasm");
+    std::fs::write(&text, b"hello").unwrap();
+    let (code, out) = run_cli(&["plugin", "check", text.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("not a WebAssembly file"), "{out}");
+}
+
+#[test]
+fn validate_loads_configured_plugins() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        format!(
+            "backends: [http://127.0.0.1:9]\nbalancer:\n  algorithm: plugin\n  plugin: {}\n",
+            plugin("sticky").display()
+        ),
+    )
+    .unwrap();
+    let (code, out) = run_cli(&["validate", "-c", good.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    // A key-only plugin cannot choose backends.
+    let wrong = dir.path().join("wrong.yaml");
+    std::fs::write(
+        &wrong,
+        format!(
+            "backends: [http://127.0.0.1:9]\nbalancer:\n  algorithm: plugin\n  plugin: {}\n",
+            plugin("api_key").display()
+        ),
+    )
+    .unwrap();
+    let (code, out) = run_cli(&["validate", "-c", wrong.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("does not export gateway:plugin/backend-select"),
+        "{out}"
+    );
+}
