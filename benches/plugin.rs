@@ -10,7 +10,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use gateway::balancer::{Backend, Ctx, Tried, build};
 use gateway::config::Algorithm;
 use gateway::limiter::{KeyBuf, KeySource, client_key};
-use gateway::plugin::{KeyRole, Outcomes, Plugin, RequestView, Sandbox, SelectRole, Shared, engine};
+use gateway::plugin::{
+    KeyRole, Outcomes, Plugin, RequestView, Sandbox, SelectRole, Shared, engine,
+};
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -19,7 +21,13 @@ use std::sync::Arc;
 fn build_plugins() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(root.join("plugins/Cargo.toml"))
         .status()
         .expect("run cargo");
@@ -69,11 +77,23 @@ fn per_request(c: &mut Criterion) {
         Default::default(),
         set.iter().map(|b| b.name.clone()).collect(),
     ));
-    let key_plugin = Plugin::<KeyRole>::load(&engine, &dir.join("api_key.wasm"), sandbox.clone(), Arc::clone(&shared), Outcomes::default())
-        .expect("api_key plugin");
+    let key_plugin = Plugin::<KeyRole>::load(
+        &engine,
+        &dir.join("api_key.wasm"),
+        sandbox.clone(),
+        Arc::clone(&shared),
+        Outcomes::default(),
+    )
+    .expect("api_key plugin");
     let select_plugin = Arc::new(
-        Plugin::<SelectRole>::load(&engine, &dir.join("sticky.wasm"), sandbox, shared, Outcomes::default())
-            .expect("sticky plugin"),
+        Plugin::<SelectRole>::load(
+            &engine,
+            &dir.join("sticky.wasm"),
+            sandbox,
+            shared,
+            Outcomes::default(),
+        )
+        .expect("sticky plugin"),
     );
     let builtin = build(Algorithm::RoundRobin, &set, None);
     let plugged = build(Algorithm::RoundRobin, &set, Some(select_plugin));
@@ -102,7 +122,10 @@ fn per_request(c: &mut Criterion) {
                 headers: std::mem::take(&mut head.headers),
                 client,
             });
-            let key = key_plugin.client_key(&mut view).expect("key").map(|k| k.len());
+            let key = key_plugin
+                .client_key(&mut view)
+                .expect("key")
+                .map(|k| k.len());
             if let Some(view) = view {
                 head.headers = view.headers;
             }

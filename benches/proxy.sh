@@ -42,6 +42,8 @@
 #   SKIP_BUILD [0]     1: do not run cargo build (use the existing binary)
 #   GATEWAY_BIN        gateway binary [${CARGO_TARGET_DIR:-<repo>/target}/release/gateway]
 #   KEEP_TMP [0]       1: keep the temp dir (configs, logs, raw wrk output)
+#   PLUGINS [1]        1: also measure the gateway with rate limiting, built-in
+#                      (IP key, round robin) vs the api-key + sticky plugins
 #
 # Everything binds 127.0.0.1; everything the script starts is stopped on exit.
 # Needs: bash, curl, wrk and (optionally) nginx; wrk and nginx are installed
@@ -64,6 +66,7 @@ ADMIN_PORT=${ADMIN_PORT:-19091}
 NGINX=${NGINX:-auto}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
+PLUGINS=${PLUGINS:-1}
 READY_TIMEOUT=${READY_TIMEOUT:-30}   # seconds to wait for a port to answer
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -269,7 +272,9 @@ run_wrk() {
 declare -A R_RPS R_P50 R_P99 R_CPU R_ERR
 bench() {
     local key=$1 label=$2 url=$3 pids_of=${4:-} out="$TMP/wrk-$1.txt"
-    local wrk_cmd=(wrk -t"$THREADS" -c"$CONNECTIONS" --latency -s "$TMP/report.lua")
+    # Every target gets the same request headers (the plugins read them).
+    local wrk_cmd=(wrk -t"$THREADS" -c"$CONNECTIONS" --latency -s "$TMP/report.lua"
+        -H "X-API-Key: bench-key" -H "X-User: bench-user")
     log "$label: warm-up ${WARMUP} against $url"
     run_wrk "$TMP/wrk-$key-warmup.txt" "${wrk_cmd[@]}" -d"$WARMUP" "$url" ||
         die "wrk warm-up against $label failed: $(tail -n 5 "$TMP/wrk-$key-warmup.txt")"
@@ -437,13 +442,12 @@ bench direct "direct (1 backend)" "${BACKEND_URLS[0]}/"
 
 # ---------------------------------------------------------------- 2. gateway
 
-{
+# gateway_yaml EXTRA: the gateway config, with EXTRA appended.
+gateway_yaml() {
     echo "listen: 127.0.0.1:$GATEWAY_PORT"
     echo "backends:"
     for url in "${BACKEND_URLS[@]}"; do echo "  - $url"; done
     cat <<EOF
-balancer:
-  algorithm: round_robin
 health_check:
   # nginx (open source) has no active checks; match it: passive only, a
   # failed backend gets traffic again after 10s (nginx's fail_timeout).
@@ -456,7 +460,26 @@ log:
   format: pretty
   access: false
 EOF
-} >"$TMP/gateway.yaml"
+    printf '%s' "$1"
+}
+
+# run_gateway KEY LABEL EXTRA-YAML: start the gateway with that config and measure it.
+run_gateway() {
+    local key=$1 label=$2
+    gateway_yaml "$3" >"$TMP/$key.yaml"
+    "$GATEWAY_BIN" validate -c "$TMP/$key.yaml" >"$TMP/$key-validate.txt" 2>&1 ||
+        die "generated $key config is invalid: $(cat "$TMP/$key-validate.txt")"
+    start "$key" "$PROXY_CPUS" "$TMP/$key.log" "$GATEWAY_BIN" run -c "$TMP/$key.yaml"
+    GATEWAY_PID=$STARTED_PID
+    wait_ready "$key" "$GATEWAY_PID" "http://127.0.0.1:$GATEWAY_PORT/" "$TMP/$key.log"
+    bench "$key" "$label" "http://127.0.0.1:$GATEWAY_PORT/" gateway_pids
+    stop_pid "$GATEWAY_PID"
+}
+gateway_pids() { echo "$GATEWAY_PID"; }
+
+gateway_yaml "balancer:
+  algorithm: round_robin
+" >"$TMP/gateway.yaml"
 "$GATEWAY_BIN" validate -c "$TMP/gateway.yaml" >"$TMP/gateway-validate.txt" 2>&1 ||
     die "generated gateway config is invalid: $(cat "$TMP/gateway-validate.txt")"
 
@@ -464,10 +487,36 @@ start gateway "$PROXY_CPUS" "$TMP/gateway.log" "$GATEWAY_BIN" run -c "$TMP/gatew
 GATEWAY_PID=$STARTED_PID
 wait_ready gateway "$GATEWAY_PID" "http://127.0.0.1:$GATEWAY_PORT/" "$TMP/gateway.log"
 check_round_robin gateway "http://127.0.0.1:$GATEWAY_PORT/"
-
-gateway_pids() { echo "$GATEWAY_PID"; }
 bench gateway "gateway" "http://127.0.0.1:$GATEWAY_PORT/" gateway_pids
 stop_pid "$GATEWAY_PID"
+
+# ------------------------------------------- 2b. rate limiting, built-in vs plugins
+
+LIMITS="  default:
+    capacity: 1000000000
+    refill_per_second: 1000000
+  database: sqlite://$TMP/limits.db
+"
+if [[ $PLUGINS == 1 ]]; then
+    log "building the example plugins (wasm32-wasip2)"
+    rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+    cargo build --release --target wasm32-wasip2 --manifest-path "$ROOT/plugins/Cargo.toml" >"$TMP/plugins-build.txt" 2>&1 ||
+        die "plugin build failed: $(tail -n 20 "$TMP/plugins-build.txt")"
+    WASM="$ROOT/plugins/target/wasm32-wasip2/release"
+    run_gateway limit "gateway + rate limit (IP key, round robin)" "rate_limit:
+  key: ip
+$LIMITS"
+    run_gateway plugins "gateway + rate limit (api-key plugin, sticky plugin)" "rate_limit:
+  key: plugin
+  key_plugin: $WASM/api_key.wasm
+$LIMITS
+balancer:
+  algorithm: plugin
+  plugin: $WASM/sticky.wasm
+plugins:
+  cache_dir: $TMP/plugin-cache
+"
+fi
 
 # ---------------------------------------------------------------- 3. nginx
 
@@ -572,6 +621,10 @@ echo "| Target | Requests/s | p50 (ms) | p99 (ms) | Proxy CPU (µs/request) | Er
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
 row direct "Direct to one echo backend"
 row gateway "gateway (round robin, 3 backends)"
+if [[ $PLUGINS == 1 ]]; then
+    row limit "gateway + rate limit (IP key, round robin)"
+    row plugins "gateway + rate limit, api-key + sticky plugins"
+fi
 [[ -n $NGINX_BIN ]] && row nginx "nginx $nginx_version (same setup)"
 echo
 echo "| Ratio | gateway ÷ direct | gateway ÷ nginx |"
@@ -586,6 +639,13 @@ fi
 echo "| Requests/s | $(ratio "${R_RPS[gateway]}" "${R_RPS[direct]}") | $n_rps |"
 echo "| p99 latency | $(ratio "${R_P99[gateway]}" "${R_P99[direct]}") | $n_p99 |"
 echo "| Proxy CPU per request | — | $n_cpu |"
+if [[ $PLUGINS == 1 ]]; then
+    echo
+    printf 'Plugins vs built-in (both with rate limiting): requests/s %s×, p99 %s×, CPU µs/request %s×\n' \
+        "$(ratio "${R_RPS[plugins]}" "${R_RPS[limit]}")" \
+        "$(ratio "${R_P99[plugins]}" "${R_P99[limit]}")" \
+        "$(ratio "${R_CPU[plugins]}" "${R_CPU[limit]}")"
+fi
 echo
 printf '_wrk -t%s -c%s -d%s after a %s warm-up, loopback, %s; %s; %s%s. Proxy CPU = utime+stime from /proc/PID/stat%s over the measured run ÷ requests completed._\n' \
     "$THREADS" "$CONNECTIONS" "$DURATION" "$WARMUP" "$pin_desc" "$host_desc" "$gateway_version" \

@@ -5,6 +5,7 @@ use crate::admin::{Admin, Clients};
 use crate::balancer::{self, Backend};
 use crate::config::Config;
 use crate::health::HealthChecker;
+use crate::limiter::shared::{Budget, SharedLimiter};
 use crate::limiter::sync::load_overrides;
 use crate::limiter::{Limiter, spawn_sync};
 use crate::metrics::Metrics;
@@ -28,7 +29,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .collect();
     let limiting = rate_limiting(&config).await?;
     let limiter = limiting.as_ref().map(|(_, limiter)| Arc::clone(limiter));
-    let metrics = Arc::new(Metrics::new(&backends, limiter.clone()));
+    let shared = match (&config.rate_limit.shared, config.rate_limit.enabled) {
+        (Some(shared), true) => Some(Arc::new(
+            SharedLimiter::new(
+                &shared.url,
+                &shared.prefix,
+                shared.timeout,
+                shared.on_failure,
+            )
+            .map_err(|e| anyhow::anyhow!("rate_limit.shared: {e}"))?,
+        )),
+        _ => None,
+    };
+    let budget = limiter.as_ref().map(|local| {
+        Arc::new(match &shared {
+            Some(redis) => Budget::Shared {
+                redis: Arc::clone(redis),
+                local: Arc::clone(local),
+            },
+            None => Budget::Local(Arc::clone(local)),
+        })
+    });
+    let metrics = Arc::new(Metrics::new(&backends, limiter.clone(), shared.clone()));
     let plugins = Plugins::load(&config, &|interface| metrics.plugin_outcomes(interface))
         .map_err(|e| anyhow::anyhow!("plugin: {e}"))?;
     if config.plugins.reload {
@@ -40,7 +62,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&backends),
         selection,
         Arc::clone(&metrics),
-        limiter.clone(),
+        budget,
         &plugins,
     ));
     let clients = limiting.map(|(store, limiter)| Clients {
@@ -52,6 +74,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&metrics),
         config.admin.token.clone(),
         clients,
+        shared,
     ));
 
     let listener = TcpListener::bind(config.listen)

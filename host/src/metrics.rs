@@ -2,6 +2,7 @@
 //! request path touches only atomics, never a label lookup.
 
 use crate::balancer::Backend;
+use crate::limiter::shared::SharedLimiter;
 use crate::limiter::{Decision, Limiter};
 use crate::plugin::Outcomes;
 use http::StatusCode;
@@ -52,6 +53,9 @@ pub struct Metrics {
     decisions: [Counter; 3],
     tracked_clients: Gauge,
     limiter: Option<Arc<Limiter>>,
+    /// 1 while the shared (Redis) limiter answers.
+    shared_up: Gauge,
+    shared: Option<Arc<SharedLimiter>>,
     plugin_calls: Family<PluginLabels, Counter>,
 }
 
@@ -62,7 +66,11 @@ struct PluginLabels {
 }
 
 impl Metrics {
-    pub fn new(backends: &[Arc<Backend>], limiter: Option<Arc<Limiter>>) -> Self {
+    pub fn new(
+        backends: &[Arc<Backend>],
+        limiter: Option<Arc<Limiter>>,
+        shared: Option<Arc<SharedLimiter>>,
+    ) -> Self {
         let mut registry = Registry::with_prefix("gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<BackendLabel, Histogram>::new_with_constructor(|| {
@@ -151,6 +159,14 @@ impl Metrics {
                 })
                 .collect()
         };
+        let shared_up = Gauge::default();
+        if shared.is_some() {
+            registry.register(
+                "ratelimit_shared_up",
+                "1 while the shared (Redis) limiter answers, 0 while the failure policy applies",
+                shared_up.clone(),
+            );
+        }
         let plugin_calls = Family::<PluginLabels, Counter>::default();
         registry.register(
             "plugin_calls",
@@ -160,6 +176,8 @@ impl Metrics {
         let decisions = ["allowed", "limited", "overflow"]
             .map(|outcome| decisions.get_or_create(&OutcomeLabel { outcome }).clone());
         Metrics {
+            shared_up,
+            shared,
             plugin_calls,
             decisions,
             tracked_clients,
@@ -223,6 +241,9 @@ impl Metrics {
         if let Some(limiter) = &self.limiter {
             self.tracked_clients.set(limiter.tracked() as i64);
         }
+        if let Some(shared) = &self.shared {
+            self.shared_up.set(i64::from(shared.is_up()));
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -239,7 +260,7 @@ mod tests {
     #[test]
     fn renders_counts_per_backend_and_class() {
         let set = backends(&[1, 1]);
-        let m = Metrics::new(&set, None);
+        let m = Metrics::new(&set, None, None);
         m.record(Some(1), StatusCode::OK, Duration::from_millis(3));
         m.record(
             None,

@@ -7,4 +7,5 @@ mod http_behaviour;
 mod lifecycle;
 mod plugins;
 mod rate_limit;
+mod scale_out;
 mod support;

@@ -547,3 +547,80 @@ pub fn plugin(name: &str) -> std::path::PathBuf {
     }
     root.join(format!("plugins/target/wasm32-wasip2/release/{name}.wasm"))
 }
+
+/// Redis for tests from `GATEWAY_TEST_REDIS`; skips loudly without it (fails
+/// when `GATEWAY_TEST_REQUIRE_SERVICES` is set).
+pub fn redis_url() -> Option<String> {
+    match std::env::var("GATEWAY_TEST_REDIS") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var_os("GATEWAY_TEST_REQUIRE_SERVICES").is_none(),
+                "GATEWAY_TEST_REDIS is not set but GATEWAY_TEST_REQUIRE_SERVICES is: refusing to skip"
+            );
+            eprintln!("SKIPPED: GATEWAY_TEST_REDIS is not set; this test needs Redis");
+            None
+        }
+    }
+}
+
+/// A private `redis-server` on its own loopback port, for outage tests; killed on drop.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = PrivateRedis { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for outage tests");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

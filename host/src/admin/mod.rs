@@ -6,6 +6,7 @@ mod clients;
 pub use clients::{ClientView, Clients};
 
 use crate::balancer::Backend;
+use crate::limiter::shared::SharedLimiter;
 use crate::metrics::Metrics;
 use crate::proxy::json_error;
 use bytes::Bytes;
@@ -23,6 +24,8 @@ pub struct Admin {
     token: Option<String>,
     /// Per-client limits; `None` when rate limiting is off.
     clients: Option<Clients>,
+    /// The Redis limiter, reported in `/readyz`.
+    shared: Option<Arc<SharedLimiter>>,
 }
 
 #[derive(Serialize)]
@@ -41,12 +44,14 @@ impl Admin {
         metrics: Arc<Metrics>,
         token: Option<String>,
         clients: Option<Clients>,
+        shared: Option<Arc<SharedLimiter>>,
     ) -> Self {
         Admin {
             backends,
             metrics,
             token,
             clients,
+            shared,
         }
     }
 
@@ -124,14 +129,18 @@ impl Admin {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        json(
-            status,
-            &serde_json::json!({
-                "ready": healthy > 0,
-                "healthy_backends": healthy,
-                "backends": self.backends.len(),
-            }),
-        )
+        let mut body = serde_json::json!({
+            "ready": healthy > 0,
+            "healthy_backends": healthy,
+            "backends": self.backends.len(),
+        });
+        if let Some(shared) = &self.shared {
+            body["shared_limiter"] = serde_json::json!({
+                "up": shared.is_up(),
+                "on_failure": shared.policy().name(),
+            });
+        }
+        json(status, &body)
     }
 
     fn authorized(&self, request: &Request<Incoming>) -> bool {

@@ -7,6 +7,7 @@ mod validate;
 
 pub use load::{LoadError, Overrides, load, parse};
 
+use crate::limiter::shared::OnSharedFailure;
 use crate::limiter::{KeySource, Limits};
 use hyper::Uri;
 use ipnet::IpNet;
@@ -70,6 +71,19 @@ pub struct RateLimitConfig {
     pub database_required: bool,
     /// How often the database is checked for changed limits.
     pub sync_interval: Duration,
+    /// Redis holding the buckets shared by several gateways.
+    pub shared: Option<SharedConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SharedConfig {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Namespace inside Redis: keys are `gateway:{prefix}:bucket:<client>`.
+    pub prefix: String,
+    /// Longest wait for Redis per decision.
+    pub timeout: Duration,
+    pub on_failure: OnSharedFailure,
 }
 
 #[derive(Debug, Clone)]

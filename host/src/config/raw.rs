@@ -48,6 +48,10 @@ pub struct RawRateLimit {
     pub database: Option<S<String>>,
     pub database_required: Option<bool>,
     pub sync_interval: Option<S<String>>,
+    pub shared: Option<S<String>>,
+    pub shared_prefix: Option<S<String>>,
+    pub shared_timeout: Option<S<String>>,
+    pub on_shared_failure: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

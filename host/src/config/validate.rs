@@ -7,6 +7,7 @@ use super::{
     AdminConfig, Algorithm, BackendConfig, Config, HealthCheckConfig, LogConfig, LogFormat,
     Problem, ProxyConfig, RateLimitConfig,
 };
+use crate::limiter::shared::OnSharedFailure;
 use crate::limiter::{KeySource, Limits};
 use hyper::Uri;
 use ipnet::IpNet;
@@ -539,7 +540,49 @@ fn rate_limit(c: &mut Checker, raw: Option<&RawRateLimit>) -> RateLimitConfig {
         }
         (false, _) => None,
     };
+    let shared = raw.and_then(|r| r.shared.as_ref()).map(|url| {
+        let input = spanned("rate_limit.shared", url);
+        let text = input.value.trim();
+        if !(text.starts_with("redis://")
+            || text.starts_with("rediss://")
+            || text.starts_with("redis+unix://"))
+        {
+            c.problems.push(input.problem(format!(
+                "unsupported shared store {text:?}; allowed: redis://HOST:PORT[/DB]"
+            )));
+        }
+        let on_failure = match raw.and_then(|r| r.on_shared_failure.as_ref()) {
+            None => OnSharedFailure::Local,
+            Some(s) => {
+                let input = spanned("rate_limit.on_shared_failure", s);
+                match input.value.trim() {
+                    "local" => OnSharedFailure::Local,
+                    "allow" => OnSharedFailure::Allow,
+                    "deny" => OnSharedFailure::Deny,
+                    other => {
+                        c.problems.push(input.problem(format!(
+                            "unknown policy {other:?}; allowed: local, allow, deny"
+                        )));
+                        OnSharedFailure::Local
+                    }
+                }
+            }
+        };
+        super::SharedConfig {
+            url: text.to_owned(),
+            prefix: raw
+                .and_then(|r| r.shared_prefix.as_ref())
+                .map_or_else(|| "default".to_owned(), |s| s.value.trim().to_owned()),
+            timeout: c.duration(
+                raw.and_then(|r| r.shared_timeout.as_ref())
+                    .map(|s| spanned("rate_limit.shared_timeout", s)),
+                Duration::from_millis(50),
+            ),
+            on_failure,
+        }
+    });
     RateLimitConfig {
+        shared,
         key_plugin,
         enabled: raw.is_some_and(|r| r.enabled.unwrap_or(true)),
         key,

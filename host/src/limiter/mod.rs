@@ -5,6 +5,7 @@
 mod bucket;
 mod headers;
 mod key;
+pub mod shared;
 pub mod sync;
 
 pub use bucket::{Bucket, Limits, MAX_CAPACITY, MAX_REFILL, MIN_REFILL};
@@ -150,6 +151,15 @@ impl Limiter {
 
     pub fn tracked(&self) -> usize {
         self.tracked.load(Ordering::Relaxed)
+    }
+
+    /// The limits `key` gets: its override, else the default.
+    pub fn limits_for(&self, key: &str) -> Limits {
+        self.overrides
+            .load()
+            .get(key)
+            .copied()
+            .unwrap_or(self.default)
     }
 
     pub fn default_limits(&self) -> Limits {

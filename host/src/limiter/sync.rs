@@ -3,10 +3,12 @@
 //! While the database is unreachable the cached limits stay in force.
 
 use super::{Limiter, Limits};
-use crate::store::Store;
+use crate::store::{CHANGES_CHANNEL, Store};
+use sqlx::postgres::PgListener;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Loads every override once; errors name the rows that were skipped.
 pub async fn load_overrides(
@@ -26,19 +28,57 @@ pub async fn load_overrides(
     Ok(map)
 }
 
-/// Polls `store` every `interval` and applies changes to `limiter`.
+/// Keeps a PostgreSQL `LISTEN` open and pokes `changed` on every notification;
+/// reconnects with backoff when the connection drops.
+fn spawn_listener(url: String, changed: Arc<Notify>) {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match PgListener::connect(&url).await {
+                Ok(mut listener) => match listener.listen(CHANGES_CHANNEL).await {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(250);
+                        // A notification missed while disconnected is covered: catch up now.
+                        changed.notify_one();
+                        while listener.recv().await.is_ok() {
+                            changed.notify_one();
+                        }
+                        tracing::warn!(
+                            event = "notify_lost",
+                            "change notifications lost; polling until they are back"
+                        );
+                    }
+                    Err(error) => tracing::warn!(%error, "LISTEN failed; polling only"),
+                },
+                Err(error) => tracing::debug!(%error, "notification connection failed"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    });
+}
+
+/// Polls `store` every `interval` (and at once on a PostgreSQL notification)
+/// and applies changes to `limiter`.
 pub fn spawn_sync(
     store: Arc<Store>,
     limiter: Arc<Limiter>,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
+    let changed = Arc::new(Notify::new());
+    if let Some(url) = store.notification_url() {
+        spawn_listener(url.to_owned(), Arc::clone(&changed));
+    }
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seen = None;
         let mut reachable = true;
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = changed.notified() => {}
+            }
             let outcome = async {
                 let fingerprint = store.fingerprint().await?;
                 if seen != Some(fingerprint) {

@@ -18,6 +18,9 @@ pub enum ProxyError {
     BodyTooLarge,
     #[error("Malformed request: {0}")]
     BadRequest(&'static str),
+    /// Redis is unreachable and `on_shared_failure: deny`.
+    #[error("Rate limiter unavailable")]
+    LimiterUnavailable,
     /// A plugin failed and `plugins.fail_closed` is set.
     #[error("Plugin failed")]
     PluginFailed,
@@ -32,6 +35,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::PluginFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -13,7 +13,8 @@ pub use error::{ProxyError, json_error};
 
 use crate::balancer::{Backend, BackendSelection};
 use crate::config::{Config, ProxyConfig};
-use crate::limiter::{self, KeyBuf, KeySource, Limiter};
+use crate::limiter::shared::{Budget, Verdict};
+use crate::limiter::{self, KeyBuf, KeySource};
 use crate::metrics::Metrics;
 use crate::plugin::{KeyRole, Plugin, Plugins, RequestView};
 use body::{BodySlot, ObservedBody};
@@ -46,8 +47,8 @@ pub struct Proxy {
     settings: ProxyConfig,
     metrics: Arc<Metrics>,
     access_log: bool,
-    /// Per-client token buckets, when `rate_limit` is on.
-    limiter: Option<Arc<Limiter>>,
+    /// Per-client token buckets (local or in Redis), when `rate_limit` is on.
+    limiter: Option<Arc<Budget>>,
     /// What a client is, for the limiter.
     key_source: KeySource,
     /// Computes client keys (`rate_limit.key: plugin`).
@@ -62,7 +63,7 @@ impl Proxy {
         backends: Arc<[Arc<Backend>]>,
         selection: Arc<dyn BackendSelection>,
         metrics: Arc<Metrics>,
-        limiter: Option<Arc<Limiter>>,
+        limiter: Option<Arc<Budget>>,
         plugins: &Plugins,
     ) -> Self {
         let mut connector = HttpConnector::new();
@@ -132,7 +133,12 @@ impl Proxy {
                         limiter::client_key(&self.key_source, client, request.headers(), &mut buf)
                     }
                 };
-                let decision = limiter.check(key);
+                let decision = match limiter.check(key).await {
+                    Verdict::Decided(decision) => decision,
+                    Verdict::Unavailable => {
+                        return local(ProxyError::LimiterUnavailable, exchange);
+                    }
+                };
                 self.metrics.record_decision(&decision);
                 if !decision.allowed {
                     tracing::debug!(client = key, overflow = decision.overflow, "rate limited");

@@ -9,6 +9,26 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Channel on which PostgreSQL announces changes to the clients table.
+pub const CHANGES_CHANNEL: &str = "gateway_clients";
+
+/// PostgreSQL only: NOTIFY gateway_clients with the key on every change.
+const NOTIFY_TRIGGER: &str = "
+CREATE OR REPLACE FUNCTION gateway_clients_changed() RETURNS trigger AS $$
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    PERFORM pg_notify('gateway_clients', OLD.key);
+  ELSE
+    PERFORM pg_notify('gateway_clients', NEW.key);
+  END IF;
+  RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS gateway_clients_changed ON clients;
+CREATE TRIGGER gateway_clients_changed AFTER INSERT OR UPDATE OR DELETE ON clients
+  FOR EACH ROW EXECUTE FUNCTION gateway_clients_changed();
+";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("client {0:?} already exists")]
@@ -53,6 +73,8 @@ pub struct Store {
     pool: AnyPool,
     /// SQLite wants WAL mode so the CLI can write while the gateway reads.
     sqlite: bool,
+    /// The full URL, for the PostgreSQL notification listener.
+    url: String,
     /// The URL with any password removed, for logs.
     pub display: String,
 }
@@ -127,6 +149,7 @@ impl Store {
             sqlite: url.starts_with("sqlite:"),
             pool,
             display: redact(&url),
+            url,
         })
     }
 
@@ -138,7 +161,20 @@ impl Store {
                 .await?;
         }
         MIGRATOR.run(&self.pool).await?;
+        if !self.sqlite {
+            // Push changes to every gateway (LISTEN gateway_clients). Another
+            // gateway creating the same trigger at the same moment is harmless:
+            // polling still finds every change.
+            if let Err(error) = sqlx::raw_sql(NOTIFY_TRIGGER).execute(&self.pool).await {
+                tracing::warn!(%error, "could not install the change-notification trigger; relying on polling");
+            }
+        }
         Ok(())
+    }
+
+    /// The PostgreSQL URL to LISTEN on; `None` for SQLite (polling only).
+    pub fn notification_url(&self) -> Option<&str> {
+        (!self.sqlite).then_some(self.url.as_str())
     }
 
     pub async fn list(&self) -> Result<Vec<ClientRecord>, StoreError> {

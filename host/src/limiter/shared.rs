@@ -1,0 +1,218 @@
+//! Buckets in Redis, so several gateways enforce one budget per client.
+//!
+//! One Lua script per decision (EVALSHA; the `redis` crate loads it again on
+//! NOSCRIPT) runs the same token bucket as the local limiter: milli-tokens,
+//! refill from the Redis server's clock (`TIME`), so gateways with skewed
+//! clocks agree. Each bucket key expires once the bucket would be full again,
+//! so idle clients cost Redis nothing. When Redis is slow or down, the
+//! configured policy decides: a local bucket, allow, or deny.
+
+use super::{Decision, Limiter, Limits, bucket::MILLI};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// What to do when Redis cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnSharedFailure {
+    /// Decide with this gateway's own bucket for the client.
+    Local,
+    /// Let the request through.
+    Allow,
+    /// Refuse the request with 503.
+    Deny,
+}
+
+impl OnSharedFailure {
+    pub fn name(self) -> &'static str {
+        match self {
+            OnSharedFailure::Local => "local",
+            OnSharedFailure::Allow => "allow",
+            OnSharedFailure::Deny => "deny",
+        }
+    }
+}
+
+/// KEYS[1] bucket; ARGV: capacity (tokens), refill (milli-tokens per second).
+/// Returns {allowed (0/1), milli-tokens left}.
+const SCRIPT: &str = r"
+local cap = tonumber(ARGV[1]) * 1000
+local rate = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = cap
+  ts = now
+end
+if tokens > cap then tokens = cap end
+if tokens >= cap then
+  ts = now
+elseif now > ts then
+  local elapsed = now - ts
+  local full_after = math.ceil((cap - tokens) * 1000000 / rate)
+  if elapsed >= full_after then
+    tokens = cap
+    ts = now
+  else
+    local added = math.floor(elapsed * rate / 1000000)
+    tokens = tokens + added
+    ts = math.min(now, ts + math.ceil(added * 1000000 / rate))
+  end
+end
+local allowed = 0
+if tokens >= 1000 then
+  tokens = tokens - 1000
+  allowed = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.0f', tokens), 'ts', string.format('%.0f', ts))
+redis.call('PEXPIRE', KEYS[1], math.ceil((cap - tokens) / rate * 1000) + 1000)
+return {allowed, tokens}
+";
+
+pub struct SharedLimiter {
+    /// Multiplexed, pipelined connection; reconnects by itself.
+    connection: ConnectionManager,
+    script: redis::Script,
+    /// `gateway:{prefix}:bucket:`.
+    namespace: String,
+    /// Longest wait for Redis per decision.
+    timeout: Duration,
+    policy: OnSharedFailure,
+    /// Whether the last call reached Redis; flips are logged once.
+    up: AtomicBool,
+    /// Redis URL without password, for logs.
+    display: String,
+}
+
+impl SharedLimiter {
+    /// Sets up the connection without waiting for Redis (it may be down at start).
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        policy: OnSharedFailure,
+    ) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
+            .set_response_timeout(Some(timeout))
+            .set_max_delay(Duration::from_secs(2));
+        let connection = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("cannot set up Redis connection: {e}"))?;
+        Ok(SharedLimiter {
+            connection,
+            script: redis::Script::new(SCRIPT),
+            namespace: format!("gateway:{prefix}:bucket:"),
+            timeout,
+            policy,
+            up: AtomicBool::new(true),
+            display: crate::store::redact(url),
+        })
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn policy(&self) -> OnSharedFailure {
+        self.policy
+    }
+
+    /// One decision for `key` under `limits`, from Redis; `Err` when Redis
+    /// did not answer in time (the caller applies the failure policy).
+    pub async fn check(&self, key: &str, limits: Limits) -> Result<Decision, String> {
+        let mut connection = self.connection.clone();
+        let mut invocation = self.script.key(format!("{}{key}", self.namespace));
+        invocation
+            .arg(limits.capacity)
+            .arg(limits.refill_milli.max(1));
+        let answer: Result<Result<(i64, i64), redis::RedisError>, _> =
+            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection)).await;
+        let outcome = match answer {
+            Ok(Ok((allowed, left))) => Ok(decision(allowed == 1, left.max(0) as u64, limits)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        };
+        self.note(&outcome);
+        outcome
+    }
+
+    fn note(&self, outcome: &Result<Decision, String>) {
+        let ok = outcome.is_ok();
+        if self.up.swap(ok, Ordering::Relaxed) != ok {
+            match outcome {
+                Ok(_) => {
+                    tracing::info!(event = "shared_limiter_up", redis = %self.display, "shared limiter reachable again; budgets shared through Redis")
+                }
+                Err(error) => {
+                    tracing::warn!(event = "shared_limiter_down", redis = %self.display, %error, policy = self.policy.name(), "shared limiter unavailable; applying on_shared_failure policy")
+                }
+            }
+        }
+    }
+}
+
+fn decision(allowed: bool, remaining_milli: u64, limits: Limits) -> Decision {
+    let full = u64::from(limits.capacity) * MILLI;
+    Decision {
+        allowed,
+        remaining: remaining_milli / MILLI,
+        retry_after: limits.seconds_for(MILLI.saturating_sub(remaining_milli)),
+        reset: if remaining_milli >= full {
+            0
+        } else {
+            limits.seconds_for(full - remaining_milli)
+        },
+        limits,
+        overflow: false,
+    }
+}
+
+/// The request path's view: local buckets, or Redis with a fallback.
+pub enum Budget {
+    Local(Arc<Limiter>),
+    Shared {
+        redis: Arc<SharedLimiter>,
+        /// Overrides and, under `on_shared_failure: local`, the fallback buckets.
+        local: Arc<Limiter>,
+    },
+}
+
+/// A decision, or "the limiter itself is unavailable" (policy `deny`).
+pub enum Verdict {
+    Decided(Decision),
+    Unavailable,
+}
+
+impl Budget {
+    pub fn local(&self) -> &Arc<Limiter> {
+        match self {
+            Budget::Local(l) | Budget::Shared { local: l, .. } => l,
+        }
+    }
+
+    pub async fn check(&self, key: &str) -> Verdict {
+        match self {
+            Budget::Local(limiter) => Verdict::Decided(limiter.check(key)),
+            Budget::Shared { redis, local } => {
+                let limits = local.limits_for(key);
+                match redis.check(key, limits).await {
+                    Ok(decision) => Verdict::Decided(decision),
+                    Err(_) => match redis.policy() {
+                        OnSharedFailure::Local => Verdict::Decided(local.check(key)),
+                        OnSharedFailure::Allow => Verdict::Decided(decision(
+                            true,
+                            u64::from(limits.capacity) * MILLI,
+                            limits,
+                        )),
+                        OnSharedFailure::Deny => Verdict::Unavailable,
+                    },
+                }
+            }
+        }
+    }
+}
