@@ -44,6 +44,10 @@
 #   KEEP_TMP [0]       1: keep the temp dir (configs, logs, raw wrk output)
 #   PLUGINS [1]        1: also measure the gateway with rate limiting, built-in
 #                      (IP key, round robin) vs the api-key + sticky plugins
+#   REDIS [auto]       auto: also measure rate limiting with buckets in Redis
+#                      (a private redis-server on REDIS_PORT) when redis-server
+#                      is installed; 0: skip
+#   REDIS_PORT [16379]
 #
 # Everything binds 127.0.0.1; everything the script starts is stopped on exit.
 # Needs: bash, curl, wrk and (optionally) nginx; wrk and nginx are installed
@@ -67,6 +71,8 @@ NGINX=${NGINX:-auto}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 PLUGINS=${PLUGINS:-1}
+REDIS=${REDIS:-auto}
+REDIS_PORT=${REDIS_PORT:-16379}
 READY_TIMEOUT=${READY_TIMEOUT:-30}   # seconds to wait for a port to answer
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -518,6 +524,39 @@ plugins:
 "
 fi
 
+# ------------------------------------------- 2c. rate limiting, local vs Redis
+
+if [[ $REDIS != 0 ]] && command -v redis-server >/dev/null; then
+    start redis "$BACKEND_CPUS" "$TMP/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
+        --save "" --appendonly no
+    REDIS_PID=$STARTED_PID
+    for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    if [[ $PLUGINS != 1 ]]; then
+        run_gateway limit "gateway + rate limit (IP key, round robin)" "rate_limit:
+  key: ip
+$LIMITS"
+    fi
+    # Round trips = EVALSHA (+ EVAL/SCRIPT when the script had to be loaded).
+    script_calls() {
+        redis-cli -p "$REDIS_PORT" info commandstats |
+            awk -F'[:=,]' '/^cmdstat_(evalsha|eval|script)(\||:)/ { n += $3 } END { print n + 0 }'
+    }
+    calls_before=$(script_calls)
+    run_gateway redis "gateway + rate limit in Redis" "rate_limit:
+  key: ip
+  shared: redis://127.0.0.1:$REDIS_PORT
+$LIMITS"
+    calls_after=$(script_calls)
+    # Every request of the warm-up and the measured run went to Redis.
+    redis_requests=$(grep -h '^WRK_RESULT' "$TMP/wrk-redis-warmup.txt" "$TMP/wrk-redis.txt" |
+        sed -n 's/.* requests=\([0-9]*\).*/\1/p' | awk '{ n += $1 } END { print n + 0 }')
+    REDIS_PER_REQUEST=$(awk -v c=$((calls_after - calls_before)) -v n="$redis_requests" 'BEGIN { printf "%.2f", c / n }')
+    stop_pid "$REDIS_PID"
+    HAVE_REDIS=1
+else
+    HAVE_REDIS=0
+fi
+
 # ---------------------------------------------------------------- 3. nginx
 
 nginx_version=
@@ -625,6 +664,10 @@ if [[ $PLUGINS == 1 ]]; then
     row limit "gateway + rate limit (IP key, round robin)"
     row plugins "gateway + rate limit, api-key + sticky plugins"
 fi
+if [[ $HAVE_REDIS == 1 ]]; then
+    [[ $PLUGINS == 1 ]] || row limit "gateway + rate limit (IP key, round robin)"
+    row redis "gateway + rate limit in Redis"
+fi
 [[ -n $NGINX_BIN ]] && row nginx "nginx $nginx_version (same setup)"
 echo
 echo "| Ratio | gateway ÷ direct | gateway ÷ nginx |"
@@ -645,6 +688,13 @@ if [[ $PLUGINS == 1 ]]; then
         "$(ratio "${R_RPS[plugins]}" "${R_RPS[limit]}")" \
         "$(ratio "${R_P99[plugins]}" "${R_P99[limit]}")" \
         "$(ratio "${R_CPU[plugins]}" "${R_CPU[limit]}")"
+fi
+if [[ $HAVE_REDIS == 1 ]]; then
+    echo
+    printf 'Redis vs local buckets: requests/s %s×, p99 %s×; Redis round trips (script calls) per request: %s (the script runs TIME, HMGET, HSET, PEXPIRE inside Redis)\n' \
+        "$(ratio "${R_RPS[redis]}" "${R_RPS[limit]}")" \
+        "$(ratio "${R_P99[redis]}" "${R_P99[limit]}")" \
+        "$REDIS_PER_REQUEST"
 fi
 echo
 printf '_wrk -t%s -c%s -d%s after a %s warm-up, loopback, %s; %s; %s%s. Proxy CPU = utime+stime from /proc/PID/stat%s over the measured run ÷ requests completed._\n' \
