@@ -48,6 +48,8 @@
 #                      (a private redis-server on REDIS_PORT) when redis-server
 #                      is installed; 0: skip
 #   REDIS_PORT [16379]
+#   REDIS_CPUS [$BACKEND_CPUS]  CPUs for the private redis-server (default: share
+#                      the proxy's core, the harshest setting on a 2-CPU machine)
 #
 # Everything binds 127.0.0.1; everything the script starts is stopped on exit.
 # Needs: bash, curl, wrk and (optionally) nginx; wrk and nginx are installed
@@ -73,6 +75,7 @@ KEEP_TMP=${KEEP_TMP:-0}
 PLUGINS=${PLUGINS:-1}
 REDIS=${REDIS:-auto}
 REDIS_PORT=${REDIS_PORT:-16379}
+REDIS_CPUS=${REDIS_CPUS:-$BACKEND_CPUS}
 READY_TIMEOUT=${READY_TIMEOUT:-30}   # seconds to wait for a port to answer
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -527,7 +530,7 @@ fi
 # ------------------------------------------- 2c. rate limiting, local vs Redis
 
 if [[ $REDIS != 0 ]] && command -v redis-server >/dev/null; then
-    start redis "$BACKEND_CPUS" "$TMP/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
+    start redis "$REDIS_CPUS" "$TMP/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
         --save "" --appendonly no
     REDIS_PID=$STARTED_PID
     for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
