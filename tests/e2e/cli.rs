@@ -1,22 +1,6 @@
 //! The command line: exit codes and messages.
 
-use crate::support::BIN;
-use std::process::Command;
-
-fn run(args: &[&str], dir: &std::path::Path) -> (Option<i32>, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("GATEWAY_CONFIG")
-        .output()
-        .expect("run gateway");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
-}
+use crate::support::run_cli_in as run;
 
 #[test]
 fn validate_accepts_the_example_config() {

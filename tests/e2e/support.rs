@@ -503,8 +503,14 @@ pub fn request(
 
 /// Runs `gateway` with arguments; returns exit code and combined output.
 pub fn run_cli(args: &[&str]) -> (Option<i32>, String) {
+    run_cli_in(args, &std::env::temp_dir())
+}
+
+/// Runs `gateway` in `dir` (where a default `gateway.yaml` would be looked for).
+pub fn run_cli_in(args: &[&str], dir: &std::path::Path) -> (Option<i32>, String) {
     let out = Command::new(BIN)
         .args(args)
+        .current_dir(dir)
         .env_remove("GATEWAY_CONFIG")
         .env_remove("GATEWAY_DATABASE")
         .output()
