@@ -481,23 +481,15 @@ run_gateway() {
     start "$key" "$PROXY_CPUS" "$TMP/$key.log" "$GATEWAY_BIN" run -c "$TMP/$key.yaml"
     GATEWAY_PID=$STARTED_PID
     wait_ready "$key" "$GATEWAY_PID" "http://127.0.0.1:$GATEWAY_PORT/" "$TMP/$key.log"
+    check_round_robin "$key" "http://127.0.0.1:$GATEWAY_PORT/"
     bench "$key" "$label" "http://127.0.0.1:$GATEWAY_PORT/" gateway_pids
     stop_pid "$GATEWAY_PID"
 }
 gateway_pids() { echo "$GATEWAY_PID"; }
 
-gateway_yaml "balancer:
+run_gateway gateway "gateway" "balancer:
   algorithm: round_robin
-" >"$TMP/gateway.yaml"
-"$GATEWAY_BIN" validate -c "$TMP/gateway.yaml" >"$TMP/gateway-validate.txt" 2>&1 ||
-    die "generated gateway config is invalid: $(cat "$TMP/gateway-validate.txt")"
-
-start gateway "$PROXY_CPUS" "$TMP/gateway.log" "$GATEWAY_BIN" run -c "$TMP/gateway.yaml"
-GATEWAY_PID=$STARTED_PID
-wait_ready gateway "$GATEWAY_PID" "http://127.0.0.1:$GATEWAY_PORT/" "$TMP/gateway.log"
-check_round_robin gateway "http://127.0.0.1:$GATEWAY_PORT/"
-bench gateway "gateway" "http://127.0.0.1:$GATEWAY_PORT/" gateway_pids
-stop_pid "$GATEWAY_PID"
+"
 
 # ------------------------------------------- 2b. rate limiting, built-in vs plugins
 

@@ -11,16 +11,15 @@ use std::time::Instant;
 
 pub struct Exchange {
     pub start: Instant,
-    pub method: Method,
-    pub uri: Uri,
+    /// Method and target for the access log; `None` when access logging is off,
+    /// so requests do not pay for copies nobody reads.
+    pub logged: Option<(Method, Uri)>,
     pub client: IpAddr,
     pub status: StatusCode,
     /// Keeps the backend's in-flight count up until the response body is done.
     pub backend: Option<InFlight>,
     pub bytes: u64,
     pub metrics: Arc<Metrics>,
-    /// Write an access-log event when done.
-    pub log: bool,
 }
 
 impl Finish for Exchange {
@@ -35,12 +34,12 @@ impl Drop for Exchange {
         let backend = self.backend.as_ref().map(|g| g.backend());
         self.metrics
             .record(backend.map(|b| b.index), self.status, elapsed);
-        if self.log {
+        if let Some((method, uri)) = &self.logged {
             tracing::info!(
                 target: "access",
                 client = %self.client,
-                method = %self.method,
-                path = %self.uri.path_and_query().map_or("/", |p| p.as_str()),
+                method = %method,
+                path = %uri.path_and_query().map_or("/", |p| p.as_str()),
                 status = self.status.as_u16(),
                 backend = backend.map_or("-", |b| b.name.as_str()),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,

@@ -104,14 +104,14 @@ impl Proxy {
         let client = client_ip(peer_ip, request.headers(), &self.settings.trusted_proxies);
         let mut exchange = Exchange {
             start,
-            method: request.method().clone(),
-            uri: request.uri().clone(),
+            logged: self
+                .access_log
+                .then(|| (request.method().clone(), request.uri().clone())),
             client,
             status: StatusCode::OK,
             backend: None,
             bytes: 0,
             metrics: Arc::clone(&self.metrics),
-            log: self.access_log,
         };
 
         let decision = match &self.limiter {
