@@ -81,7 +81,9 @@ pub async fn serve<H, F, B>(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let response = handler(request, peer);
+                // Boxed once here, the request's future (kilobytes: the proxy's
+                // whole request path) is not copied again on its way into hyper.
+                let response = Box::pin(handler(request, peer));
                 async move { Ok::<_, Infallible>(response.await) }
             });
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

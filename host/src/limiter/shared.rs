@@ -200,7 +200,9 @@ impl Budget {
             Budget::Local(limiter) => Verdict::Decided(limiter.check(key)),
             Budget::Shared { redis, local } => {
                 let limits = local.limits_for(key);
-                match redis.check(key, limits).await {
+                // Boxed: the Redis round trip's future is kilobytes, and
+                // every request's future would otherwise carry (and move) it.
+                match Box::pin(redis.check(key, limits)).await {
                     Ok(decision) => Verdict::Decided(decision),
                     Err(_) => match redis.policy() {
                         OnSharedFailure::Local => Verdict::Decided(local.check(key)),

@@ -96,6 +96,8 @@ where
 /// Told how a response body ended; dropping it means the exchange is over.
 pub trait Finish: Send {
     fn add_bytes(&mut self, n: usize);
+    /// The body was read to its end (not abandoned, not failed).
+    fn completed(&mut self);
 }
 
 /// A response body that counts bytes and drops its `F` when done (or abandoned).
@@ -109,6 +111,14 @@ impl<B, F> ObservedBody<B, F> {
         ObservedBody {
             inner,
             finish: Some(finish),
+        }
+    }
+}
+
+impl<B, F: Finish> ObservedBody<B, F> {
+    fn complete(&mut self) {
+        if let Some(mut finish) = self.finish.take() {
+            finish.completed();
         }
     }
 }
@@ -133,10 +143,11 @@ where
                     finish.add_bytes(data.len());
                 }
                 if this.inner.is_end_stream() {
-                    this.finish = None;
+                    this.complete();
                 }
             }
-            Poll::Ready(_) => this.finish = None,
+            Poll::Ready(None) => this.complete(),
+            Poll::Ready(Some(Err(_))) => this.finish = None,
             Poll::Pending => {}
         }
         polled
@@ -181,6 +192,9 @@ mod tests {
         fn add_bytes(&mut self, n: usize) {
             self.0.fetch_add(n, Ordering::SeqCst);
         }
+        fn completed(&mut self) {
+            self.0.fetch_add(100, Ordering::SeqCst);
+        }
     }
     impl Drop for Count {
         fn drop(&mut self) {
@@ -193,6 +207,6 @@ mod tests {
         let seen = Arc::new(AtomicUsize::new(0));
         let body = ObservedBody::new(Full::new(Bytes::from_static(b"abcd")), Count(seen.clone()));
         let _ = body.collect().await.unwrap();
-        assert_eq!(seen.load(Ordering::SeqCst), 1004);
+        assert_eq!(seen.load(Ordering::SeqCst), 1104);
     }
 }

@@ -4,10 +4,12 @@
 use super::Proxy;
 use super::body::{BodySlot, ReplayBody};
 use super::error::ProxyError;
+use super::pool::{Lease, SendError};
 use crate::balancer::{Ctx, InFlight, Tried};
 use crate::health;
 use http::request::Parts;
-use http::{Method, Request, Response, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use http_body_util::LengthLimitError;
 use hyper::body::Incoming;
 use std::error::Error as _;
@@ -21,7 +23,7 @@ impl Proxy {
         parts: &mut Parts,
         client: std::net::IpAddr,
         body: BodySlot<http_body_util::Limited<Incoming>>,
-    ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+    ) -> Result<(Response<Incoming>, InFlight, Lease<UpstreamBody>), ProxyError> {
         let mut tried = Tried::default();
         let mut last_error = ProxyError::NoHealthyBackend;
         for attempt in 0..=self.settings.retries {
@@ -44,11 +46,13 @@ impl Proxy {
             }
             let request = self.upstream_request(parts, index, body.attempt());
             let in_flight = backend.start();
-            let sent =
-                tokio::time::timeout(self.settings.request_timeout, self.client.request(request))
-                    .await;
+            let sent = tokio::time::timeout(
+                self.settings.request_timeout,
+                self.pool.send(index, request),
+            )
+            .await;
             let error = match sent {
-                Ok(Ok(response)) => return Ok((response, in_flight)),
+                Ok(Ok((response, lease))) => return Ok((response, in_flight, lease)),
                 Ok(Err(error)) => error,
                 Err(_elapsed) => {
                     backend.record_failure();
@@ -65,11 +69,7 @@ impl Proxy {
             tried.insert(index);
             let connect_failed = error.is_connect();
             if connect_failed {
-                health::mark_down(
-                    &self.backends,
-                    index,
-                    &format!("connect failed: {}", chain(&error)),
-                );
+                health::mark_down(&self.backends, index, &chain(&error));
                 last_error = ProxyError::NoHealthyBackend;
             } else {
                 tracing::warn!(backend = %backend.name, error = %chain(&error), "backend failed mid-request");
@@ -93,42 +93,53 @@ impl Proxy {
         *request.method_mut() = parts.method.clone();
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = parts.headers.clone();
-        *request.uri_mut() = self.upstreams[index].uri_for(&parts.uri);
+        let upstream = &self.upstreams[index];
+        if let Some(authority) = &upstream.authority {
+            request
+                .headers_mut()
+                .entry(http::header::HOST)
+                .or_insert_with(|| authority.clone());
+        }
+        *request.uri_mut() = upstream.uri_for(&parts.uri);
         request
     }
 }
 
-/// How to reach one backend: its scheme and authority, and a path prefix.
+/// How to address one backend: its authority, for requests without a `Host`,
+/// and a path prefix.
 pub struct Upstream {
-    base: http::uri::Parts,
+    authority: Option<HeaderValue>,
     prefix: String,
 }
 
 impl Upstream {
     pub fn new(url: &Uri) -> Self {
-        let base = url.clone().into_parts();
-        let prefix = url.path().trim_end_matches('/').to_owned();
-        Upstream { base, prefix }
+        Upstream {
+            authority: url
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            prefix: url.path().trim_end_matches('/').to_owned(),
+        }
     }
 
-    /// The backend URI for a client's request target.
+    /// The origin-form target (`/path?query`) the backend receives.
     fn uri_for(&self, client: &Uri) -> Uri {
         let origin = client
             .path_and_query()
             .filter(|p| p.path().starts_with('/'));
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = self.base.scheme.clone();
-        parts.authority = self.base.authority.clone();
-        parts.path_and_query = match origin {
-            Some(pq) if self.prefix.is_empty() => Some(pq.clone()),
-            Some(pq) => format!("{}{}", self.prefix, pq.as_str()).parse().ok(),
-            None if self.prefix.is_empty() => None,
-            None => format!("{}/", self.prefix).parse().ok(),
+        let path_and_query = match origin {
+            Some(pq) if self.prefix.is_empty() => {
+                if client.scheme().is_none() && client.authority().is_none() {
+                    return client.clone();
+                }
+                pq.clone()
+            }
+            Some(pq) => PathAndQuery::try_from(format!("{}{}", self.prefix, pq.as_str()))
+                .unwrap_or_else(|_| pq.clone()),
+            None => PathAndQuery::try_from(format!("{}/", self.prefix))
+                .unwrap_or_else(|_| PathAndQuery::from_static("/")),
         };
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        Uri::from_parts(parts).unwrap_or_else(|_| client.clone())
+        Uri::from(path_and_query)
     }
 }
 
@@ -139,7 +150,7 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-fn exceeded_body_limit(error: &hyper_util::client::legacy::Error) -> bool {
+fn exceeded_body_limit(error: &SendError) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = error.source();
     while let Some(e) = source {
         if e.is::<LengthLimitError>() {
@@ -171,16 +182,18 @@ mod tests {
         let up = Upstream::new(&"http://10.0.0.1:81/api".parse().unwrap());
         assert_eq!(
             up.uri_for(&"/v1/x?q=1".parse().unwrap()).to_string(),
-            "http://10.0.0.1:81/api/v1/x?q=1"
+            "/api/v1/x?q=1"
         );
         let up = Upstream::new(&"http://10.0.0.1:81".parse().unwrap());
         assert_eq!(
             up.uri_for(&"/v1/x?q=1".parse().unwrap()).to_string(),
-            "http://10.0.0.1:81/v1/x?q=1"
+            "/v1/x?q=1"
         );
+        assert_eq!(up.uri_for(&"*".parse().unwrap()).to_string(), "/");
         assert_eq!(
-            up.uri_for(&"*".parse().unwrap()).to_string(),
-            "http://10.0.0.1:81/"
+            up.uri_for(&"http://client.example/a?b".parse().unwrap())
+                .to_string(),
+            "/a?b"
         );
     }
 

@@ -1,7 +1,9 @@
 //! Header rewriting at the proxy boundary: hop-by-hop headers never cross it,
 //! forwarding headers are added on the way in.
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 /// Headers that describe one connection rather than the message (RFC 9110 §7.6.1).
@@ -18,8 +20,18 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// True for a header that never crosses the proxy whatever `Connection` says.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
+}
+
 /// Removes `Connection`, every header it names, the fixed hop-by-hop set and `Proxy-*`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names instead of a
+    // hash lookup per candidate.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -83,12 +95,11 @@ pub fn prepare_request(
         headers.insert(header::UPGRADE, upgrade);
     }
 
-    let peer_text = peer.to_canonical().to_string();
     let forwarded_for = match join_values(headers, &X_FORWARDED_FOR) {
-        Some(prior) => format!("{prior}, {peer_text}"),
-        None => peer_text,
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", peer.to_canonical())).ok(),
+        None => Some(peer_value(peer)),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, value);
     }
     if !peer_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -102,6 +113,24 @@ pub fn prepare_request(
             headers.insert(header::HOST, host);
         }
     }
+}
+
+/// `peer` as a header value. Requests on one connection share a peer, so
+/// each thread remembers the last one instead of formatting it every time.
+fn peer_value(peer: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((ip, value)) if *ip == peer => value.clone(),
+        _ => {
+            let text = peer.to_canonical().to_string();
+            let value = HeaderValue::from_maybe_shared(Bytes::from(text))
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+            *last = Some((peer, value.clone()));
+            value
+        }
+    })
 }
 
 fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
@@ -157,6 +186,20 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
         assert_eq!(h["host"], "example.com");
+    }
+
+    #[test]
+    fn peer_value_follows_the_peer() {
+        for ip in [
+            "9.9.9.9",
+            "9.9.9.9",
+            "::ffff:1.2.3.4",
+            "2001:db8::1",
+            "9.9.9.9",
+        ] {
+            let peer: IpAddr = ip.parse().unwrap();
+            assert_eq!(peer_value(peer), peer.to_canonical().to_string().as_str());
+        }
     }
 
     #[test]

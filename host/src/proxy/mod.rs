@@ -6,6 +6,7 @@ mod error;
 mod exchange;
 mod forward;
 mod headers;
+mod pool;
 mod upgrade;
 
 pub use client_addr::client_ip;
@@ -24,9 +25,7 @@ use forward::{Upstream, UpstreamBody};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::{Either, Full, Limited};
 use hyper::body::{Body, Incoming};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use pool::Pool;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,7 +40,7 @@ pub struct Proxy {
     /// The balancing algorithm.
     selection: Arc<dyn BackendSelection>,
     /// Pooled keep-alive HTTP/1.1 connections to all backends.
-    client: Client<HttpConnector, UpstreamBody>,
+    pool: Pool<UpstreamBody>,
     /// Precomputed scheme/authority/prefix per backend.
     upstreams: Vec<Upstream>,
     settings: ProxyConfig,
@@ -66,18 +65,16 @@ impl Proxy {
         limiter: Option<Arc<Budget>>,
         plugins: &Plugins,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.proxy.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+        let pool = Pool::new(
+            backends.iter().map(|b| b.url.clone()),
+            config.proxy.connect_timeout,
+            std::time::Duration::from_secs(60),
+        );
         Proxy {
             upstreams: backends.iter().map(|b| Upstream::new(&b.url)).collect(),
             backends,
             selection,
-            client,
+            pool,
             settings: config.proxy.clone(),
             metrics,
             access_log: config.log.access,
@@ -112,6 +109,7 @@ impl Proxy {
             backend: None,
             bytes: 0,
             metrics: Arc::clone(&self.metrics),
+            upstream: None,
         };
 
         let decision = match &self.limiter {
@@ -191,7 +189,7 @@ impl Proxy {
             .map_or(usize::MAX, |m| m as usize);
         let body = BodySlot::new(Limited::new(body, limit));
 
-        let (mut response, in_flight) = match self.forward(&mut parts, client, body).await {
+        let (mut response, in_flight, lease) = match self.forward(&mut parts, client, body).await {
             Ok(answer) => answer,
             Err(error) => return local(error, exchange),
         };
@@ -206,6 +204,11 @@ impl Proxy {
         }
         headers::remove_hop_by_hop(response.headers_mut());
         exchange.backend = Some(in_flight);
+        if response.body().is_end_stream() {
+            lease.release();
+        } else {
+            exchange.upstream = Some(lease);
+        }
         response.map(|body| Either::Left(ObservedBody::new(body, exchange)))
     }
 
