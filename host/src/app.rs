@@ -13,6 +13,7 @@ use crate::plugin::Plugins;
 use crate::proxy::Proxy;
 use crate::server::{self, ConnLimits, Shutdown};
 use crate::store::Store;
+use crate::workers;
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,14 +58,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         plugins.spawn_reloader();
     }
     let selection = balancer::build(config.algorithm, &backends, plugins.select.clone());
-    let proxy = Arc::new(Proxy::new(
-        &config,
-        Arc::clone(&backends),
-        selection,
-        Arc::clone(&metrics),
-        budget,
-        &plugins,
-    ));
+    let make_proxy = || {
+        Proxy::new(
+            &config,
+            Arc::clone(&backends),
+            Arc::clone(&selection),
+            Arc::clone(&metrics),
+            budget.clone(),
+            &plugins,
+        )
+    };
     let clients = limiting.map(|(store, limiter)| Clients {
         store,
         limiter: Some(limiter),
@@ -83,9 +86,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin)", config.admin.listen))?;
+    let workers = workers::count(config.proxy.workers);
     tracing::info!(
         event = "listening",
         proxy = %listener.local_addr()?,
+        workers,
         admin = %admin_listener.local_addr()?,
         backends = backends.len(),
         algorithm = config.algorithm.name(),
@@ -106,15 +111,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_header_bytes: config.proxy.max_header_bytes,
         header_read_timeout: config.proxy.header_read_timeout,
     };
-    tokio::spawn(server::serve(
-        listener,
-        move |request, peer| {
-            let proxy = Arc::clone(&proxy);
-            async move { proxy.handle(request, peer).await }
-        },
-        limits,
-        shutdown.clone(),
-    ));
+    workers::spawn(workers, listener.into_std()?, make_proxy, limits, &shutdown)
+        .context("cannot start the proxy workers")?;
     tokio::spawn(server::serve(
         admin_listener,
         move |request, _peer| {

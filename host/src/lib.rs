@@ -17,3 +17,4 @@ pub mod server;
 pub mod store;
 #[cfg(test)]
 mod test_env;
+pub mod workers;

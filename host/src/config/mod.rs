@@ -143,6 +143,8 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     /// On shutdown, in-flight requests get this long to finish.
     pub drain_timeout: Duration,
+    /// Threads serving the proxy listener; 0: one per CPU the process may use.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -355,6 +355,13 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
                 .map(|s| spanned("proxy.drain_timeout", s)),
             Duration::from_secs(30),
         ),
+        workers: c.int(
+            px.and_then(|p| p.workers.as_ref())
+                .map(|s| spanned("proxy.workers", s)),
+            0,
+            1024,
+            0,
+        ) as usize,
     };
 
     let ad = raw.admin.as_ref();

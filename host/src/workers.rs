@@ -1,0 +1,94 @@
+//! Proxy worker threads, one per core, each with its own single-threaded
+//! tokio runtime (the shape of nginx's and Envoy's workers).
+//!
+//! Every worker accepts from its own copy of the listening socket and serves
+//! a connection from start to finish, with its own [`Proxy`] and so its own
+//! backend connections: a request never changes threads, and the request
+//! path takes no cross-thread wake-up, queue or pool lock. The kernel wakes
+//! whichever idle worker is waiting in `accept`, which spreads connections
+//! over the workers. The control plane (admin API, health checks, limiter
+//! ticker and sync, plugin reloads, signals) stays on the main runtime.
+
+use crate::proxy::Proxy;
+use crate::server::{self, ConnLimits, Shutdown};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+/// How many workers `configured` (0: one per CPU this process may run on) means.
+pub fn count(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Starts `count` workers serving `listener`; each builds its proxy with
+/// `make_proxy`. Returns once every worker is accepting, or with the first
+/// worker's startup error.
+pub fn spawn(
+    count: usize,
+    listener: TcpListener,
+    make_proxy: impl Fn() -> Proxy,
+    limits: ConnLimits,
+    shutdown: &Shutdown,
+) -> std::io::Result<()> {
+    let (started, outcomes) = mpsc::channel::<std::io::Result<()>>();
+    for id in 0..count {
+        let listener = listener.try_clone()?;
+        let proxy = Arc::new(make_proxy());
+        let shutdown = shutdown.clone();
+        let started = started.clone();
+        std::thread::Builder::new()
+            .name(format!("gateway-worker-{id}"))
+            .spawn(move || run(listener, proxy, limits, shutdown, started))?;
+    }
+    drop(started);
+    for outcome in outcomes {
+        outcome?;
+    }
+    Ok(())
+}
+
+/// A worker's thread: serve until shutdown, then keep driving the runtime so
+/// the connections it owns can drain; the process exits around it.
+fn run(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    limits: ConnLimits,
+    shutdown: Shutdown,
+    started: mpsc::Sender<std::io::Result<()>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = started.send(Err(error));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(error) => {
+                let _ = started.send(Err(error));
+                return;
+            }
+        };
+        let _ = started.send(Ok(()));
+        drop(started);
+        server::serve(
+            listener,
+            move |request, peer| {
+                let proxy = Arc::clone(&proxy);
+                async move { proxy.handle(request, peer).await }
+            },
+            limits,
+            shutdown,
+        )
+        .await;
+        std::future::pending::<()>().await;
+    });
+}
