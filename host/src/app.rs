@@ -86,21 +86,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin)", config.admin.listen))?;
-    let workers = workers::count(config.proxy.workers);
-    tracing::info!(
-        event = "listening",
-        proxy = %listener.local_addr()?,
-        workers,
-        admin = %admin_listener.local_addr()?,
-        backends = backends.len(),
-        algorithm = config.algorithm.name(),
-        admin_token = config.admin.token.is_some(),
-        "gateway started"
-    );
-    if config.admin.token.is_none() {
-        tracing::warn!("admin.token is not set: protected admin routes answer 401");
-    }
-
     let (stop, signal) = watch::channel(false);
     let (done, mut drained) = mpsc::channel::<()>(1);
     let shutdown = Shutdown { signal, done };
@@ -111,6 +96,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_header_bytes: config.proxy.max_header_bytes,
         header_read_timeout: config.proxy.header_read_timeout,
     };
+    let proxy_addr = listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let workers = workers::count(config.proxy.workers);
     workers::spawn(workers, listener.into_std()?, make_proxy, limits, &shutdown)
         .context("cannot start the proxy workers")?;
     tokio::spawn(server::serve(
@@ -123,6 +111,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     drop(shutdown);
+    tracing::info!(
+        event = "listening",
+        proxy = %proxy_addr,
+        workers,
+        admin = %admin_addr,
+        backends = backends.len(),
+        algorithm = config.algorithm.name(),
+        admin_token = config.admin.token.is_some(),
+        "gateway started"
+    );
+    if config.admin.token.is_none() {
+        tracing::warn!("admin.token is not set: protected admin routes answer 401");
+    }
 
     terminated().await;
     tracing::info!(event = "shutdown", drain_timeout = ?config.proxy.drain_timeout, "stopping: no new connections, draining in-flight requests");

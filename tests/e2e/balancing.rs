@@ -107,3 +107,39 @@ async fn a_thousand_concurrent_requests_all_succeed() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_share_the_listener_and_one_rotation() {
+    let backends = [
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+    ];
+    let gw = Gateway::start(&config(
+        &backends.iter().collect::<Vec<_>>(),
+        "proxy:\n  workers: 4\nlog:\n  access: false\n",
+    ));
+    assert_eq!(gw.count_log(|l| l.contains(r#""workers":4"#)), 1);
+    let threads = std::fs::read_dir(format!("/proc/{}/task", gw.child.id()))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+        .filter(|name| name.starts_with("gateway-worker-"))
+        .count();
+    assert_eq!(threads, 4);
+
+    let client = client();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..600 {
+        let client = client.clone();
+        let url = gw.url(&format!("/slow?ms=20&i={i}"));
+        tasks.spawn(async move { get(&client, &url).await.0 });
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    // The round-robin position is shared by the workers: the rotation stays
+    // exact however the connections were spread over them.
+    for b in &backends {
+        assert_eq!(b.hits(), 200, "{} got {}", b.name, b.hits());
+    }
+}

@@ -116,6 +116,19 @@ mod tests {
     }
 
     #[test]
+    fn workers_default_to_per_cpu_and_are_bounded() {
+        let c = ok("backends: [http://a:1]\n");
+        assert_eq!(c.proxy.workers, 0);
+        let c = ok("backends: [http://a:1]\nproxy:\n  workers: 3\n");
+        assert_eq!(c.proxy.workers, 3);
+        let p = problems("backends: [http://a:1]\nproxy:\n  workers: 5000\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].line, Some(3), "{p:?}");
+        assert_eq!(p[0].path, "proxy.workers", "{p:?}");
+        assert!(p[0].message.contains("out of range"), "{p:?}");
+    }
+
+    #[test]
     fn unknown_key_is_an_error_with_its_line() {
         let p = problems("listen: 0.0.0.0:8080\nbackends: [http://a:1]\nbogus: 1\n");
         assert_eq!(p.len(), 1);
