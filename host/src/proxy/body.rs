@@ -39,6 +39,16 @@ impl<B: Body> BodySlot<B> {
         }
     }
 
+    /// True when there is no body to send.
+    pub fn is_empty(&self) -> bool {
+        self.end_stream
+    }
+
+    /// The body's length, when known before it is read.
+    pub fn exact_len(&self) -> Option<u64> {
+        self.hint.exact()
+    }
+
     /// True while another attempt can send the whole body: it is empty, or no attempt has read it.
     pub fn replayable(&self) -> bool {
         self.end_stream || lock(&self.slot).is_some()
@@ -93,11 +103,9 @@ where
     }
 }
 
-/// Told how a response body ended; dropping it means the exchange is over.
+/// Counts a response body's bytes; dropping it means the exchange is over.
 pub trait Finish: Send {
     fn add_bytes(&mut self, n: usize);
-    /// The body was read to its end (not abandoned, not failed).
-    fn completed(&mut self);
 }
 
 /// A response body that counts bytes and drops its `F` when done (or abandoned).
@@ -111,14 +119,6 @@ impl<B, F> ObservedBody<B, F> {
         ObservedBody {
             inner,
             finish: Some(finish),
-        }
-    }
-}
-
-impl<B, F: Finish> ObservedBody<B, F> {
-    fn complete(&mut self) {
-        if let Some(mut finish) = self.finish.take() {
-            finish.completed();
         }
     }
 }
@@ -143,11 +143,10 @@ where
                     finish.add_bytes(data.len());
                 }
                 if this.inner.is_end_stream() {
-                    this.complete();
+                    this.finish = None;
                 }
             }
-            Poll::Ready(None) => this.complete(),
-            Poll::Ready(Some(Err(_))) => this.finish = None,
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish = None,
             Poll::Pending => {}
         }
         polled
@@ -192,9 +191,6 @@ mod tests {
         fn add_bytes(&mut self, n: usize) {
             self.0.fetch_add(n, Ordering::SeqCst);
         }
-        fn completed(&mut self) {
-            self.0.fetch_add(100, Ordering::SeqCst);
-        }
     }
     impl Drop for Count {
         fn drop(&mut self) {
@@ -207,6 +203,6 @@ mod tests {
         let seen = Arc::new(AtomicUsize::new(0));
         let body = ObservedBody::new(Full::new(Bytes::from_static(b"abcd")), Count(seen.clone()));
         let _ = body.collect().await.unwrap();
-        assert_eq!(seen.load(Ordering::SeqCst), 1104);
+        assert_eq!(seen.load(Ordering::SeqCst), 1004);
     }
 }

@@ -2,8 +2,6 @@
 //! metrics and written to the access log when it is over.
 
 use super::body::Finish;
-use super::forward::UpstreamBody;
-use super::pool::Lease;
 use crate::balancer::InFlight;
 use crate::metrics::Metrics;
 use http::{Method, StatusCode, Uri};
@@ -22,19 +20,11 @@ pub struct Exchange {
     pub backend: Option<InFlight>,
     pub bytes: u64,
     pub metrics: Arc<Metrics>,
-    /// The backend connection, handed back to the pool once the body is read to the end.
-    pub upstream: Option<Lease<UpstreamBody>>,
 }
 
 impl Finish for Exchange {
     fn add_bytes(&mut self, n: usize) {
         self.bytes += n as u64;
-    }
-
-    fn completed(&mut self) {
-        if let Some(lease) = self.upstream.take() {
-            lease.release();
-        }
     }
 }
 

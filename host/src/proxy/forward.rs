@@ -2,19 +2,22 @@
 //! attempt fails in a way that is safe to retry.
 
 use super::Proxy;
-use super::body::{BodySlot, ReplayBody};
+use super::backend_body::BackendBody;
+use super::body::BodySlot;
+use super::conn::SendError;
 use super::error::ProxyError;
-use super::pool::{Lease, SendError};
+use super::pool::Sending;
+use super::wire::{self, RequestFraming};
 use crate::balancer::{Ctx, InFlight, Tried};
 use crate::health;
+use bytes::Bytes;
 use http::request::Parts;
-use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, Uri, Version};
-use http_body_util::LengthLimitError;
+use http::{HeaderValue, Method, Response, Uri, header};
+use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
 use std::error::Error as _;
 
-pub type UpstreamBody = ReplayBody<http_body_util::Limited<Incoming>>;
+pub type RequestBody = Limited<Incoming>;
 
 impl Proxy {
     /// Walks the balancer's candidates until one answers with response headers.
@@ -22,10 +25,16 @@ impl Proxy {
         &self,
         parts: &mut Parts,
         client: std::net::IpAddr,
-        body: BodySlot<http_body_util::Limited<Incoming>>,
-    ) -> Result<(Response<Incoming>, InFlight, Lease<UpstreamBody>), ProxyError> {
+        body: BodySlot<RequestBody>,
+    ) -> Result<(Response<BackendBody>, InFlight), ProxyError> {
         let mut tried = Tried::default();
         let mut last_error = ProxyError::NoHealthyBackend;
+        let framing = wire::request_framing(
+            parts.headers.contains_key(header::CONTENT_LENGTH),
+            body.is_empty(),
+            body.exact_len(),
+        );
+        let idempotent = is_idempotent(&parts.method);
         for attempt in 0..=self.settings.retries {
             let mut ctx = Ctx {
                 head: parts,
@@ -44,7 +53,13 @@ impl Proxy {
                 self.metrics.failovers.inc();
                 tracing::debug!(backend = %backend.name, attempt, "retrying on next backend");
             }
-            let request = self.upstream_request(parts, index, body.attempt());
+            let request = Sending {
+                head: self.upstreams[index].encode(parts, framing),
+                body: &body,
+                framing,
+                head_request: parts.method == Method::HEAD,
+                idempotent,
+            };
             let in_flight = backend.start();
             let sent = tokio::time::timeout(
                 self.settings.request_timeout,
@@ -52,7 +67,7 @@ impl Proxy {
             )
             .await;
             let error = match sent {
-                Ok(Ok((response, lease))) => return Ok((response, in_flight, lease)),
+                Ok(Ok(response)) => return Ok((response, in_flight)),
                 Ok(Err(error)) => error,
                 Err(_elapsed) => {
                     backend.record_failure();
@@ -75,33 +90,12 @@ impl Proxy {
                 tracing::warn!(backend = %backend.name, error = %chain(&error), "backend failed mid-request");
                 last_error = ProxyError::BadGateway;
             }
-            let retry_safe = connect_failed || is_idempotent(&parts.method);
+            let retry_safe = connect_failed || idempotent;
             if !(retry_safe && body.replayable()) {
                 return Err(last_error);
             }
         }
         Err(last_error)
-    }
-
-    fn upstream_request(
-        &self,
-        parts: &Parts,
-        index: usize,
-        body: UpstreamBody,
-    ) -> Request<UpstreamBody> {
-        let mut request = Request::new(body);
-        *request.method_mut() = parts.method.clone();
-        *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = parts.headers.clone();
-        let upstream = &self.upstreams[index];
-        if let Some(authority) = &upstream.authority {
-            request
-                .headers_mut()
-                .entry(http::header::HOST)
-                .or_insert_with(|| authority.clone());
-        }
-        *request.uri_mut() = upstream.uri_for(&parts.uri);
-        request
     }
 }
 
@@ -122,24 +116,20 @@ impl Upstream {
         }
     }
 
-    /// The origin-form target (`/path?query`) the backend receives.
-    fn uri_for(&self, client: &Uri) -> Uri {
-        let origin = client
-            .path_and_query()
-            .filter(|p| p.path().starts_with('/'));
-        let path_and_query = match origin {
-            Some(pq) if self.prefix.is_empty() => {
-                if client.scheme().is_none() && client.authority().is_none() {
-                    return client.clone();
-                }
-                pq.clone()
-            }
-            Some(pq) => PathAndQuery::try_from(format!("{}{}", self.prefix, pq.as_str()))
-                .unwrap_or_else(|_| pq.clone()),
-            None => PathAndQuery::try_from(format!("{}/", self.prefix))
-                .unwrap_or_else(|_| PathAndQuery::from_static("/")),
-        };
-        Uri::from(path_and_query)
+    /// The request head this backend receives: origin-form target
+    /// (`prefix/path?query`), the client's headers, the body's framing.
+    fn encode(&self, parts: &Parts, framing: RequestFraming) -> Bytes {
+        let mut head = Vec::with_capacity(512);
+        wire::encode_request(
+            &mut head,
+            &parts.method,
+            &self.prefix,
+            &parts.uri,
+            &parts.headers,
+            self.authority.as_ref(),
+            framing,
+        );
+        Bytes::from(head)
     }
 }
 
@@ -177,23 +167,23 @@ fn chain(error: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
+    fn target(upstream: &Upstream, uri: &str) -> String {
+        let (parts, ()) = http::Request::get(uri).body(()).unwrap().into_parts();
+        let head = upstream.encode(&parts, RequestFraming::None);
+        let line = head.split(|&b| b == b'\r').next().unwrap();
+        String::from_utf8(line.to_vec()).unwrap()
+    }
+
     #[test]
     fn prefix_is_prepended_and_query_kept() {
         let up = Upstream::new(&"http://10.0.0.1:81/api".parse().unwrap());
-        assert_eq!(
-            up.uri_for(&"/v1/x?q=1".parse().unwrap()).to_string(),
-            "/api/v1/x?q=1"
-        );
+        assert_eq!(target(&up, "/v1/x?q=1"), "GET /api/v1/x?q=1 HTTP/1.1");
         let up = Upstream::new(&"http://10.0.0.1:81".parse().unwrap());
+        assert_eq!(target(&up, "/v1/x?q=1"), "GET /v1/x?q=1 HTTP/1.1");
+        assert_eq!(target(&up, "*"), "GET / HTTP/1.1");
         assert_eq!(
-            up.uri_for(&"/v1/x?q=1".parse().unwrap()).to_string(),
-            "/v1/x?q=1"
-        );
-        assert_eq!(up.uri_for(&"*".parse().unwrap()).to_string(), "/");
-        assert_eq!(
-            up.uri_for(&"http://client.example/a?b".parse().unwrap())
-                .to_string(),
-            "/a?b"
+            target(&up, "http://client.example/a?b"),
+            "GET /a?b HTTP/1.1"
         );
     }
 

@@ -1,13 +1,16 @@
 //! The request path: client address → backend choice → forward with retries → response and log.
 
+mod backend_body;
 mod body;
 mod client_addr;
+mod conn;
 mod error;
 mod exchange;
 mod forward;
 mod headers;
 mod pool;
 mod upgrade;
+mod wire;
 
 pub use client_addr::client_ip;
 pub use error::{ProxyError, json_error};
@@ -18,10 +21,11 @@ use crate::limiter::shared::{Budget, Verdict};
 use crate::limiter::{self, KeyBuf, KeySource};
 use crate::metrics::Metrics;
 use crate::plugin::{KeyRole, Plugin, Plugins, RequestView};
+use backend_body::BackendBody;
 use body::{BodySlot, ObservedBody};
 use bytes::Bytes;
 use exchange::Exchange;
-use forward::{Upstream, UpstreamBody};
+use forward::Upstream;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::{Either, Full, Limited};
 use hyper::body::{Body, Incoming};
@@ -31,7 +35,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// What the client receives: a backend's streamed body or the gateway's own answer.
-pub type ResponseBody = Either<ObservedBody<Incoming, Exchange>, Full<Bytes>>;
+pub type ResponseBody = Either<ObservedBody<BackendBody, Exchange>, Full<Bytes>>;
 
 /// Shared by every connection; cheap to reach through an `Arc`.
 pub struct Proxy {
@@ -40,7 +44,7 @@ pub struct Proxy {
     /// The balancing algorithm.
     selection: Arc<dyn BackendSelection>,
     /// Pooled keep-alive HTTP/1.1 connections to all backends.
-    pool: Pool<UpstreamBody>,
+    pool: Pool,
     /// Precomputed scheme/authority/prefix per backend.
     upstreams: Vec<Upstream>,
     settings: ProxyConfig,
@@ -109,7 +113,6 @@ impl Proxy {
             backend: None,
             bytes: 0,
             metrics: Arc::clone(&self.metrics),
-            upstream: None,
         };
 
         let decision = match &self.limiter {
@@ -189,26 +192,22 @@ impl Proxy {
             .map_or(usize::MAX, |m| m as usize);
         let body = BodySlot::new(Limited::new(body, limit));
 
-        let (mut response, in_flight, lease) = match self.forward(&mut parts, client, body).await {
+        let (mut response, in_flight) = match self.forward(&mut parts, client, body).await {
             Ok(answer) => answer,
             Err(error) => return local(error, exchange),
         };
         exchange.status = response.status();
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
-            let backend_upgrade = hyper::upgrade::on(&mut response);
-            upgrade::tunnel(client_upgrade, backend_upgrade, in_flight);
-            let (parts, _) = response.into_parts();
-            return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let (parts, body) = response.into_parts();
+            if let (Some(client_upgrade), Some(backend)) = (client_upgrade, body.into_upgraded()) {
+                upgrade::tunnel(client_upgrade, backend, in_flight);
+                return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+            }
+            // A 101 nobody asked for cannot be relayed over this connection.
+            return local(ProxyError::BadGateway, exchange);
         }
         headers::remove_hop_by_hop(response.headers_mut());
         exchange.backend = Some(in_flight);
-        if response.body().is_end_stream() {
-            lease.release();
-        } else {
-            exchange.upstream = Some(lease);
-        }
         response.map(|body| Either::Left(ObservedBody::new(body, exchange)))
     }
 

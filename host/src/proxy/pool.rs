@@ -1,19 +1,17 @@
 //! Keep-alive HTTP/1.1 connections to the backends: one idle stack per backend.
 //!
-//! hyper-util's pooled client hashes the authority into a shared map under a
-//! mutex and spawns a task per request to learn when the connection is idle
-//! again. The gateway knows its backends up front and knows when a response
+//! The gateway knows its backends up front, so a backend's index picks its
+//! stack (no shared map keyed by authority), and it knows when a response
 //! body has been read to the end, which is exactly when HTTP/1.1 allows the
-//! next request on the connection, so it does both itself: a backend's index
-//! picks its stack, and the response body hands the connection back.
+//! next request on the connection: [`BackendBody`] hands it back then.
 
-use super::body::BoxError;
+use super::backend_body::BackendBody;
+use super::body::{BodySlot, BoxError};
+use super::conn::{Conn, Failure, Outgoing, SendError};
+use super::wire::RequestFraming;
 use bytes::Bytes;
-use http::{Request, Response, Uri};
+use http::{Response, Uri};
 use http_body::Body;
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,30 +20,14 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-/// Why a request never got response headers from a backend.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// No connection could be opened: nothing reached the backend.
-    #[error("connect failed: {0}")]
-    Connect(String),
-    /// The exchange failed on an open connection.
-    #[error(transparent)]
-    Http(#[from] hyper::Error),
-}
-
-impl SendError {
-    pub fn is_connect(&self) -> bool {
-        matches!(self, SendError::Connect(_))
-    }
-}
-
 /// Idle connections for every backend, indexed like the backends.
-pub struct Pool<B> {
-    shared: Arc<Shared<B>>,
+#[derive(Clone)]
+pub struct Pool {
+    shared: Arc<Shared>,
 }
 
-struct Shared<B> {
-    slots: Box<[Slot<B>]>,
+struct Shared {
+    slots: Box<[Slot]>,
     targets: Box<[Target]>,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -59,8 +41,8 @@ struct Target {
 }
 
 /// One backend's connections.
-struct Slot<B> {
-    idle: Mutex<Vec<Idle<B>>>,
+struct Slot {
+    idle: Mutex<Vec<Idle>>,
     /// Connects in progress, capped at [`MAX_CONNECTING`].
     connecting: AtomicUsize,
     /// Signalled when a connection goes back on the idle stack.
@@ -75,52 +57,23 @@ struct Slot<B> {
 /// thousand SYNs at once and overflowing its accept queue.
 const MAX_CONNECTING: usize = 32;
 
-struct Idle<B> {
-    sender: http1::SendRequest<B>,
+struct Idle {
+    conn: Conn,
     since: Instant,
 }
 
-impl<B> Clone for Pool<B> {
-    fn clone(&self) -> Self {
-        Pool {
-            shared: Arc::clone(&self.shared),
-        }
-    }
+/// One request for a backend, as the pool sends it (again, on a stale connection).
+pub struct Sending<'a, B> {
+    /// The encoded request head.
+    pub head: Bytes,
+    pub body: &'a BodySlot<B>,
+    pub framing: RequestFraming,
+    pub head_request: bool,
+    /// May go again on a fresh connection if a kept-alive one turns out closed.
+    pub idempotent: bool,
 }
 
-/// A connection lent to one request; [`Lease::release`] gives it back.
-pub struct Lease<B> {
-    sender: http1::SendRequest<B>,
-    index: usize,
-    pool: Pool<B>,
-}
-
-impl<B> Lease<B> {
-    /// Returns the connection to its backend's stack, for the next request.
-    pub fn release(self) {
-        if self.sender.is_closed() {
-            return;
-        }
-        let slot = &self.pool.shared.slots[self.index];
-        {
-            let mut stack = lock(&slot.idle);
-            if stack.len() >= self.pool.shared.max_idle {
-                return;
-            }
-            stack.push(Idle {
-                sender: self.sender,
-                since: Instant::now(),
-            });
-        }
-        slot.released.notify_one();
-    }
-}
-
-impl<B> Pool<B>
-where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
+impl Pool {
     /// A pool for backends at `urls` (`http://host:port`).
     pub fn new(
         urls: impl IntoIterator<Item = Uri>,
@@ -158,41 +111,82 @@ where
         }
     }
 
-    /// Sends `request` to backend `index` on an idle connection, or a new one.
+    /// Returns a connection whose response was read to the end to its backend's stack.
+    pub fn release(&self, index: usize, conn: Conn) {
+        if !conn.buf.is_empty() {
+            return;
+        }
+        let slot = &self.shared.slots[index];
+        {
+            let mut stack = lock(&slot.idle);
+            if stack.len() >= self.shared.max_idle {
+                return;
+            }
+            stack.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+        slot.released.notify_one();
+    }
+
+    /// Sends a request to backend `index` and returns the response head with
+    /// its body still on the connection.
     ///
-    /// A pooled connection that turns out to be closed (the backend timed it
-    /// out while idle) is not a failure: the request, never written, goes on
-    /// the next idle connection or a fresh one. While a new connection is
-    /// being opened, a connection handed back in the meantime is taken
-    /// instead (the new one joins the pool when ready), so a burst does not
-    /// open a connection per request. At most [`MAX_CONNECTING`] connects
-    /// run at once; beyond that a request waits for a connection to come back
-    /// or a connect slot to free up.
-    pub async fn send(
+    /// A kept-alive connection the backend closed before answering is not a
+    /// failure for an idempotent request whose body can still be sent: the
+    /// request goes again on another connection.
+    pub async fn send<B>(
         &self,
         index: usize,
-        mut request: Request<B>,
-    ) -> Result<(Response<Incoming>, Lease<B>), SendError> {
-        let slot = &self.shared.slots[index];
-        let mut connecting: Option<Connect<B>> = None;
+        request: Sending<'_, B>,
+    ) -> Result<Response<BackendBody>, SendError>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
         loop {
-            if let Some(mut sender) = self.checkout(index) {
+            let (conn, reused) = self.acquire(index).await?;
+            let outgoing = Outgoing {
+                head: request.head.clone(),
+                body: (!request.body.is_empty()).then(|| request.body.attempt()),
+                framing: request.framing,
+                head_request: request.head_request,
+            };
+            match conn.exchange(outgoing).await {
+                Ok((head, conn, reusable)) => {
+                    let home = (head.keep_alive && reusable).then(|| (self.clone(), index));
+                    let mut response = Response::new(BackendBody::new(conn, head.framing, home));
+                    *response.status_mut() = head.status;
+                    *response.headers_mut() = head.headers;
+                    return Ok(response);
+                }
+                Err(Failure { error, stale: true })
+                    if reused && request.idempotent && request.body.replayable() =>
+                {
+                    tracing::debug!(%error, "kept-alive backend connection was closed; sending again");
+                }
+                Err(failure) => return Err(failure.error),
+            }
+        }
+    }
+
+    /// An idle connection, or a new one; `true` when it was idle.
+    ///
+    /// While a new connection is being opened, a connection handed back in
+    /// the meantime is taken instead (the new one joins the pool when
+    /// ready), so a burst does not open a connection per request. At most
+    /// [`MAX_CONNECTING`] connects run at once; beyond that a request waits
+    /// for a connection to come back or a connect slot to free up.
+    async fn acquire(&self, index: usize) -> Result<(Conn, bool), SendError> {
+        let slot = &self.shared.slots[index];
+        let mut connecting: Option<Connect> = None;
+        loop {
+            if let Some(conn) = self.checkout(index) {
                 if let Some(connect) = connecting.take() {
                     self.pool_when_connected(index, connect);
                 }
-                if sender.ready().await.is_err() {
-                    continue;
-                }
-                match sender.try_send_request(request).await {
-                    Ok(response) => return Ok((response, self.lease(sender, index))),
-                    Err(mut failed) => match failed.take_message() {
-                        Some(unsent) => {
-                            request = unsent;
-                            continue;
-                        }
-                        None => return Err(SendError::Http(failed.into_error())),
-                    },
-                }
+                return Ok((conn, true));
             }
             if connecting.is_none() {
                 connecting = self.begin_connect(index);
@@ -205,18 +199,14 @@ where
                 continue;
             };
             tokio::select! {
-                connected = connect => {
-                    let mut sender = connected?;
-                    let response = sender.send_request(request).await?;
-                    return Ok((response, self.lease(sender, index)));
-                }
+                connected = connect => return connected.map(|conn| (conn, false)),
                 () = slot.released.notified() => {}
             }
         }
     }
 
     /// Starts opening a connection, unless [`MAX_CONNECTING`] already are.
-    fn begin_connect(&self, index: usize) -> Option<Connect<B>> {
+    fn begin_connect(&self, index: usize) -> Option<Connect> {
         let slot = &self.shared.slots[index];
         slot.connecting
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -235,36 +225,27 @@ where
 
     /// Lets a connect nobody waits for any more finish on its own; its
     /// connection goes to the pool.
-    fn pool_when_connected(&self, index: usize, connect: Connect<B>) {
+    fn pool_when_connected(&self, index: usize, connect: Connect) {
         let pool = self.clone();
         tokio::spawn(async move {
-            if let Ok(sender) = connect.await {
-                pool.lease(sender, index).release();
+            if let Ok(conn) = connect.await {
+                pool.release(index, conn);
             }
         });
     }
 
-    fn lease(&self, sender: http1::SendRequest<B>, index: usize) -> Lease<B> {
-        Lease {
-            sender,
-            index,
-            pool: self.clone(),
-        }
-    }
-
     /// The most recently used idle connection that is still open and fresh.
-    fn checkout(&self, index: usize) -> Option<http1::SendRequest<B>> {
+    fn checkout(&self, index: usize) -> Option<Conn> {
         let mut stack = lock(&self.shared.slots[index].idle);
-        while let Some(idle) = stack.pop() {
-            if !idle.sender.is_closed() && idle.since.elapsed() < self.shared.idle_timeout {
-                return Some(idle.sender);
+        while let Some(mut idle) = stack.pop() {
+            if idle.since.elapsed() < self.shared.idle_timeout && idle.conn.is_idle_usable() {
+                return Some(idle.conn);
             }
         }
         None
     }
 
-    /// Opens a connection and runs its HTTP/1.1 state machine on its own task.
-    async fn connect(&self, index: usize) -> Result<http1::SendRequest<B>, SendError> {
+    async fn connect(&self, index: usize) -> Result<Conn, SendError> {
         let target = &self.shared.targets[index];
         let connecting = TcpStream::connect((target.host.as_str(), target.port));
         let stream = match tokio::time::timeout(self.shared.connect_timeout, connecting).await {
@@ -280,18 +261,12 @@ where
         stream
             .set_nodelay(true)
             .map_err(|e| SendError::Connect(e.to_string()))?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, "backend connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::new(stream))
     }
 }
 
 /// A connection being opened (boxed: the cold path's future is large).
-type Connect<B> = Pin<Box<dyn Future<Output = Result<http1::SendRequest<B>, SendError>> + Send>>;
+type Connect = Pin<Box<dyn Future<Output = Result<Conn, SendError>> + Send>>;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -302,17 +277,35 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{BodyExt, Empty};
-    use std::sync::atomic::AtomicUsize;
+    use http_body_util::{BodyExt, Empty, Full};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    type Body = Empty<Bytes>;
+    /// What a test backend does with a connection after an answer.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Then {
+        Serve,
+        Close,
+        /// Keep the connection open but read nothing more.
+        Stall,
+    }
 
-    /// A backend that answers every request with `hello` and counts its
-    /// connections; with `close_after_first`, it closes each connection right
-    /// after the first answer (as a backend's idle timeout would).
-    async fn backend(close_after_first: bool) -> (Uri, Arc<AtomicUsize>) {
+    /// Decides what a test backend does with the bytes received so far on a
+    /// connection: `Some((consumed, answer, then))` once a request is whole.
+    type Script = fn(&[u8]) -> Option<(usize, Vec<u8>, Then)>;
+
+    /// One request per blank line, answered `hello`; keeps the connection.
+    fn hello(seen: &[u8]) -> Option<(usize, Vec<u8>, Then)> {
+        let end = seen.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        Some((
+            end,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello".to_vec(),
+            Then::Serve,
+        ))
+    }
+
+    /// A backend on loopback running `script`; counts its connections.
+    async fn backend(script: Script) -> (Uri, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url: Uri = format!("http://{}", listener.local_addr().unwrap())
             .parse()
@@ -332,14 +325,13 @@ mod tests {
                             Ok(n) => n,
                         };
                         seen.extend_from_slice(&buf[..n]);
-                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                            seen.drain(..end + 4);
-                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
-                            if stream.write_all(answer).await.is_err() {
+                        while let Some((consumed, answer, then)) = script(&seen) {
+                            seen.drain(..consumed);
+                            if stream.write_all(&answer).await.is_err() || then == Then::Close {
                                 return;
                             }
-                            if close_after_first {
-                                return;
+                            if then == Then::Stall {
+                                std::future::pending::<()>().await;
                             }
                         }
                     }
@@ -349,62 +341,172 @@ mod tests {
         (url, accepted)
     }
 
-    fn pool(url: Uri) -> Pool<Body> {
+    fn pool(url: Uri) -> Pool {
         Pool::new([url], Duration::from_secs(1), Duration::from_secs(60))
     }
 
-    fn get() -> Request<Body> {
-        Request::builder()
-            .uri("/")
-            .header("host", "backend")
-            .body(Empty::new())
-            .unwrap()
+    fn sending<'a, B>(
+        head: &'static str,
+        body: &'a BodySlot<B>,
+        framing: RequestFraming,
+    ) -> Sending<'a, B> {
+        Sending {
+            head: Bytes::from_static(head.as_bytes()),
+            body,
+            framing,
+            head_request: false,
+            idempotent: true,
+        }
     }
 
-    /// Sends one request and reads the body; returns it and the lease.
-    async fn fetch(pool: &Pool<Body>) -> (Bytes, Lease<Body>) {
-        let (response, lease) = pool.send(0, get()).await.unwrap();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (body, lease)
+    const GET: &str = "GET / HTTP/1.1\r\nhost: backend\r\n\r\n";
+
+    /// Sends a GET and reads the whole body (which releases the connection).
+    async fn fetch(pool: &Pool) -> Result<Bytes, SendError> {
+        let empty = BodySlot::new(Empty::<Bytes>::new());
+        let response = pool
+            .send(0, sending(GET, &empty, RequestFraming::None))
+            .await?;
+        Ok(response.into_body().collect().await.unwrap().to_bytes())
     }
 
     #[tokio::test]
-    async fn a_released_connection_carries_the_next_request() {
-        let (url, accepted) = backend(false).await;
+    async fn a_body_read_to_the_end_frees_its_connection_for_the_next_request() {
+        let (url, accepted) = backend(hello).await;
         let pool = pool(url);
         for _ in 0..10 {
-            let (body, lease) = fetch(&pool).await;
-            assert_eq!(&body[..], b"hello");
-            lease.release();
+            assert_eq!(&fetch(&pool).await.unwrap()[..], b"hello");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
-    async fn a_connection_not_released_is_not_reused() {
-        let (url, accepted) = backend(false).await;
+    async fn a_body_dropped_early_closes_its_connection() {
+        let (url, accepted) = backend(hello).await;
         let pool = pool(url);
+        let empty = BodySlot::new(Empty::<Bytes>::new());
         for _ in 0..3 {
-            let (_, lease) = fetch(&pool).await;
-            drop(lease);
+            let response = pool
+                .send(0, sending(GET, &empty, RequestFraming::None))
+                .await;
+            drop(response.unwrap());
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
     async fn a_connection_closed_while_idle_costs_no_error() {
-        let (url, accepted) = backend(true).await;
+        fn close_after_one(seen: &[u8]) -> Option<(usize, Vec<u8>, Then)> {
+            hello(seen).map(|(n, answer, _)| (n, answer, Then::Close))
+        }
+        let (url, accepted) = backend(close_after_one).await;
         let pool = pool(url);
         for _ in 0..5 {
-            let (body, lease) = fetch(&pool).await;
-            assert_eq!(&body[..], b"hello");
-            lease.release();
+            assert_eq!(&fetch(&pool).await.unwrap()[..], b"hello");
             // Sometimes the close has been seen by now, sometimes not: both
-            // paths (skipped at checkout, or the unsent request moved on)
-            // must end in a fresh connection, not an error.
+            // paths (skipped at checkout, or the request sent again) must end
+            // in a fresh connection, not an error.
             tokio::task::yield_now().await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn chunked_answers_are_decoded_and_connection_close_is_obeyed() {
+        fn chunked(seen: &[u8]) -> Option<(usize, Vec<u8>, Then)> {
+            let (n, _, _) = hello(seen)?;
+            let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+            Some((n, answer.to_vec(), Then::Serve))
+        }
+        let (url, accepted) = backend(chunked).await;
+        let pool = pool(url);
+        for _ in 0..3 {
+            assert_eq!(&fetch(&pool).await.unwrap()[..], b"abcde");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+        fn closing(seen: &[u8]) -> Option<(usize, Vec<u8>, Then)> {
+            let (n, _, _) = hello(seen)?;
+            let answer = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+            Some((n, answer.to_vec(), Then::Serve))
+        }
+        let (url, accepted) = backend(closing).await;
+        let pool = self::pool(url);
+        for _ in 0..3 {
+            assert_eq!(&fetch(&pool).await.unwrap()[..], b"ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_chunked_upload_is_framed_on_the_wire() {
+        /// Answers with the request's raw bytes once the last chunk is in.
+        fn mirror(seen: &[u8]) -> Option<(usize, Vec<u8>, Then)> {
+            let end = seen.windows(5).position(|w| w == b"0\r\n\r\n")? + 5;
+            let mut answer =
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {end}\r\n\r\n").into_bytes();
+            answer.extend_from_slice(&seen[..end]);
+            Some((end, answer, Then::Serve))
+        }
+        let (url, _) = backend(mirror).await;
+        let pool = pool(url);
+        let frames = Frames([&b"hello"[..], b", world"].map(Bytes::from_static).into());
+        let slot = BodySlot::new(frames);
+        let head = "POST /u HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n";
+        let response = pool
+            .send(0, sending(head, &slot, RequestFraming::Chunked))
+            .await
+            .unwrap();
+        let wire = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            std::str::from_utf8(&wire).unwrap(),
+            "POST /u HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n"
+        );
+    }
+
+    /// A body of these data frames, of unknown length until it ends.
+    struct Frames(std::collections::VecDeque<Bytes>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            let next = self.get_mut().0.pop_front();
+            std::task::Poll::Ready(next.map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_upload_ends_is_relayed_at_once() {
+        /// Refuses every request as soon as its head is in, and reads no body.
+        fn refuse(seen: &[u8]) -> Option<(usize, Vec<u8>, Then)> {
+            let (n, _, _) = hello(seen)?;
+            let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig";
+            Some((n, answer.to_vec(), Then::Stall))
+        }
+        let (url, accepted) = backend(refuse).await;
+        let pool = pool(url);
+        let big = BodySlot::new(Full::new(Bytes::from(vec![b'x'; 32 << 20])));
+        let head = "POST /u HTTP/1.1\r\ncontent-length: 33554432\r\n\r\n";
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            pool.send(0, sending(head, &big, RequestFraming::Length(32 << 20))),
+        )
+        .await
+        .expect("the answer must not wait for the upload")
+        .unwrap();
+        assert_eq!(response.status(), 413);
+        assert_eq!(
+            &response.into_body().collect().await.unwrap().to_bytes()[..],
+            b"big"
+        );
+        // The connection is not reused: its request body was never finished.
+        assert_eq!(&fetch(&pool).await.unwrap()[..3], b"big");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
@@ -414,22 +516,18 @@ mod tests {
             .parse()
             .unwrap();
         drop(listener);
-        let error = pool(url).send(0, get()).await.err().unwrap();
+        let error = fetch(&pool(url)).await.err().unwrap();
         assert!(error.is_connect(), "{error}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_shares_connections_and_caps_connects() {
-        let (url, accepted) = backend(false).await;
+        let (url, accepted) = backend(hello).await;
         let pool = pool(url);
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..500 {
             let pool = pool.clone();
-            tasks.spawn(async move {
-                let (body, lease) = fetch(&pool).await;
-                lease.release();
-                body
-            });
+            tasks.spawn(async move { fetch(&pool).await.unwrap() });
         }
         while let Some(body) = tasks.join_next().await {
             assert_eq!(&body.unwrap()[..], b"hello");
@@ -448,13 +546,13 @@ mod tests {
         let url: Uri = format!("http://{}", listener.local_addr().unwrap())
             .parse()
             .unwrap();
-        let pool = Pool::<Body>::new([url], Duration::from_millis(400), Duration::from_secs(60));
+        let pool = Pool::new([url], Duration::from_millis(400), Duration::from_secs(60));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..100 {
             let pool = pool.clone();
-            tasks.spawn(async move {
-                tokio::time::timeout(Duration::from_secs(3), pool.send(0, get())).await
-            });
+            tasks.spawn(
+                async move { tokio::time::timeout(Duration::from_secs(3), fetch(&pool)).await },
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let connecting = &pool.shared.slots[0].connecting;

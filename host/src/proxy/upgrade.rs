@@ -2,21 +2,30 @@
 //! are spliced together byte for byte.
 
 use crate::balancer::InFlight;
+use bytes::BytesMut;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
-/// Splices client and backend once both sides have switched protocols.
-pub fn tunnel(client: OnUpgrade, backend: OnUpgrade, in_flight: InFlight) {
+/// Splices the client, once hyper has switched it over, and the backend
+/// connection; `early` is what the backend sent right after its 101.
+pub fn tunnel(client: OnUpgrade, (mut backend, early): (TcpStream, BytesMut), in_flight: InFlight) {
     tokio::spawn(async move {
-        let (client, backend) = match tokio::try_join!(client, backend) {
-            Ok(pair) => pair,
+        let client = match client.await {
+            Ok(client) => client,
             Err(error) => {
                 tracing::debug!(%error, "upgrade failed");
                 return;
             }
         };
         let mut client = TokioIo::new(client);
-        let mut backend = TokioIo::new(backend);
+        if !early.is_empty()
+            && let Err(error) = client.write_all(&early).await
+        {
+            tracing::debug!(%error, "upgraded connection failed");
+            return;
+        }
         match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
             Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
             Err(error) => tracing::debug!(%error, "upgraded connection failed"),

@@ -1,0 +1,290 @@
+//! One keep-alive connection to a backend, and one request/response exchange
+//! on it: write the request (head, then the streamed body), read the
+//! response head. The response body is read later by [`super::backend_body`].
+//!
+//! The exchange runs in the request's own task. Reading the response head
+//! and writing the request body go on at the same time, so a backend that
+//! answers before it has read the whole upload (an early 413, an echo that
+//! streams back) is relayed at once; the rest of the upload then finishes on
+//! a task of its own and the connection is not reused.
+
+use super::body::BoxError;
+use super::wire::{self, RequestFraming, ResponseHead, WireError};
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::Body;
+use http_body_util::BodyExt;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// The largest response head accepted from a backend.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Room made in the read buffer before each read.
+pub const READ_SIZE: usize = 16 * 1024;
+
+/// Why a request got no response head.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be opened: nothing reached the backend.
+    #[error("connect failed: {0}")]
+    Connect(String),
+    #[error("connection failed: {0}")]
+    Io(#[from] io::Error),
+    /// The backend closed the connection before a whole response head.
+    #[error("backend closed the connection before answering")]
+    Closed,
+    #[error(transparent)]
+    Protocol(#[from] WireError),
+    /// The request body could not be read (too large, client gone).
+    #[error("request body failed")]
+    Body(#[source] BoxError),
+}
+
+impl SendError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect(_))
+    }
+}
+
+/// The socket, whole; or only its read half while the rest of an upload is
+/// still being written by another task.
+pub enum Io {
+    Whole(TcpStream),
+    Read(OwnedReadHalf),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Whole(stream) => Pin::new(stream).poll_read(cx, buf),
+            Io::Read(half) => Pin::new(half).poll_read(cx, buf),
+        }
+    }
+}
+
+/// A connection and the bytes read from it that nobody has used yet.
+pub struct Conn {
+    pub io: Io,
+    pub buf: BytesMut,
+}
+
+/// What to send: the encoded head, and the body when there is one.
+pub struct Outgoing<B> {
+    pub head: Bytes,
+    pub body: Option<B>,
+    pub framing: RequestFraming,
+    /// The request was HEAD: the response has no body whatever it declares.
+    pub head_request: bool,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream) -> Self {
+        Conn {
+            io: Io::Whole(stream),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// True if an idle connection can carry a request: the backend has
+    /// neither closed it nor sent anything unasked. Costs no system call
+    /// unless the socket was reported readable.
+    pub fn is_idle_usable(&mut self) -> bool {
+        let Io::Whole(stream) = &mut self.io else {
+            return false;
+        };
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Sends the request and reads the response head. On success the
+    /// connection comes back positioned at the response body; `false` in the
+    /// second place means the upload is still running and the connection must
+    /// not carry another request.
+    pub async fn exchange<B>(
+        mut self,
+        outgoing: Outgoing<B>,
+    ) -> Result<(ResponseHead, Conn, bool), Failure>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError> + Send,
+    {
+        let Outgoing {
+            head,
+            body,
+            framing,
+            head_request,
+        } = outgoing;
+        let Some(body) = body else {
+            let Io::Whole(stream) = &mut self.io else {
+                return Err(Failure::fresh(SendError::Closed));
+            };
+            if let Err(error) = stream.write_all(&head).await {
+                return Err(Failure::fresh(error.into()));
+            }
+            let response = read_head(&mut self.io, &mut self.buf, head_request).await;
+            return response.map(|h| (h, self, true));
+        };
+        let Io::Whole(stream) = self.io else {
+            return Err(Failure::fresh(SendError::Closed));
+        };
+        let (read, write) = stream.into_split();
+        let mut io = Io::Read(read);
+        let mut buf = self.buf;
+        let mut upload = Box::pin(upload(write, head, body, framing));
+        let mut uploaded = None;
+        let response = loop {
+            tokio::select! {
+                done = &mut upload, if uploaded.is_none() => match done {
+                    Ok(write) => uploaded = Some(write),
+                    Err(error) => return Err(Failure { error, stale: false }),
+                },
+                response = read_head(&mut io, &mut buf, head_request) => break response?,
+            }
+        };
+        let (io, finished) = match uploaded {
+            Some(write) => {
+                let Io::Read(read) = io else {
+                    return Err(Failure::fresh(SendError::Closed));
+                };
+                match read.reunite(write) {
+                    Ok(stream) => (Io::Whole(stream), true),
+                    Err(_) => return Err(Failure::fresh(SendError::Closed)),
+                }
+            }
+            None => {
+                tokio::spawn(async move {
+                    if let Err(error) = upload.await {
+                        tracing::debug!(%error, "upload after an early response failed");
+                    }
+                });
+                (io, false)
+            }
+        };
+        Ok((response, Conn { io, buf }, finished))
+    }
+}
+
+/// A failed exchange; `stale` when it failed before the backend sent a
+/// byte, as on a kept-alive connection the backend had just closed.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: SendError,
+    pub stale: bool,
+}
+
+impl Failure {
+    fn fresh(error: SendError) -> Self {
+        let stale = matches!(error, SendError::Io(_) | SendError::Closed);
+        Failure { error, stale }
+    }
+}
+
+/// Reads until `buf` holds a whole response head and takes it off.
+async fn read_head(
+    io: &mut Io,
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<ResponseHead, Failure> {
+    loop {
+        if !buf.is_empty() {
+            match wire::parse_response(buf, head_request) {
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => {}
+                Err(error) => return Err(Failure::fresh(error.into())),
+            }
+            if buf.len() >= MAX_HEAD_BYTES {
+                return Err(Failure::fresh(
+                    WireError::HeadTooLarge(MAX_HEAD_BYTES).into(),
+                ));
+            }
+        }
+        buf.reserve(READ_SIZE);
+        let stale = buf.is_empty();
+        match io.read_buf(buf).await {
+            Ok(0) => {
+                return Err(Failure {
+                    error: SendError::Closed,
+                    stale,
+                });
+            }
+            Ok(_) => {}
+            Err(error) => {
+                return Err(Failure {
+                    error: error.into(),
+                    stale,
+                });
+            }
+        }
+    }
+}
+
+/// Writes the head and the body, framed as announced; gives the write half back.
+async fn upload<B>(
+    mut write: OwnedWriteHalf,
+    head: Bytes,
+    mut body: B,
+    framing: RequestFraming,
+) -> Result<OwnedWriteHalf, SendError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    write.write_all(&head).await?;
+    let mut sent = 0u64;
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| SendError::Body(e.into()))?;
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                trailers = frame.into_trailers().ok();
+                continue;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        match framing {
+            RequestFraming::Chunked => {
+                let mut chunk = wire::chunk_header(data.len())
+                    .chain(data)
+                    .chain(&b"\r\n"[..]);
+                write.write_all_buf(&mut chunk).await?;
+            }
+            RequestFraming::Length(n) if sent > n => {
+                return Err(SendError::Body("request body longer than declared".into()));
+            }
+            _ => write.write_all_buf(&mut data).await?,
+        }
+    }
+    match framing {
+        RequestFraming::Chunked => {
+            let mut end = b"0\r\n".to_vec();
+            wire::encode_trailers(&mut end, &trailers.unwrap_or_default());
+            write.write_all(&end).await?;
+        }
+        RequestFraming::Length(n) if sent != n => {
+            return Err(SendError::Body("request body shorter than declared".into()));
+        }
+        _ => {}
+    }
+    Ok(write)
+}

@@ -1,0 +1,469 @@
+//! HTTP/1.1 towards the backends, as bytes: the request head the gateway
+//! writes and the response head it reads.
+//!
+//! The gateway already holds the client's parsed request, so it writes the
+//! backend's request head straight from it (no second header map, no
+//! per-connection task and channel as a general-purpose client needs), and it
+//! reads the response head with `httparse` into the `http` types the client
+//! side of hyper serves. Message framing follows RFC 9112 §6.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+use std::mem::MaybeUninit;
+
+/// The most header fields a backend response may carry.
+const MAX_HEADERS: usize = 100;
+
+/// How the request body travels to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body and no `Content-Length` to repeat.
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: a response to HEAD, 204, 304.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// The body runs until the backend closes the connection.
+    UntilClose,
+    /// 101: the connection now speaks another protocol.
+    Upgrade,
+}
+
+/// Why a backend's response head was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("malformed response head: {0}")]
+    Malformed(&'static str),
+    #[error("response head larger than {0} bytes")]
+    HeadTooLarge(usize),
+    #[error("malformed chunked body")]
+    BadChunk,
+}
+
+/// A response head read off a backend connection.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The connection may carry another request once this body is read.
+    pub keep_alive: bool,
+}
+
+/// Writes the request head for the backend.
+///
+/// `prefix` goes before the client's path; `host` is sent when the client
+/// gave none. `Content-Length`/`Transfer-Encoding` come from `framing`, not
+/// from `headers`.
+pub fn encode_request(
+    out: &mut Vec<u8>,
+    method: &Method,
+    prefix: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    host: Option<&HeaderValue>,
+    framing: RequestFraming,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(prefix.as_bytes());
+    match uri.path_and_query().filter(|pq| pq.path().starts_with('/')) {
+        Some(pq) => out.extend_from_slice(pq.as_str().as_bytes()),
+        None => out.push(b'/'),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(host) = host.filter(|_| !headers.contains_key(header::HOST)) {
+        field(out, b"host", host.as_bytes());
+    }
+    match framing {
+        RequestFraming::None => {}
+        RequestFraming::Length(n) => {
+            let mut digits = itoa::Buffer::new();
+            field(out, b"content-length", digits.format(n).as_bytes());
+        }
+        RequestFraming::Chunked => field(out, b"transfer-encoding", b"chunked"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Takes a complete response head off the front of `buf`, skipping interim
+/// 1xx responses (except 101); `None` while the head is incomplete.
+pub fn parse_response(
+    buf: &mut BytesMut,
+    request_was_head: bool,
+) -> Result<Option<ResponseHead>, WireError> {
+    loop {
+        let mut fields = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(WireError::Malformed("too many header fields"));
+            }
+            Err(_) => return Err(WireError::Malformed("not an HTTP/1.x response")),
+        };
+        let code = parsed.code.unwrap_or(0);
+        let status =
+            StatusCode::from_u16(code).map_err(|_| WireError::Malformed("bad status code"))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            let _ = buf.split_to(len);
+            continue;
+        }
+        let version = match parsed.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        // Names now, values after the head is frozen: they become slices of
+        // it instead of copies.
+        let base = buf.as_ptr() as usize;
+        let mut fields = Vec::with_capacity(parsed.headers.len());
+        for h in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| WireError::Malformed("bad header name"))?;
+            let start = h.value.as_ptr() as usize - base;
+            fields.push((name, start, start + h.value.len()));
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(fields.len());
+        for (name, start, end) in fields {
+            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+                .map_err(|_| WireError::Malformed("bad header value"))?;
+            headers.append(name, value);
+        }
+        let framing = framing(status, &headers, request_was_head)?;
+        let keep_alive = framing != Framing::UntilClose
+            && framing != Framing::Upgrade
+            && keeps_alive(version, &headers);
+        return Ok(Some(ResponseHead {
+            status,
+            headers,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// RFC 9112 §6.3, for responses.
+fn framing(
+    status: StatusCode,
+    headers: &HeaderMap,
+    request_was_head: bool,
+) -> Result<Framing, WireError> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Framing::Upgrade);
+    }
+    if request_was_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Empty);
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case("chunked") => Framing::Chunked,
+            _ => Framing::UntilClose,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = std::str::from_utf8(part)
+                .ok()
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(WireError::Malformed("bad content-length"))?;
+            if length.is_some_and(|seen| seen != n) {
+                return Err(WireError::Malformed("conflicting content-length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    })
+}
+
+/// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only when told `keep-alive`.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let mut tokens = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim);
+    if version == Version::HTTP_10 {
+        tokens.any(|t| t.eq_ignore_ascii_case("keep-alive"))
+    } else {
+        !tokens.any(|t| t.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// One step of reading a chunked body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Chunk {
+    /// Need more bytes.
+    Partial,
+    /// This many bytes of `buf` were consumed; the data that follows is `size` bytes.
+    Size { consumed: usize, size: u64 },
+}
+
+/// Parses a chunk-size line (extensions ignored) at the front of `buf`.
+pub fn chunk_size(buf: &[u8]) -> Result<Chunk, WireError> {
+    match httparse::parse_chunk_size(buf) {
+        Ok(httparse::Status::Complete((consumed, size))) => Ok(Chunk::Size { consumed, size }),
+        Ok(httparse::Status::Partial) => Ok(Chunk::Partial),
+        Err(_) => Err(WireError::BadChunk),
+    }
+}
+
+/// The trailer section at the front of `buf` (after the last chunk), taken
+/// off; `None` while incomplete.
+pub fn trailers(buf: &mut BytesMut) -> Result<Option<HeaderMap>, WireError> {
+    let mut fields = [httparse::EMPTY_HEADER; 32];
+    let (len, parsed) = match httparse::parse_headers(buf, &mut fields) {
+        Ok(httparse::Status::Complete(done)) => done,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(WireError::BadChunk),
+    };
+    let mut trailers = HeaderMap::with_capacity(parsed.len());
+    for field in parsed {
+        let name =
+            HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| WireError::BadChunk)?;
+        let value = HeaderValue::from_bytes(field.value).map_err(|_| WireError::BadChunk)?;
+        trailers.append(name, value);
+    }
+    let _ = buf.split_to(len);
+    Ok(Some(trailers))
+}
+
+/// Writes trailer fields and the blank line that ends a chunked body.
+pub fn encode_trailers(out: &mut Vec<u8>, trailers: &HeaderMap) {
+    for (name, value) in trailers {
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The request's `Content-Length`-or-chunked decision, for a body of this shape.
+pub fn request_framing(has_length_header: bool, empty: bool, exact: Option<u64>) -> RequestFraming {
+    match exact {
+        _ if empty && !has_length_header => RequestFraming::None,
+        Some(n) => RequestFraming::Length(n),
+        None => RequestFraming::Chunked,
+    }
+}
+
+/// A chunk header for `len` bytes of data.
+pub fn chunk_header(len: usize) -> Bytes {
+    Bytes::from(format!("{len:x}\r\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, request_was_head: bool) -> Result<Option<ResponseHead>, WireError> {
+        parse_response(&mut BytesMut::from(raw), request_was_head)
+    }
+
+    fn complete(raw: &str) -> ResponseHead {
+        head(raw, false).unwrap().unwrap()
+    }
+
+    #[test]
+    fn request_head_is_written_from_the_client_request() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        headers.insert("content-length", HeaderValue::from_static("999"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("gzip"));
+        let uri: Uri = "http://client.example/p?q=1".parse().unwrap();
+        let host = HeaderValue::from_static("backend:81");
+        let mut out = Vec::new();
+        encode_request(
+            &mut out,
+            &Method::POST,
+            "/api",
+            &uri,
+            &headers,
+            Some(&host),
+            RequestFraming::Length(5),
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /api/p?q=1 HTTP/1.1\r\nx-a: 1\r\nhost: backend:81\r\ncontent-length: 5\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        headers.insert("host", HeaderValue::from_static("client"));
+        encode_request(
+            &mut out,
+            &Method::GET,
+            "",
+            &"*".parse().unwrap(),
+            &headers,
+            Some(&host),
+            RequestFraming::Chunked,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("GET / HTTP/1.1\r\n"), "{text}");
+        assert!(text.contains("host: client\r\n") && !text.contains("backend:81"));
+        assert!(text.ends_with("transfer-encoding: chunked\r\n\r\n"));
+    }
+
+    #[test]
+    fn request_framing_follows_the_body() {
+        assert_eq!(request_framing(false, true, Some(0)), RequestFraming::None);
+        assert_eq!(
+            request_framing(true, true, Some(0)),
+            RequestFraming::Length(0)
+        );
+        assert_eq!(
+            request_framing(true, false, Some(7)),
+            RequestFraming::Length(7)
+        );
+        assert_eq!(request_framing(false, false, None), RequestFraming::Chunked);
+    }
+
+    #[test]
+    fn response_head_is_parsed_and_split_off() {
+        let mut buf =
+            BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-B: two\r\n\r\nhello");
+        let head = parse_response(&mut buf, false).unwrap().unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(head.headers["x-b"], "two");
+        assert_eq!(head.framing, Framing::Length(5));
+        assert!(head.keep_alive);
+        assert_eq!(&buf[..], b"hello");
+    }
+
+    #[test]
+    fn partial_heads_wait_for_more() {
+        assert!(
+            head("HTTP/1.1 200 OK\r\nContent-Le", false)
+                .unwrap()
+                .is_none()
+        );
+        assert!(head("", false).unwrap().is_none());
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_but_101_is_not() {
+        let h = complete("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(h.status, 204);
+        assert_eq!(h.framing, Framing::Empty);
+        let h = complete("HTTP/1.1 101 Switching\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n");
+        assert_eq!(h.framing, Framing::Upgrade);
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let f = |raw: &str| complete(raw).framing;
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n"),
+            Framing::Chunked
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Framing::UntilClose
+        );
+        assert_eq!(f("HTTP/1.1 200 OK\r\n\r\n"), Framing::UntilClose);
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            Framing::Empty
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\n\r\n"),
+            Framing::Length(4)
+        );
+        assert_eq!(
+            f("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"),
+            Framing::Empty
+        );
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Empty);
+        assert_eq!(h.headers["content-length"], "9");
+    }
+
+    #[test]
+    fn bad_lengths_and_garbage_are_refused() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            "SSH-2.0-OpenSSH\r\n\r\n",
+            "HTTP/1.1 20 OK\r\n\r\n",
+        ] {
+            assert!(head(raw, false).is_err(), "{raw:?}");
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        let raw = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        assert_eq!(
+            head(&raw, false).unwrap_err(),
+            WireError::Malformed("too many header fields")
+        );
+    }
+
+    #[test]
+    fn connection_reuse_follows_version_and_connection() {
+        let k = |raw: &str| complete(raw).keep_alive;
+        assert!(k("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n"));
+        assert!(!k(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n"
+        ));
+        assert!(!k("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n"));
+        assert!(k(
+            "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 1\r\n\r\n"
+        ));
+        assert!(!k("HTTP/1.1 200 OK\r\n\r\n"));
+    }
+
+    #[test]
+    fn chunk_sizes_parse_with_extensions() {
+        assert_eq!(
+            chunk_size(b"1a;ext=1\r\nxyz").unwrap(),
+            Chunk::Size {
+                consumed: 10,
+                size: 26
+            }
+        );
+        assert_eq!(chunk_size(b"1a").unwrap(), Chunk::Partial);
+        assert!(chunk_size(b"zz\r\n").is_err());
+        assert_eq!(&chunk_header(255)[..], b"ff\r\n");
+    }
+}
