@@ -8,6 +8,7 @@ use crate::health::HealthChecker;
 use crate::limiter::shared::{Budget, SharedLimiter};
 use crate::limiter::sync::load_overrides;
 use crate::limiter::{Limiter, spawn_sync};
+use crate::listen;
 use crate::metrics::Metrics;
 use crate::plugin::Plugins;
 use crate::proxy::Proxy;
@@ -17,7 +18,6 @@ use crate::workers;
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 /// Runs the gateway until a termination signal, then drains and returns.
@@ -58,9 +58,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         plugins.spawn_reloader();
     }
     let selection = balancer::build(config.algorithm, &backends, plugins.select.clone());
+    let workers = workers::count(config.proxy.workers);
+    // Each worker has its own pool, so each gets its share of the cap.
+    let connections = config.proxy.max_backend_connections.div_ceil(workers);
     let make_proxy = || {
         Proxy::new(
             &config,
+            connections,
             Arc::clone(&backends),
             Arc::clone(&selection),
             Arc::clone(&metrics),
@@ -80,11 +84,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shared,
     ));
 
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = listen::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let admin_listener = TcpListener::bind(config.admin.listen)
-        .await
+    let admin_listener = listen::bind(config.admin.listen)
         .with_context(|| format!("cannot listen on {} (admin)", config.admin.listen))?;
     let (stop, signal) = watch::channel(false);
     let (done, mut drained) = mpsc::channel::<()>(1);
@@ -98,7 +100,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let proxy_addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    let workers = workers::count(config.proxy.workers);
     workers::spawn(workers, listener.into_std()?, make_proxy, limits, &shutdown)
         .context("cannot start the proxy workers")?;
     tokio::spawn(server::serve(

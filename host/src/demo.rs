@@ -71,8 +71,7 @@ pub async fn bind(
     let mut bound = Vec::new();
     for i in 0..count {
         let addr = SocketAddr::from(([127, 0, 0, 1], base_port + i));
-        let listener = TcpListener::bind(addr)
-            .await
+        let listener = crate::listen::bind(addr)
             .map_err(|e| anyhow::anyhow!("cannot bind demo backend on {addr}: {e}"))?;
         bound.push((
             listener,

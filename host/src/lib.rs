@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod limiter;
+pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod plugin;

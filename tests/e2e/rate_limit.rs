@@ -142,7 +142,7 @@ async fn two_hundred_clients_in_parallel_each_get_exactly_their_capacity() {
         match status {
             200 => allowed[c] += 1,
             429 => {}
-            other => panic!("unexpected status {other}"),
+            other => panic!("unexpected status {other}\n{}", gw.log_text()),
         }
     }
     assert!(allowed.iter().all(|&n| n == 7), "{allowed:?}");

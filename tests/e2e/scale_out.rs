@@ -4,9 +4,18 @@
 use crate::support::*;
 use std::time::{Duration, Instant};
 
+/// Two gateways sharing `redis`. Unless `extra` sets it, `shared_timeout`
+/// is generous: these tests check exact counts across gateways, and on a
+/// loaded test machine the 50 ms default can expire and fall back to a
+/// local bucket (which the outage tests below cover on purpose).
 fn shared_yaml(b: &TestBackend, redis: &str, prefix: &str, db: &str, extra: &str) -> String {
+    let timeout = if extra.contains("shared_timeout") {
+        ""
+    } else {
+        "  shared_timeout: 5s\n"
+    };
     format!(
-        "backends:\n  - {}\nadmin:\n  token: test-token\nlog:\n  access: false\nrate_limit:\n  key: header:X-API-Key\n  database: {db}\n  shared: {redis}\n  shared_prefix: {prefix}\n{extra}",
+        "backends:\n  - {}\nadmin:\n  token: test-token\nlog:\n  access: false\nrate_limit:\n  key: header:X-API-Key\n  database: {db}\n  shared: {redis}\n  shared_prefix: {prefix}\n{timeout}{extra}",
         b.url()
     )
 }

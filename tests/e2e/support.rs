@@ -189,15 +189,16 @@ pub struct TestBackend {
 
 impl TestBackend {
     pub async fn start(name: &str) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
-        Self::serve(name, listener)
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap()).await
     }
 
     /// Starts on a specific address (to revive a backend that was stopped).
+    /// The accept queue is as deep as a production server's (nginx asks
+    /// for 511, Go for `somaxconn`), not `TcpListener::bind`'s 128: the
+    /// backend runs in the test process, which is busy being 4,000 clients
+    /// in some tests, and a full queue would drop the gateway's connects.
     pub async fn start_on(name: &str, addr: SocketAddr) -> TestBackend {
-        let listener = TcpListener::bind(addr).await.expect("rebind backend");
+        let listener = gateway::listen::bind(addr).expect("bind backend");
         Self::serve(name, listener)
     }
 

@@ -129,6 +129,18 @@ mod tests {
     }
 
     #[test]
+    fn backend_connections_default_to_512_and_are_bounded() {
+        let c = ok("backends: [http://a:1]\n");
+        assert_eq!(c.proxy.max_backend_connections, 512);
+        let c = ok("backends: [http://a:1]\nproxy:\n  max_backend_connections: 8\n");
+        assert_eq!(c.proxy.max_backend_connections, 8);
+        let p = problems("backends: [http://a:1]\nproxy:\n  max_backend_connections: 0\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].line, Some(3), "{p:?}");
+        assert_eq!(p[0].path, "proxy.max_backend_connections", "{p:?}");
+    }
+
+    #[test]
     fn unknown_key_is_an_error_with_its_line() {
         let p = problems("listen: 0.0.0.0:8080\nbackends: [http://a:1]\nbogus: 1\n");
         assert_eq!(p.len(), 1);

@@ -145,6 +145,8 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// Threads serving the proxy listener; 0: one per CPU the process may use.
     pub workers: usize,
+    /// Connections (open or opening) to one backend, over all workers.
+    pub max_backend_connections: usize,
 }
 
 #[derive(Debug, Clone)]

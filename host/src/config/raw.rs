@@ -99,6 +99,7 @@ pub struct RawProxy {
     pub header_read_timeout: Option<S<String>>,
     pub drain_timeout: Option<S<String>>,
     pub workers: Option<S<i64>>,
+    pub max_backend_connections: Option<S<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

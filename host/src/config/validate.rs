@@ -362,6 +362,13 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
             1024,
             0,
         ) as usize,
+        max_backend_connections: c.int(
+            px.and_then(|p| p.max_backend_connections.as_ref())
+                .map(|s| spanned("proxy.max_backend_connections", s)),
+            1,
+            1_000_000,
+            512,
+        ) as usize,
     };
 
     let ad = raw.admin.as_ref();

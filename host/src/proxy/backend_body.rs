@@ -5,7 +5,7 @@
 
 use super::body::BoxError;
 use super::conn::{Conn, Io, READ_SIZE};
-use super::pool::Pool;
+use super::pool::{Permit, Pool};
 use super::wire::{self, Chunk, Framing, WireError};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -61,8 +61,9 @@ impl BackendBody {
         body
     }
 
-    /// After a 101: the raw connection and whatever the backend already sent past the head.
-    pub fn into_upgraded(mut self) -> Option<(TcpStream, BytesMut)> {
+    /// After a 101: the raw connection, whatever the backend already sent
+    /// past the head, and the connection's place under the backend's cap.
+    pub fn into_upgraded(mut self) -> Option<(TcpStream, BytesMut, Permit)> {
         if self.state != State::Upgraded {
             return None;
         }
@@ -70,7 +71,8 @@ impl BackendBody {
             Conn {
                 io: Io::Whole(stream),
                 buf,
-            } => Some((stream, buf)),
+                permit,
+            } => Some((stream, buf, permit)),
             Conn {
                 io: Io::Read(_), ..
             } => None,

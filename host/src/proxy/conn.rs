@@ -9,6 +9,7 @@
 //! a task of its own and the connection is not reused.
 
 use super::body::BoxError;
+use super::pool::Permit;
 use super::wire::{self, RequestFraming, ResponseHead, WireError};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::Body;
@@ -73,11 +74,13 @@ impl AsyncRead for Io {
 pub struct Conn {
     pub io: Io,
     pub buf: BytesMut,
+    /// Its place under the backend's connection cap, for as long as it lives.
+    pub permit: Permit,
 }
 
 /// What to send: the encoded head, and the body when there is one.
-pub struct Outgoing<B> {
-    pub head: Bytes,
+pub struct Outgoing<'a, B> {
+    pub head: &'a [u8],
     pub body: Option<B>,
     pub framing: RequestFraming,
     /// The request was HEAD: the response has no body whatever it declares.
@@ -85,10 +88,11 @@ pub struct Outgoing<B> {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: TcpStream, permit: Permit) -> Self {
         Conn {
             io: Io::Whole(stream),
             buf: BytesMut::new(),
+            permit,
         }
     }
 
@@ -119,7 +123,7 @@ impl Conn {
     /// not carry another request.
     pub async fn exchange<B>(
         mut self,
-        outgoing: Outgoing<B>,
+        outgoing: Outgoing<'_, B>,
     ) -> Result<(ResponseHead, Conn, bool), Failure>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -135,19 +139,23 @@ impl Conn {
             let Io::Whole(stream) = &mut self.io else {
                 return Err(Failure::fresh(SendError::Closed));
             };
-            if let Err(error) = stream.write_all(&head).await {
+            if let Err(error) = stream.write_all(head).await {
                 return Err(Failure::fresh(error.into()));
             }
             let response = read_head(&mut self.io, &mut self.buf, head_request).await;
             return response.map(|h| (h, self, true));
         };
-        let Io::Whole(stream) = self.io else {
+        let Conn {
+            io: Io::Whole(stream),
+            mut buf,
+            permit,
+        } = self
+        else {
             return Err(Failure::fresh(SendError::Closed));
         };
         let (read, write) = stream.into_split();
         let mut io = Io::Read(read);
-        let mut buf = self.buf;
-        let mut upload = Box::pin(upload(write, head, body, framing));
+        let mut upload = Box::pin(upload(write, head.to_vec(), body, framing));
         let mut uploaded = None;
         let response = loop {
             tokio::select! {
@@ -177,7 +185,8 @@ impl Conn {
                 (io, false)
             }
         };
-        Ok((response, Conn { io, buf }, finished))
+        let conn = Conn { io, buf, permit };
+        Ok((response, conn, finished))
     }
 }
 
@@ -238,7 +247,7 @@ async fn read_head(
 /// Writes the head and the body, framed as announced; gives the write half back.
 async fn upload<B>(
     mut write: OwnedWriteHalf,
-    head: Bytes,
+    head: Vec<u8>,
     mut body: B,
     framing: RequestFraming,
 ) -> Result<OwnedWriteHalf, SendError>

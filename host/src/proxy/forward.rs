@@ -6,11 +6,11 @@ use super::backend_body::BackendBody;
 use super::body::BodySlot;
 use super::conn::SendError;
 use super::error::ProxyError;
+use super::headers::{self, Forwarding};
 use super::pool::Sending;
 use super::wire::{self, RequestFraming};
 use crate::balancer::{Ctx, InFlight, Tried};
 use crate::health;
-use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, Uri, header};
 use http_body_util::{LengthLimitError, Limited};
@@ -26,6 +26,7 @@ impl Proxy {
         parts: &mut Parts,
         client: std::net::IpAddr,
         body: BodySlot<RequestBody>,
+        forwarding: &Forwarding,
     ) -> Result<(Response<BackendBody>, InFlight), ProxyError> {
         let mut tried = Tried::default();
         let mut last_error = ProxyError::NoHealthyBackend;
@@ -54,7 +55,7 @@ impl Proxy {
                 tracing::debug!(backend = %backend.name, attempt, "retrying on next backend");
             }
             let request = Sending {
-                head: self.upstreams[index].encode(parts, framing),
+                head: self.upstreams[index].encode(parts, framing, forwarding),
                 body: &body,
                 framing,
                 head_request: parts.method == Method::HEAD,
@@ -117,19 +118,26 @@ impl Upstream {
     }
 
     /// The request head this backend receives: origin-form target
-    /// (`prefix/path?query`), the client's headers, the body's framing.
-    fn encode(&self, parts: &Parts, framing: RequestFraming) -> Bytes {
+    /// (`prefix/path?query`), the client's fields and the forwarding ones,
+    /// the body's framing.
+    fn encode(&self, parts: &Parts, framing: RequestFraming, forwarding: &Forwarding) -> Vec<u8> {
         let mut head = Vec::with_capacity(512);
         wire::encode_request(
             &mut head,
             &parts.method,
             &self.prefix,
             &parts.uri,
-            &parts.headers,
-            self.authority.as_ref(),
             framing,
+            |out| {
+                headers::write_request_fields(
+                    out,
+                    &parts.headers,
+                    forwarding,
+                    self.authority.as_ref(),
+                )
+            },
         );
-        Bytes::from(head)
+        head
     }
 }
 
@@ -169,7 +177,12 @@ mod tests {
 
     fn target(upstream: &Upstream, uri: &str) -> String {
         let (parts, ()) = http::Request::get(uri).body(()).unwrap().into_parts();
-        let head = upstream.encode(&parts, RequestFraming::None);
+        let forwarding = Forwarding {
+            peer: "127.0.0.1".parse().unwrap(),
+            trusted: false,
+            authority: None,
+        };
+        let head = upstream.encode(&parts, RequestFraming::None, &forwarding);
         let line = head.split(|&b| b == b'\r').next().unwrap();
         String::from_utf8(line.to_vec()).unwrap()
     }

@@ -1,10 +1,11 @@
 //! Header rewriting at the proxy boundary: hop-by-hop headers never cross it,
 //! forwarding headers are added on the way in.
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::cell::RefCell;
 use std::net::IpAddr;
+
+use super::wire;
 
 /// Headers that describe one connection rather than the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 6] = [
@@ -21,12 +22,12 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// True for a header that never crosses the proxy whatever `Connection` says.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
 }
 
 /// Removes `Connection`, every header it names, the fixed hop-by-hop set and `Proxy-*`.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of them: one pass over the names instead of a
     // hash lookup per candidate.
     if !headers.keys().any(is_hop_by_hop) {
@@ -72,17 +73,15 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     }
 }
 
-/// Prepares request headers for the backend.
-///
-/// `peer` is appended to `X-Forwarded-For`; `X-Forwarded-Proto`/`-Host` are
-/// set unless a trusted proxy already set them. The client's `Host` stays.
-pub fn prepare_request(
-    headers: &mut HeaderMap,
-    peer: IpAddr,
-    peer_trusted: bool,
-    host: Option<HeaderValue>,
-    upgrade: Option<HeaderValue>,
-) {
+/// Drops the hop-by-hop fields a request arrived with, keeping
+/// `TE: trailers` and re-adding `Connection: upgrade` + `Upgrade` for an
+/// upgrade; `None` when there were none to drop (the common case, decided by
+/// one pass over the names). Returns the upgrade the client asked for.
+pub fn strip_request(headers: &mut HeaderMap, http11: bool) -> Option<HeaderValue> {
+    if !headers.keys().any(is_hop_by_hop) {
+        return None;
+    }
+    let upgrade = requested_upgrade(headers).filter(|_| http11);
     let keep_te_trailers = headers
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
@@ -90,57 +89,97 @@ pub fn prepare_request(
     if keep_te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    if let Some(upgrade) = upgrade {
+    if let Some(upgrade) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, upgrade);
+        headers.insert(header::UPGRADE, upgrade.clone());
     }
+    upgrade
+}
 
-    let forwarded_for = match join_values(headers, &X_FORWARDED_FOR) {
-        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", peer.to_canonical())).ok(),
-        None => Some(peer_value(peer)),
-    };
-    if let Some(value) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
-    if !peer_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
-    if let Some(host) = host {
-        if !peer_trusted || !headers.contains_key(&X_FORWARDED_HOST) {
-            headers.insert(X_FORWARDED_HOST, host.clone());
+/// How a request reached the gateway, for the fields the backend gets.
+pub struct Forwarding {
+    pub peer: IpAddr,
+    /// The peer is a trusted proxy: the `X-Forwarded-Proto`/`-Host` it sent stand.
+    pub trusted: bool,
+    /// The target's authority (HTTP/2 `:authority`, absolute-form URI), for
+    /// a request without `Host`.
+    pub authority: Option<HeaderValue>,
+}
+
+/// Writes the request's fields for the backend as HTTP/1.1 field lines.
+///
+/// The client's fields go as they are, except the framing fields (the
+/// body's framing is written from the body) and the forwarding fields: the
+/// peer is appended to `X-Forwarded-For`; `X-Forwarded-Proto`/`-Host` are
+/// set unless a trusted proxy already set them. The client's `Host` stays;
+/// without one the target's authority, else `fallback_host`, is sent.
+/// Written here rather than inserted into the header map: inserting three
+/// fields made the map grow and rehash on every request.
+pub fn write_request_fields(
+    out: &mut Vec<u8>,
+    headers: &HeaderMap,
+    forwarding: &Forwarding,
+    fallback_host: Option<&HeaderValue>,
+) {
+    let mut host = None;
+    let mut prior_for = Vec::new();
+    let (mut proto_kept, mut host_kept) = (false, false);
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        } else if name == header::HOST {
+            host = Some(value);
+        } else if name == X_FORWARDED_FOR {
+            prior_for.push(value);
+            continue;
+        } else if name == X_FORWARDED_PROTO {
+            if !forwarding.trusted {
+                continue;
+            }
+            proto_kept = true;
+        } else if name == X_FORWARDED_HOST {
+            if !forwarding.trusted {
+                continue;
+            }
+            host_kept = true;
         }
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, host);
-        }
+        wire::field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let forwarded_host = host.or(forwarding.authority.as_ref());
+    if host.is_none()
+        && let Some(host) = forwarded_host.or(fallback_host)
+    {
+        wire::field(out, b"host", host.as_bytes());
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for prior in prior_for {
+        out.extend_from_slice(prior.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    write_peer(out, forwarding.peer);
+    out.extend_from_slice(b"\r\n");
+    if !proto_kept {
+        wire::field(out, b"x-forwarded-proto", b"http");
+    }
+    if !host_kept && let Some(host) = forwarded_host {
+        wire::field(out, b"x-forwarded-host", host.as_bytes());
     }
 }
 
-/// `peer` as a header value. Requests on one connection share a peer, so
-/// each thread remembers the last one instead of formatting it every time.
-fn peer_value(peer: IpAddr) -> HeaderValue {
+/// Appends `peer` in text. Requests on one connection share a peer, so each
+/// thread remembers the last one instead of formatting it every time.
+fn write_peer(out: &mut Vec<u8>, peer: IpAddr) {
     thread_local! {
-        static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+        static LAST: RefCell<Option<(IpAddr, String)>> = const { RefCell::new(None) };
     }
     LAST.with_borrow_mut(|last| match last {
-        Some((ip, value)) if *ip == peer => value.clone(),
+        Some((ip, text)) if *ip == peer => out.extend_from_slice(text.as_bytes()),
         _ => {
             let text = peer.to_canonical().to_string();
-            let value = HeaderValue::from_maybe_shared(Bytes::from(text))
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-            *last = Some((peer, value.clone()));
-            value
+            out.extend_from_slice(text.as_bytes());
+            *last = Some((peer, text));
         }
     })
-}
-
-fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
-    let first = values.next()?;
-    Some(values.fold(first.to_owned(), |mut acc, v| {
-        acc.push_str(", ");
-        acc.push_str(v);
-        acc
-    }))
 }
 
 #[cfg(test)]
@@ -177,19 +216,73 @@ mod tests {
         assert_eq!(h["x-keep"], "yes");
     }
 
-    #[test]
-    fn forwarding_headers_are_appended_and_set() {
-        let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("host", "example.com")]);
-        let host = h.get("host").cloned();
-        prepare_request(&mut h, "9.9.9.9".parse().unwrap(), false, host, None);
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 9.9.9.9");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "example.com");
-        assert_eq!(h["host"], "example.com");
+    /// The field lines written for `headers` from `peer`.
+    fn written(
+        headers: &HeaderMap,
+        peer: &str,
+        trusted: bool,
+        authority: Option<&'static str>,
+    ) -> Vec<String> {
+        let forwarding = Forwarding {
+            peer: peer.parse().unwrap(),
+            trusted,
+            authority: authority.map(HeaderValue::from_static),
+        };
+        let mut out = Vec::new();
+        let fallback = HeaderValue::from_static("backend:81");
+        write_request_fields(&mut out, headers, &forwarding, Some(&fallback));
+        String::from_utf8(out)
+            .unwrap()
+            .split_terminator("\r\n")
+            .map(str::to_owned)
+            .collect()
     }
 
     #[test]
-    fn peer_value_follows_the_peer() {
+    fn forwarding_fields_are_appended_and_set() {
+        let h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("host", "example.com"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("content-length", "5"),
+            ("x-other", "o"),
+        ]);
+        assert_eq!(
+            written(&h, "9.9.9.9", false, None),
+            [
+                "host: example.com",
+                "x-other: o",
+                "x-forwarded-for: 1.1.1.1, 2.2.2.2, 9.9.9.9",
+                "x-forwarded-proto: http",
+                "x-forwarded-host: example.com",
+            ]
+        );
+    }
+
+    #[test]
+    fn without_host_the_authority_then_the_backend_is_used() {
+        let h = map(&[]);
+        assert_eq!(
+            written(&h, "::ffff:1.2.3.4", false, Some("client.example")),
+            [
+                "host: client.example",
+                "x-forwarded-for: 1.2.3.4",
+                "x-forwarded-proto: http",
+                "x-forwarded-host: client.example",
+            ]
+        );
+        assert_eq!(
+            written(&h, "2001:db8::1", false, None),
+            [
+                "host: backend:81",
+                "x-forwarded-for: 2001:db8::1",
+                "x-forwarded-proto: http"
+            ]
+        );
+    }
+
+    #[test]
+    fn peer_text_follows_the_peer() {
         for ip in [
             "9.9.9.9",
             "9.9.9.9",
@@ -198,34 +291,62 @@ mod tests {
             "9.9.9.9",
         ] {
             let peer: IpAddr = ip.parse().unwrap();
-            assert_eq!(peer_value(peer), peer.to_canonical().to_string().as_str());
+            let mut out = Vec::new();
+            write_peer(&mut out, peer);
+            assert_eq!(out, peer.to_canonical().to_string().as_bytes());
         }
     }
 
     #[test]
-    fn untrusted_peer_cannot_set_proto() {
-        let mut h = map(&[("x-forwarded-proto", "https")]);
-        prepare_request(&mut h, "9.9.9.9".parse().unwrap(), false, None, None);
-        assert_eq!(h["x-forwarded-proto"], "http");
-        let mut h = map(&[("x-forwarded-proto", "https")]);
-        prepare_request(&mut h, "10.0.0.1".parse().unwrap(), true, None, None);
-        assert_eq!(h["x-forwarded-proto"], "https");
+    fn untrusted_peer_cannot_set_proto_or_host() {
+        let h = map(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+            ("host", "h"),
+        ]);
+        let lines = written(&h, "9.9.9.9", false, None);
+        assert!(
+            lines.contains(&"x-forwarded-proto: http".to_owned()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"x-forwarded-host: h".to_owned()),
+            "{lines:?}"
+        );
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.contains("https") || l.contains("evil"))
+        );
+        let lines = written(&h, "10.0.0.1", true, None);
+        assert!(
+            lines.contains(&"x-forwarded-proto: https".to_owned()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"x-forwarded-host: evil".to_owned()),
+            "{lines:?}"
+        );
+        assert!(!lines.contains(&"x-forwarded-proto: http".to_owned()));
+        assert!(!lines.contains(&"x-forwarded-host: h".to_owned()));
     }
 
     #[test]
     fn upgrade_survives_when_requested() {
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        let upgrade = requested_upgrade(&h);
+        let upgrade = strip_request(&mut h, true);
         assert_eq!(upgrade.as_ref().unwrap(), "websocket");
-        prepare_request(&mut h, "127.0.0.1".parse().unwrap(), false, None, upgrade);
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(strip_request(&mut h, false).is_none());
+        assert!(h.is_empty());
     }
 
     #[test]
     fn te_trailers_is_kept() {
         let mut h = map(&[("te", "trailers")]);
-        prepare_request(&mut h, "127.0.0.1".parse().unwrap(), false, None, None);
+        assert!(strip_request(&mut h, true).is_none());
         assert_eq!(h["te"], "trailers");
     }
 }

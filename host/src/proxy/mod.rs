@@ -26,7 +26,7 @@ use body::{BodySlot, ObservedBody};
 use bytes::Bytes;
 use exchange::Exchange;
 use forward::Upstream;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use pool::Pool;
@@ -61,8 +61,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// A proxy with its own backend pool of at most `connections` per backend.
     pub fn new(
         config: &Config,
+        connections: usize,
         backends: Arc<[Arc<Backend>]>,
         selection: Arc<dyn BackendSelection>,
         metrics: Arc<Metrics>,
@@ -73,6 +75,7 @@ impl Proxy {
             backends.iter().map(|b| b.url.clone()),
             config.proxy.connect_timeout,
             std::time::Duration::from_secs(60),
+            connections,
         );
         Proxy {
             upstreams: backends.iter().map(|b| Upstream::new(&b.url)).collect(),
@@ -172,27 +175,27 @@ impl Proxy {
         if let Err(error) = self.admissible(&request) {
             return local(error, exchange);
         }
-        let upgrade = match request.version() {
-            Version::HTTP_11 => headers::requested_upgrade(request.headers()),
-            _ => None,
-        };
+        let http11 = request.version() == Version::HTTP_11;
+        let upgrade = headers::strip_request(request.headers_mut(), http11);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
 
         let (mut parts, body) = request.into_parts();
-        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
+        let forwarding = headers::Forwarding {
+            peer: peer_ip,
+            trusted,
+            authority: parts
                 .uri
                 .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        headers::prepare_request(&mut parts.headers, peer_ip, trusted, host, upgrade);
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
         let limit = self
             .settings
             .max_body_bytes
             .map_or(usize::MAX, |m| m as usize);
         let body = BodySlot::new(Limited::new(body, limit));
 
-        let (mut response, in_flight) = match self.forward(&mut parts, client, body).await {
+        let (response, in_flight) = match self.forward(&mut parts, client, body, &forwarding).await
+        {
             Ok(answer) => answer,
             Err(error) => return local(error, exchange),
         };
@@ -206,7 +209,6 @@ impl Proxy {
             // A 101 nobody asked for cannot be relayed over this connection.
             return local(ProxyError::BadGateway, exchange);
         }
-        headers::remove_hop_by_hop(response.headers_mut());
         exchange.backend = Some(in_flight);
         response.map(|body| Either::Left(ObservedBody::new(body, exchange)))
     }

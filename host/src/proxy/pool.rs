@@ -43,12 +43,33 @@ struct Target {
 /// One backend's connections.
 struct Slot {
     idle: Mutex<Vec<Idle>>,
-    /// Connects in progress, capped at [`MAX_CONNECTING`].
-    connecting: AtomicUsize,
     /// Signalled when a connection goes back on the idle stack.
     released: Notify,
-    /// Signalled when a connect ends, for requests waiting for a connect slot.
-    connect_ended: Notify,
+    capacity: Arc<Capacity>,
+}
+
+/// How many connections to one backend are open or opening, against the caps.
+struct Capacity {
+    /// Open or opening, capped at `max_open` (`proxy.max_backend_connections`
+    /// divided among the workers), so an overloaded backend is not also
+    /// flooded with connections: beyond the cap requests wait for one.
+    open: AtomicUsize,
+    max_open: usize,
+    /// Connects in progress, capped at [`MAX_CONNECTING`].
+    connecting: AtomicUsize,
+    /// Signalled when a connect ends or a connection closes: room for a connect.
+    room: Notify,
+}
+
+/// One connection's place under its backend's cap, given back when the
+/// connection (which carries it) is dropped.
+pub struct Permit(Arc<Capacity>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.room.notify_one();
+    }
 }
 
 /// Connects in progress per backend (and per worker). A burst of requests
@@ -65,7 +86,7 @@ struct Idle {
 /// One request for a backend, as the pool sends it (again, on a stale connection).
 pub struct Sending<'a, B> {
     /// The encoded request head.
-    pub head: Bytes,
+    pub head: Vec<u8>,
     pub body: &'a BodySlot<B>,
     pub framing: RequestFraming,
     pub head_request: bool,
@@ -79,6 +100,7 @@ impl Pool {
         urls: impl IntoIterator<Item = Uri>,
         connect_timeout: Duration,
         idle_timeout: Duration,
+        max_open: usize,
     ) -> Self {
         let targets: Box<[Target]> = urls
             .into_iter()
@@ -98,9 +120,13 @@ impl Pool {
                     .iter()
                     .map(|_| Slot {
                         idle: Mutex::new(Vec::new()),
-                        connecting: AtomicUsize::new(0),
                         released: Notify::new(),
-                        connect_ended: Notify::new(),
+                        capacity: Arc::new(Capacity {
+                            open: AtomicUsize::new(0),
+                            max_open: max_open.max(1),
+                            connecting: AtomicUsize::new(0),
+                            room: Notify::new(),
+                        }),
                     })
                     .collect(),
                 targets,
@@ -148,7 +174,7 @@ impl Pool {
         loop {
             let (conn, reused) = self.acquire(index).await?;
             let outgoing = Outgoing {
-                head: request.head.clone(),
+                head: &request.head,
                 body: (!request.body.is_empty()).then(|| request.body.attempt()),
                 framing: request.framing,
                 head_request: request.head_request,
@@ -194,7 +220,7 @@ impl Pool {
             let Some(connect) = connecting.as_mut() else {
                 tokio::select! {
                     () = slot.released.notified() => {}
-                    () = slot.connect_ended.notified() => {}
+                    () = slot.capacity.room.notified() => {}
                 }
                 continue;
             };
@@ -205,21 +231,32 @@ impl Pool {
         }
     }
 
-    /// Starts opening a connection, unless [`MAX_CONNECTING`] already are.
+    /// Starts opening a connection, unless [`MAX_CONNECTING`] already are
+    /// or the backend's connections are at their cap.
     fn begin_connect(&self, index: usize) -> Option<Connect> {
-        let slot = &self.shared.slots[index];
-        slot.connecting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_CONNECTING).then_some(n + 1)
-            })
+        let capacity = &self.shared.slots[index].capacity;
+        let below = |max: usize| move |n: usize| (n < max).then_some(n + 1);
+        capacity
+            .connecting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, below(MAX_CONNECTING))
             .ok()?;
+        let opened = capacity.open.fetch_update(
+            Ordering::AcqRel,
+            Ordering::Acquire,
+            below(capacity.max_open),
+        );
+        if opened.is_err() {
+            capacity.connecting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let permit = Permit(Arc::clone(capacity));
         let pool = self.clone();
         Some(Box::pin(async move {
             let connected = pool.connect(index).await;
-            let slot = &pool.shared.slots[index];
-            slot.connecting.fetch_sub(1, Ordering::AcqRel);
-            slot.connect_ended.notify_one();
-            connected
+            let capacity = &pool.shared.slots[index].capacity;
+            capacity.connecting.fetch_sub(1, Ordering::AcqRel);
+            capacity.room.notify_one();
+            connected.map(|stream| Conn::new(stream, permit))
         }))
     }
 
@@ -245,7 +282,7 @@ impl Pool {
         None
     }
 
-    async fn connect(&self, index: usize) -> Result<Conn, SendError> {
+    async fn connect(&self, index: usize) -> Result<TcpStream, SendError> {
         let target = &self.shared.targets[index];
         let connecting = TcpStream::connect((target.host.as_str(), target.port));
         let stream = match tokio::time::timeout(self.shared.connect_timeout, connecting).await {
@@ -261,7 +298,7 @@ impl Pool {
         stream
             .set_nodelay(true)
             .map_err(|e| SendError::Connect(e.to_string()))?;
-        Ok(Conn::new(stream))
+        Ok(stream)
     }
 }
 
@@ -342,7 +379,7 @@ mod tests {
     }
 
     fn pool(url: Uri) -> Pool {
-        Pool::new([url], Duration::from_secs(1), Duration::from_secs(60))
+        Pool::new([url], Duration::from_secs(1), Duration::from_secs(60), 1024)
     }
 
     fn sending<'a, B>(
@@ -351,7 +388,7 @@ mod tests {
         framing: RequestFraming,
     ) -> Sending<'a, B> {
         Sending {
-            head: Bytes::from_static(head.as_bytes()),
+            head: head.as_bytes().to_vec(),
             body,
             framing,
             head_request: false,
@@ -533,7 +570,41 @@ mod tests {
             assert_eq!(&body.unwrap()[..], b"hello");
         }
         assert!(accepted.load(Ordering::SeqCst) >= 1);
-        assert_eq!(pool.shared.slots[0].connecting.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            pool.shared.slots[0]
+                .capacity
+                .connecting
+                .load(Ordering::SeqCst),
+            0
+        );
+        assert_eq!(
+            pool.shared.slots[0].capacity.open.load(Ordering::SeqCst),
+            accepted.load(Ordering::SeqCst)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_beyond_the_backend_cap_wait_for_one() {
+        let (url, accepted) = backend(hello).await;
+        let pool = Pool::new([url], Duration::from_secs(1), Duration::from_secs(60), 3);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..200 {
+            let pool = pool.clone();
+            tasks.spawn(async move { fetch(&pool).await.unwrap() });
+        }
+        while let Some(body) = tasks.join_next().await {
+            assert_eq!(&body.unwrap()[..], b"hello");
+        }
+        assert!(accepted.load(Ordering::SeqCst) <= 3, "{accepted:?}");
+        // A connection that closes makes room for a new one.
+        let empty = BodySlot::new(Empty::<Bytes>::new());
+        for _ in 0..5 {
+            let response = pool
+                .send(0, sending(GET, &empty, RequestFraming::None))
+                .await;
+            drop(response.unwrap());
+        }
+        assert!(pool.shared.slots[0].capacity.open.load(Ordering::SeqCst) <= 3);
     }
 
     #[tokio::test]
@@ -546,7 +617,12 @@ mod tests {
         let url: Uri = format!("http://{}", listener.local_addr().unwrap())
             .parse()
             .unwrap();
-        let pool = Pool::new([url], Duration::from_millis(400), Duration::from_secs(60));
+        let pool = Pool::new(
+            [url],
+            Duration::from_millis(400),
+            Duration::from_secs(60),
+            1024,
+        );
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..100 {
             let pool = pool.clone();
@@ -555,7 +631,7 @@ mod tests {
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let connecting = &pool.shared.slots[0].connecting;
+        let connecting = &pool.shared.slots[0].capacity.connecting;
         assert_eq!(connecting.load(Ordering::SeqCst), MAX_CONNECTING);
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}

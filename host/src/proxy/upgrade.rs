@@ -1,6 +1,7 @@
 //! Protocol upgrades (WebSocket and friends): after a 101 the two connections
 //! are spliced together byte for byte.
 
+use super::pool::Permit;
 use crate::balancer::InFlight;
 use bytes::BytesMut;
 use hyper::upgrade::OnUpgrade;
@@ -9,8 +10,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Splices the client, once hyper has switched it over, and the backend
-/// connection; `early` is what the backend sent right after its 101.
-pub fn tunnel(client: OnUpgrade, (mut backend, early): (TcpStream, BytesMut), in_flight: InFlight) {
+/// connection; `early` is what the backend sent right after its 101. The
+/// backend connection keeps its place under the connection cap until closed.
+pub fn tunnel(
+    client: OnUpgrade,
+    (mut backend, early, permit): (TcpStream, BytesMut, Permit),
+    in_flight: InFlight,
+) {
     tokio::spawn(async move {
         let client = match client.await {
             Ok(client) => client,
@@ -30,6 +36,6 @@ pub fn tunnel(client: OnUpgrade, (mut backend, early): (TcpStream, BytesMut), in
             Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
             Err(error) => tracing::debug!(%error, "upgraded connection failed"),
         }
-        drop(in_flight);
+        drop((in_flight, permit));
     });
 }

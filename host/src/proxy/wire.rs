@@ -7,6 +7,7 @@
 //! reads the response head with `httparse` into the `http` types the client
 //! side of hyper serves. Message framing follows RFC 9112 §6.
 
+use super::headers::is_hop_by_hop;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
@@ -58,19 +59,16 @@ pub struct ResponseHead {
     pub keep_alive: bool,
 }
 
-/// Writes the request head for the backend.
-///
-/// `prefix` goes before the client's path; `host` is sent when the client
-/// gave none. `Content-Length`/`Transfer-Encoding` come from `framing`, not
-/// from `headers`.
+/// Writes the request head for the backend: the request line (`prefix`
+/// before the client's path), the fields `write_fields` writes, and the
+/// framing field for the body.
 pub fn encode_request(
     out: &mut Vec<u8>,
     method: &Method,
     prefix: &str,
     uri: &Uri,
-    headers: &HeaderMap,
-    host: Option<&HeaderValue>,
     framing: RequestFraming,
+    write_fields: impl FnOnce(&mut Vec<u8>),
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
@@ -80,15 +78,7 @@ pub fn encode_request(
         None => out.push(b'/'),
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        field(out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    if let Some(host) = host.filter(|_| !headers.contains_key(header::HOST)) {
-        field(out, b"host", host.as_bytes());
-    }
+    write_fields(out);
     match framing {
         RequestFraming::None => {}
         RequestFraming::Length(n) => {
@@ -100,7 +90,8 @@ pub fn encode_request(
     out.extend_from_slice(b"\r\n");
 }
 
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Writes one field line.
+pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -139,13 +130,23 @@ pub fn parse_response(
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        // Names now, values after the head is frozen: they become slices of
-        // it instead of copies.
+        // One pass over the fields: framing and reuse facts are read off the
+        // raw bytes, hop-by-hop fields are left out (they describe the
+        // backend connection, not the message), and the names of the rest
+        // are kept for after the head is frozen, when the values become
+        // slices of it instead of copies.
+        let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
         let base = buf.as_ptr() as usize;
+        let mut facts = Facts::default();
         let mut fields = Vec::with_capacity(parsed.headers.len());
         for h in parsed.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| WireError::Malformed("bad header name"))?;
+            facts.observe(&name, h.value)?;
+            let connection_field = name == header::CONNECTION || name == header::UPGRADE;
+            if is_hop_by_hop(&name) && !(upgrade && connection_field) {
+                continue;
+            }
             let start = h.value.as_ptr() as usize - base;
             fields.push((name, start, start + h.value.len()));
         }
@@ -156,10 +157,18 @@ pub fn parse_response(
                 .map_err(|_| WireError::Malformed("bad header value"))?;
             headers.append(name, value);
         }
-        let framing = framing(status, &headers, request_was_head)?;
+        for name in &facts.named {
+            headers.remove(name);
+        }
+        if facts.transfer_encoding.is_some() {
+            // The body is decoded here and framed anew for the client: a
+            // length sent alongside chunking must not reach it.
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        let framing = facts.framing(status, request_was_head);
         let keep_alive = framing != Framing::UntilClose
             && framing != Framing::Upgrade
-            && keeps_alive(version, &headers);
+            && facts.keeps_alive(version);
         return Ok(Some(ResponseHead {
             status,
             headers,
@@ -169,65 +178,78 @@ pub fn parse_response(
     }
 }
 
-/// RFC 9112 §6.3, for responses.
-fn framing(
-    status: StatusCode,
-    headers: &HeaderMap,
-    request_was_head: bool,
-) -> Result<Framing, WireError> {
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(Framing::Upgrade);
-    }
-    if request_was_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(Framing::Empty);
-    }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => Framing::Chunked,
-            _ => Framing::UntilClose,
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = std::str::from_utf8(part)
-                .ok()
-                .map(str::trim)
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(WireError::Malformed("bad content-length"))?;
-            if length.is_some_and(|seen| seen != n) {
-                return Err(WireError::Malformed("conflicting content-length"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        Some(0) => Framing::Empty,
-        Some(n) => Framing::Length(n),
-        None => Framing::UntilClose,
-    })
+/// What a response head says about framing and connection reuse.
+#[derive(Default)]
+struct Facts {
+    length: Option<u64>,
+    /// `Some(true)` when the last transfer coding is chunked.
+    transfer_encoding: Option<bool>,
+    close: bool,
+    keep_alive: bool,
+    /// Fields named in `Connection`, to be removed.
+    named: Vec<HeaderName>,
 }
 
-/// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only when told `keep-alive`.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut tokens = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim);
-    if version == Version::HTTP_10 {
-        tokens.any(|t| t.eq_ignore_ascii_case("keep-alive"))
-    } else {
-        !tokens.any(|t| t.eq_ignore_ascii_case("close"))
+impl Facts {
+    fn observe(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), WireError> {
+        if *name == header::CONTENT_LENGTH {
+            for part in value.split(|&b| b == b',') {
+                let n = std::str::from_utf8(part)
+                    .ok()
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or(WireError::Malformed("bad content-length"))?;
+                if self.length.is_some_and(|seen| seen != n) {
+                    return Err(WireError::Malformed("conflicting content-length"));
+                }
+                self.length = Some(n);
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            self.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if *name == header::CONNECTION {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if !token.eq_ignore_ascii_case(b"upgrade")
+                    && let Ok(named) = HeaderName::from_bytes(token)
+                {
+                    self.named.push(named);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// RFC 9112 §6.3, for responses.
+    fn framing(&self, status: StatusCode, request_was_head: bool) -> Framing {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Framing::Upgrade;
+        }
+        if request_was_head
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Framing::Empty;
+        }
+        match (self.transfer_encoding, self.length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) | (None, None) => Framing::UntilClose,
+            (None, Some(0)) => Framing::Empty,
+            (None, Some(n)) => Framing::Length(n),
+        }
+    }
+
+    /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only when told `keep-alive`.
+    fn keeps_alive(&self, version: Version) -> bool {
+        if version == Version::HTTP_10 {
+            self.keep_alive && !self.close
+        } else {
+            !self.close
+        }
     }
 }
 
@@ -304,42 +326,36 @@ mod tests {
     }
 
     #[test]
-    fn request_head_is_written_from_the_client_request() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-a", HeaderValue::from_static("1"));
-        headers.insert("content-length", HeaderValue::from_static("999"));
-        headers.insert("transfer-encoding", HeaderValue::from_static("gzip"));
+    fn request_head_is_line_fields_framing() {
         let uri: Uri = "http://client.example/p?q=1".parse().unwrap();
-        let host = HeaderValue::from_static("backend:81");
         let mut out = Vec::new();
         encode_request(
             &mut out,
             &Method::POST,
             "/api",
             &uri,
-            &headers,
-            Some(&host),
             RequestFraming::Length(5),
+            |out| {
+                field(out, b"x-a", b"1");
+            },
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "POST /api/p?q=1 HTTP/1.1\r\nx-a: 1\r\nhost: backend:81\r\ncontent-length: 5\r\n\r\n"
+            "POST /api/p?q=1 HTTP/1.1\r\nx-a: 1\r\ncontent-length: 5\r\n\r\n"
         );
         let mut out = Vec::new();
-        headers.insert("host", HeaderValue::from_static("client"));
         encode_request(
             &mut out,
             &Method::GET,
             "",
             &"*".parse().unwrap(),
-            &headers,
-            Some(&host),
             RequestFraming::Chunked,
+            |_| {},
         );
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("GET / HTTP/1.1\r\n"), "{text}");
-        assert!(text.contains("host: client\r\n") && !text.contains("backend:81"));
-        assert!(text.ends_with("transfer-encoding: chunked\r\n\r\n"));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
     }
 
     #[test]
@@ -437,6 +453,21 @@ mod tests {
             head(&raw, false).unwrap_err(),
             WireError::Malformed("too many header fields")
         );
+    }
+
+    #[test]
+    fn hop_by_hop_fields_stay_behind() {
+        let h = complete(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, x-secret\r\nKeep-Alive: timeout=5\r\n\
+             X-Secret: 1\r\nProxy-Foo: 2\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\
+             Trailer: x\r\nUpgrade: h2c\r\nX-Keep: yes\r\n\r\n",
+        );
+        assert_eq!(h.headers.len(), 1, "{:?}", h.headers);
+        assert_eq!(h.headers["x-keep"], "yes");
+        assert_eq!(h.framing, Framing::Chunked);
+        let h = complete("HTTP/1.1 101 Switching\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n");
+        assert_eq!(h.headers["upgrade"], "echo");
+        assert_eq!(h.headers["connection"], "upgrade");
     }
 
     #[test]
