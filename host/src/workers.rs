@@ -81,10 +81,7 @@ fn run(
         drop(started);
         server::serve(
             listener,
-            move |request, peer| {
-                let proxy = Arc::clone(&proxy);
-                async move { proxy.handle(request, peer).await }
-            },
+            move |request, peer| Arc::clone(&proxy).handle(request, peer),
             limits,
             shutdown,
         )

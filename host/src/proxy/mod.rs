@@ -93,8 +93,10 @@ impl Proxy {
     }
 
     /// Serves one client request: who is it, may it pass, then forward.
+    /// The future owns its `Arc` (no wrapper future around it to hold one,
+    /// which cost a copy of this large future per request).
     pub async fn handle(
-        &self,
+        self: Arc<Self>,
         mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
