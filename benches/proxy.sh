@@ -79,6 +79,8 @@ REDIS_CPUS=${REDIS_CPUS:-$BACKEND_CPUS}
 READY_TIMEOUT=${READY_TIMEOUT:-30}   # seconds to wait for a port to answer
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=benches/nginx_conf.sh
+source "$ROOT/benches/nginx_conf.sh"
 GATEWAY_BIN=${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/gateway}
 BACKEND_COUNT=3
 # The gateway reads these; a value left in the caller's environment would
@@ -560,51 +562,7 @@ if [[ -n $NGINX_BIN ]]; then
     NP="$TMP/nginx"
     mkdir -p "$NP/logs" "$NP/tmp"
     chmod 755 "$NP"
-    {
-        cat <<EOF
-# Private nginx for the benchmark: foreground, loopback, everything in $NP.
-worker_processes 1;
-pid $NP/nginx.pid;
-error_log $NP/logs/error.log warn;
-events {
-    worker_connections 4096;
-}
-http {
-    access_log off;
-    client_body_temp_path $NP/tmp/body;
-    proxy_temp_path $NP/tmp/proxy;
-    fastcgi_temp_path $NP/tmp/fastcgi;
-    uwsgi_temp_path $NP/tmp/uwsgi;
-    scgi_temp_path $NP/tmp/scgi;
-    # The gateway does not cap requests per client connection; neither do we
-    # (nginx's default would close each wrk connection every 1000 requests).
-    keepalive_requests 1000000;
-    upstream backends {
-EOF
-        for ((i = 0; i < BACKEND_COUNT; i++)); do
-            echo "        server 127.0.0.1:$((BASE_PORT + i));"
-        done
-        cat <<EOF
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / {
-            proxy_pass http://backends;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            # Same request headers as the gateway sends, so the echo
-            # backends return bodies of the same size.
-            proxy_set_header Host \$http_host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$http_host;
-        }
-    }
-}
-EOF
-    } >"$NP/nginx.conf"
+    nginx_conf "$NP" "$NGINX_PORT" "$BASE_PORT" "$BACKEND_COUNT" >"$NP/nginx.conf"
 
     "$NGINX_BIN" -t -p "$NP" -e "$NP/logs/error.log" -c "$NP/nginx.conf" >"$TMP/nginx-test.txt" 2>&1 ||
         die "nginx rejected the generated config: $(cat "$TMP/nginx-test.txt")"

@@ -20,6 +20,8 @@ DURATION=${DURATION:-8s}
 BASE_PORT=${BASE_PORT:-9001}
 PORT=${PORT:-18090}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=benches/nginx_conf.sh
+source "$ROOT/benches/nginx_conf.sh"
 GATEWAY_BIN=${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/gateway}
 unset GATEWAY_CONFIG GATEWAY_LISTEN GATEWAY_BACKENDS GATEWAY_LOG_FORMAT GATEWAY_ADMIN_LISTEN
 
@@ -84,41 +86,7 @@ log:
 EOF
 
 mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
-cat >"$TMP/nginx/nginx.conf" <<EOF
-worker_processes 1;
-master_process off;
-daemon off;
-pid $TMP/nginx/nginx.pid;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/tmp/body;
-    proxy_temp_path $TMP/nginx/tmp/proxy;
-    fastcgi_temp_path $TMP/nginx/tmp/fastcgi;
-    uwsgi_temp_path $TMP/nginx/tmp/uwsgi;
-    scgi_temp_path $TMP/nginx/tmp/scgi;
-    keepalive_requests 1000000;
-    upstream backends {
-        server 127.0.0.1:$BASE_PORT;
-        server 127.0.0.1:$((BASE_PORT + 1));
-        server 127.0.0.1:$((BASE_PORT + 2));
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:$PORT;
-        location / {
-            proxy_pass http://backends;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$http_host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$http_host;
-        }
-    }
-}
-EOF
+nginx_conf "$TMP/nginx" "$PORT" "$BASE_PORT" 3 $'master_process off;\ndaemon off;' >"$TMP/nginx/nginx.conf"
 
 # measure LABEL COMMAND...: prints instructions per request of COMMAND.
 measure() {
