@@ -28,11 +28,6 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes `Connection`, every header it names, the fixed hop-by-hop set and `Proxy-*`.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one pass over the names instead of a
-    // hash lookup per candidate.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -59,7 +54,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The `Upgrade` value of a request that asks to switch protocols (`Connection: upgrade`).
-pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -75,8 +70,9 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Drops the hop-by-hop fields a request arrived with, keeping
 /// `TE: trailers` and re-adding `Connection: upgrade` + `Upgrade` for an
-/// upgrade; `None` when there were none to drop (the common case, decided by
-/// one pass over the names). Returns the upgrade the client asked for.
+/// upgrade, and returns the upgrade an HTTP/1.1 client asked for. Most
+/// requests carry no such field: one pass over the names settles that,
+/// instead of a hash lookup per candidate.
 pub fn strip_request(headers: &mut HeaderMap, http11: bool) -> Option<HeaderValue> {
     if !headers.keys().any(is_hop_by_hop) {
         return None;
