@@ -79,7 +79,7 @@ fn run(
         };
         let _ = started.send(Ok(()));
         drop(started);
-        server::serve(
+        server::serve_proxy(
             listener,
             move |request, peer| Arc::clone(&proxy).handle(request, peer),
             limits,

@@ -52,18 +52,23 @@ struct ErrorBody<'a> {
 
 /// `{"code": <status>, "message": "<text>"}` with `Content-Type: application/json`.
 pub fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec(&ErrorBody {
-        code: status.as_u16(),
-        message,
-    })
-    .unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(Full::new(json_body(status, message)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The JSON error body: `{"code": <status>, "message": "<text>"}`.
+pub fn json_body(status: StatusCode, message: &str) -> Bytes {
+    let body = serde_json::to_vec(&ErrorBody {
+        code: status.as_u16(),
+        message,
+    })
+    .unwrap_or_default();
+    Bytes::from(body)
 }
 
 #[cfg(test)]

@@ -11,13 +11,13 @@ use super::pool::Sending;
 use super::wire::{self, RequestFraming};
 use crate::balancer::{Ctx, InFlight, Tried};
 use crate::health;
+use crate::server::ClientBody;
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, Uri, header};
 use http_body_util::{LengthLimitError, Limited};
-use hyper::body::Incoming;
 use std::error::Error as _;
 
-pub type RequestBody = Limited<Incoming>;
+pub type RequestBody = Limited<ClientBody>;
 
 impl Proxy {
     /// Walks the balancer's candidates until one answers with response headers.

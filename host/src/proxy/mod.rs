@@ -13,7 +13,7 @@ mod upgrade;
 mod wire;
 
 pub use client_addr::client_ip;
-pub use error::{ProxyError, json_error};
+pub use error::{ProxyError, json_body, json_error};
 
 use crate::balancer::{Backend, BackendSelection};
 use crate::config::{Config, ProxyConfig};
@@ -21,6 +21,7 @@ use crate::limiter::shared::{Budget, Verdict};
 use crate::limiter::{self, KeyBuf, KeySource};
 use crate::metrics::Metrics;
 use crate::plugin::{KeyRole, Plugin, Plugins, RequestView};
+use crate::server::ClientBody;
 use backend_body::BackendBody;
 use body::{BodySlot, ObservedBody};
 use bytes::Bytes;
@@ -28,7 +29,7 @@ use exchange::Exchange;
 use forward::Upstream;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full, Limited};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use pool::Pool;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,7 +98,7 @@ impl Proxy {
     /// which cost a copy of this large future per request).
     pub async fn handle(
         self: Arc<Self>,
-        mut request: Request<Incoming>,
+        mut request: Request<ClientBody>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
@@ -213,7 +214,7 @@ impl Proxy {
     }
 
     /// Refuses requests the gateway will not forward, before any backend sees them.
-    fn admissible(&self, request: &Request<Incoming>) -> Result<(), ProxyError> {
+    fn admissible(&self, request: &Request<ClientBody>) -> Result<(), ProxyError> {
         if request.method() == Method::CONNECT {
             return Err(ProxyError::BadRequest("CONNECT is not supported"));
         }
@@ -231,7 +232,7 @@ impl Proxy {
 /// Asks the key plugin for the request's client key; the headers are lent, not copied.
 fn plugin_key(
     plugin: &Plugin<KeyRole>,
-    request: &mut Request<Incoming>,
+    request: &mut Request<ClientBody>,
     client: std::net::IpAddr,
 ) -> Result<Option<String>, crate::plugin::PluginFailure> {
     let mut view = Some(RequestView {

@@ -1,0 +1,450 @@
+//! Request heads in, response heads out, for the proxy listener's own
+//! HTTP/1.1 codec (RFC 9112). Pure functions over buffers, so every rule is
+//! tested without a socket.
+//!
+//! The codec serves the common request shape itself: HTTP/1.1 without a
+//! body, an upgrade or `Expect`. Anything else is [`Parsed::HandOver`]: the
+//! connection goes, with its unread bytes, to hyper's complete implementation.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri};
+use std::mem::MaybeUninit;
+
+/// More fields than this in one head get 431, as hyper does.
+pub const MAX_FIELDS: usize = 100;
+
+/// The first bytes of an HTTP/2 connection with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+// Moved once per request and taken apart at once; boxing `Head` would cost
+// an allocation per request instead.
+#[allow(clippy::large_enum_variant)]
+pub enum Parsed {
+    /// The head is not complete yet.
+    Partial,
+    /// A request this codec serves; its head has been taken off the buffer.
+    Request(Head),
+    /// A request (or protocol) only hyper serves; the buffer is untouched.
+    HandOver,
+}
+
+pub struct Head {
+    pub request: Request<()>,
+    /// The client asked to close the connection after this exchange.
+    pub close: bool,
+    /// The client accepts trailers (`TE: trailers`).
+    pub trailers: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadError {
+    /// 431: the head is larger than allowed or has too many fields.
+    TooLarge,
+    /// 400, with the reason.
+    Malformed(&'static str),
+}
+
+/// Reads one request head off the front of `buf`.
+pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Parsed, HeadError> {
+    let mut fields = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_FIELDS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
+        Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) if buf.len() >= max_head => {
+            return Err(HeadError::TooLarge);
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) if buf.starts_with(H2_PREFACE) => return Ok(Parsed::HandOver),
+        Err(_) => return Err(HeadError::Malformed("not an HTTP/1.1 request")),
+    };
+    if parsed.version != Some(1) {
+        // HTTP/1.0 keep-alive and close-delimited rules: hyper's.
+        return Ok(Parsed::HandOver);
+    }
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+        .map_err(|_| HeadError::Malformed("bad method"))?;
+    if method == Method::CONNECT {
+        return Ok(Parsed::HandOver);
+    }
+    let base = buf.as_ptr() as usize;
+    let target = parsed.path.unwrap_or_default();
+    let target_start = target.as_ptr() as usize - base;
+    let target_range = target_start..target_start + target.len();
+    let mut close = false;
+    let mut trailers = false;
+    let mut kept = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| HeadError::Malformed("bad header name"))?;
+        if name == header::CONTENT_LENGTH {
+            if h.value != b"0" {
+                return Ok(Parsed::HandOver);
+            }
+        } else if name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+            || name == header::UPGRADE
+        {
+            return Ok(Parsed::HandOver);
+        } else if name == header::CONNECTION {
+            for token in tokens(h.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Ok(Parsed::HandOver);
+                }
+            }
+        } else if name == header::TE {
+            trailers |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
+        }
+        let start = h.value.as_ptr() as usize - base;
+        kept.push((name, start, start + h.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target_range))
+        .map_err(|_| HeadError::Malformed("bad request target"))?;
+    let mut headers = HeaderMap::with_capacity(kept.len());
+    for (name, start, end) in kept {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| HeadError::Malformed("bad header value"))?;
+        headers.append(name, value);
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    Ok(Parsed::Request(Head {
+        request,
+        close,
+        trailers,
+    }))
+}
+
+/// The comma-separated tokens of a field value, trimmed.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delimit {
+    /// No body is sent (HEAD, 1xx, 204, 304).
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    Chunked,
+}
+
+/// Chooses the response framing: the response's own `Content-Length`, else
+/// the body's known length, else chunked. `added` says which field to write.
+pub fn delimit(
+    status: StatusCode,
+    head_request: bool,
+    headers: &HeaderMap,
+    exact: Option<u64>,
+) -> (Delimit, bool) {
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return (Delimit::None, false);
+    }
+    if let Some(declared) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        return (Delimit::Length(declared), false);
+    }
+    match exact {
+        Some(n) => (Delimit::Length(n), true),
+        None => (Delimit::Chunked, true),
+    }
+}
+
+/// Writes a response head: status line, the fields, then what the codec adds
+/// (framing when `add_framing`, `Date` when missing, `Connection: close`).
+pub fn encode_response(
+    out: &mut BytesMut,
+    status: StatusCode,
+    headers: &HeaderMap,
+    (delimit, add_framing): (Delimit, bool),
+    close: bool,
+    date: &[u8],
+) {
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+    for (name, value) in headers {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    if add_framing {
+        match delimit {
+            Delimit::Length(n) => {
+                out.put_slice(b"content-length: ");
+                out.put_slice(itoa::Buffer::new().format(n).as_bytes());
+                out.put_slice(b"\r\n");
+            }
+            Delimit::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+            Delimit::None => {}
+        }
+    }
+    if !headers.contains_key(header::DATE) {
+        out.put_slice(b"date: ");
+        out.put_slice(date);
+        out.put_slice(b"\r\n");
+    }
+    if close {
+        out.put_slice(b"connection: close\r\n");
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// A chunk's size line.
+pub fn chunk_start(out: &mut BytesMut, len: usize) {
+    out.put_slice(format!("{len:x}\r\n").as_bytes());
+}
+
+/// The last chunk, with trailers when the client accepts them.
+pub fn chunked_end(out: &mut BytesMut, trailers: Option<&HeaderMap>) {
+    out.put_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// The gateway's own answer to a head it refuses, as a complete response.
+pub fn refusal(error: &HeadError, date: &[u8]) -> Bytes {
+    let (status, message) = match error {
+        HeadError::TooLarge => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request head too large",
+        ),
+        HeadError::Malformed(reason) => (StatusCode::BAD_REQUEST, *reason),
+    };
+    let body = crate::proxy::json_body(status, message);
+    let mut headers = HeaderMap::with_capacity(1);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let mut out = BytesMut::new();
+    encode_response(
+        &mut out,
+        status,
+        &headers,
+        (Delimit::Length(body.len() as u64), true),
+        true,
+        date,
+    );
+    out.put_slice(&body);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> (Result<Parsed, HeadError>, BytesMut) {
+        let mut buf = BytesMut::from(bytes);
+        (parse_request(&mut buf, 1024), buf)
+    }
+
+    fn served(bytes: &[u8]) -> (Head, BytesMut) {
+        match parse(bytes) {
+            (Ok(Parsed::Request(head)), rest) => (head, rest),
+            (Ok(Parsed::Partial), _) => panic!("partial"),
+            (Ok(Parsed::HandOver), _) => panic!("handed over"),
+            (Err(error), _) => panic!("{error:?}"),
+        }
+    }
+
+    fn handed_over(bytes: &[u8]) -> bool {
+        let (parsed, rest) = parse(bytes);
+        matches!(parsed, Ok(Parsed::HandOver)) && rest.as_ref() == bytes
+    }
+
+    #[test]
+    fn a_bodiless_request_is_served_and_leaves_the_next_one_in_the_buffer() {
+        let (head, rest) = served(
+            b"GET /a?b=c HTTP/1.1\r\nHost: h\r\nX-Two: 1\r\nx-two: 2\r\nTE: trailers\r\n\r\nGET /next",
+        );
+        let request = head.request;
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri(), "/a?b=c");
+        assert_eq!(request.headers()["host"], "h");
+        let twos: Vec<_> = request.headers().get_all("x-two").iter().collect();
+        assert_eq!(twos, ["1", "2"]);
+        assert!(head.trailers);
+        assert!(!head.close);
+        assert_eq!(rest.as_ref(), b"GET /next");
+    }
+
+    #[test]
+    fn connection_close_is_noticed_and_an_empty_length_is_no_body() {
+        let (head, _) = served(
+            b"DELETE http://h/x HTTP/1.1\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert!(head.close);
+        assert_eq!(head.request.uri().path(), "/x");
+        assert_eq!(head.request.headers()["content-length"], "0");
+    }
+
+    #[test]
+    fn what_the_codec_does_not_serve_is_handed_over_untouched() {
+        assert!(handed_over(
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+        ));
+        assert!(handed_over(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        assert!(handed_over(
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(handed_over(
+            b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        ));
+        assert!(handed_over(
+            b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n"
+        ));
+        assert!(handed_over(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(handed_over(
+            b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n"
+        ));
+        assert!(handed_over(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+    }
+
+    #[test]
+    fn partial_heads_wait_and_oversized_ones_are_refused() {
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nHost: h\r\n").0,
+            Ok(Parsed::Partial)
+        ));
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(2000));
+        assert_eq!(parse(big.as_bytes()).0.err(), Some(HeadError::TooLarge));
+        let mut many = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..=MAX_FIELDS {
+            many.push_str(&format!("a{i}: b\r\n"));
+        }
+        many.push_str("\r\n");
+        let mut buf = BytesMut::from(many.as_bytes());
+        assert_eq!(
+            parse_request(&mut buf, 1 << 20).err(),
+            Some(HeadError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        for garbage in [
+            &b"\x16\x03\x01 NOT HTTP AT ALL\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(garbage).0, Err(HeadError::Malformed(_))),
+                "{garbage:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn framing_follows_the_status_the_method_and_the_body() {
+        let none = HeaderMap::new();
+        let mut declared = HeaderMap::new();
+        declared.insert(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
+        let ok = StatusCode::OK;
+        assert_eq!(
+            delimit(ok, true, &declared, Some(0)),
+            (Delimit::None, false)
+        );
+        assert_eq!(
+            delimit(StatusCode::NO_CONTENT, false, &none, None),
+            (Delimit::None, false)
+        );
+        assert_eq!(
+            delimit(StatusCode::NOT_MODIFIED, false, &declared, Some(0)),
+            (Delimit::None, false)
+        );
+        assert_eq!(
+            delimit(ok, false, &declared, None),
+            (Delimit::Length(7), false)
+        );
+        assert_eq!(
+            delimit(ok, false, &none, Some(3)),
+            (Delimit::Length(3), true)
+        );
+        assert_eq!(delimit(ok, false, &none, None), (Delimit::Chunked, true));
+    }
+
+    #[test]
+    fn a_response_head_carries_framing_date_and_close() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        let mut out = BytesMut::new();
+        encode_response(
+            &mut out,
+            StatusCode::NOT_FOUND,
+            &headers,
+            (Delimit::Length(12), true),
+            true,
+            b"Sat, 28 Nov 2026 03:00:00 GMT",
+        );
+        assert_eq!(
+            out.as_ref(),
+            &b"HTTP/1.1 404 Not Found\r\nx-a: 1\r\ncontent-length: 12\r\ndate: Sat, 28 Nov 2026 03:00:00 GMT\r\nconnection: close\r\n\r\n"[..]
+        );
+        headers.insert(header::DATE, HeaderValue::from_static("then"));
+        out.clear();
+        encode_response(
+            &mut out,
+            StatusCode::OK,
+            &headers,
+            (Delimit::Chunked, true),
+            false,
+            b"now",
+        );
+        assert_eq!(
+            out.as_ref(),
+            &b"HTTP/1.1 200 OK\r\nx-a: 1\r\ndate: then\r\ntransfer-encoding: chunked\r\n\r\n"[..]
+        );
+    }
+
+    #[test]
+    fn chunks_and_trailers() {
+        let mut out = BytesMut::new();
+        chunk_start(&mut out, 255);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", HeaderValue::from_static("9"));
+        chunked_end(&mut out, Some(&trailers));
+        assert_eq!(out.as_ref(), b"ff\r\n0\r\nx-sum: 9\r\n\r\n");
+    }
+
+    #[test]
+    fn refusals_are_json() {
+        let answer = refusal(&HeadError::TooLarge, b"d");
+        let text = std::str::from_utf8(&answer).unwrap();
+        assert!(text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(text.contains("content-type: application/json\r\n"));
+        assert!(text.contains("connection: close\r\n"));
+        assert!(text.ends_with(r#"{"code":431,"message":"request head too large"}"#));
+        let answer = refusal(&HeadError::Malformed("bad method"), b"d");
+        assert!(answer.ends_with(br#"{"code":400,"message":"bad method"}"#));
+    }
+}

@@ -1,0 +1,193 @@
+//! Accepting connections and serving HTTP/1.1 and HTTP/2 (h2c) on them, with
+//! graceful shutdown: a watch channel tells every connection to finish its
+//! in-flight requests; each connection task holds an mpsc sender, so the
+//! receiver learns when the last one is gone.
+//!
+//! The admin listener is served by hyper alone ([`serve`]). The proxy
+//! listener ([`serve_proxy`]) runs the gateway's own HTTP/1.1 codec (`h1`)
+//! for the common requests and hands a connection to hyper for the rest.
+
+mod client_body;
+mod date;
+mod h1;
+mod head;
+mod rewind;
+
+pub use client_body::ClientBody;
+
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+/// Limits applied to every client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+}
+
+/// Tells connections to stop and learns when they have.
+pub struct Shutdown {
+    /// Becomes `true` once: stop accepting, finish what is in flight.
+    pub signal: watch::Receiver<bool>,
+    /// Dropped by each task when it ends.
+    pub done: mpsc::Sender<()>,
+}
+
+impl Clone for Shutdown {
+    fn clone(&self) -> Self {
+        Shutdown {
+            signal: self.signal.clone(),
+            done: self.done.clone(),
+        }
+    }
+}
+
+/// Serves `handler` with hyper on every connection accepted from `listener`
+/// until shutdown.
+pub async fn serve<H, F, B>(
+    listener: TcpListener,
+    handler: H,
+    limits: ConnLimits,
+    shutdown: Shutdown,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = Arc::new(hyper_builder(limits));
+    accept(listener, shutdown, move |stream, peer, shutdown| {
+        let handler = handler.clone();
+        let builder = Arc::clone(&builder);
+        async move {
+            let serve = move |request| handler(request, peer);
+            serve_with_hyper(TokioIo::new(stream), peer, serve, &builder, shutdown.signal).await;
+        }
+    })
+    .await;
+}
+
+/// Serves the proxy's `handler` on every connection accepted from
+/// `listener` until shutdown: HTTP/1.1 with the gateway's own codec, handed
+/// to hyper for HTTP/2 and for requests the codec leaves to it.
+pub async fn serve_proxy<H, F, B>(
+    listener: TcpListener,
+    handler: H,
+    limits: ConnLimits,
+    shutdown: Shutdown,
+) where
+    H: Fn(Request<ClientBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    let builder = Arc::new(hyper_builder(limits));
+    accept(listener, shutdown, move |stream, peer, shutdown| {
+        h1::serve_connection(
+            stream,
+            peer,
+            handler.clone(),
+            limits,
+            Arc::clone(&builder),
+            shutdown.signal,
+        )
+    })
+    .await;
+}
+
+fn hyper_builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32);
+    builder
+}
+
+/// Accepts until shutdown and runs `connection` for each connection on a
+/// task of its own, which holds a clone of `shutdown` until it ends.
+async fn accept<C, F>(listener: TcpListener, shutdown: Shutdown, mut connection: C)
+where
+    C: FnMut(TcpStream, SocketAddr, Shutdown) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop_requested(shutdown.signal.clone()) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shutdown = shutdown.clone();
+        let done = shutdown.done.clone();
+        let task = connection(stream, peer, shutdown);
+        tokio::spawn(async move {
+            task.await;
+            drop(done);
+        });
+    }
+}
+
+/// Runs hyper on one connection until it ends; on shutdown, hyper finishes
+/// the request in flight and closes.
+async fn serve_with_hyper<I, H, F, B>(
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    handler: H,
+    builder: &auto::Builder<TokioExecutor>,
+    signal: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let service = service_fn(move |request| {
+        // Boxed once here, the request's future (kilobytes: the proxy's
+        // whole request path) is not copied again on its way into hyper.
+        let response = Box::pin(handler(request));
+        async move { Ok::<_, Infallible>(response.await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop_requested(signal) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+/// Resolves once shutdown has been requested (immediately if it already was).
+async fn stop_requested(mut signal: watch::Receiver<bool>) {
+    let _ = signal.wait_for(|stop| *stop).await;
+}
