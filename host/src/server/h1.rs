@@ -247,3 +247,203 @@ async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> bool {
     out.clear();
     written
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Shutdown, serve_proxy};
+    use super::*;
+    use http::{HeaderValue, StatusCode};
+    use http_body::Frame;
+    use http_body_util::{BodyExt, Full, combinators::BoxBody};
+    use std::convert::Infallible;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::sync::mpsc;
+
+    type TestBody = BoxBody<Bytes, Infallible>;
+
+    /// Answers by path: `/chunked` streams two chunks and a trailer, `/echo`
+    /// reports the body it read, `/nothing` is a 204; anything else is "hello".
+    async fn handler(request: Request<ClientBody>, _peer: SocketAddr) -> Response<TestBody> {
+        let path = request.uri().path().to_owned();
+        let version = format!("{:?}", request.version());
+        match path.as_str() {
+            "/chunked" => {
+                let mut trailers = HeaderMap::new();
+                trailers.insert("x-sum", HeaderValue::from_static("9"));
+                let frames = Frames(
+                    [
+                        Frame::data(Bytes::from_static(b"abc")),
+                        Frame::data(Bytes::from_static(b"defgh")),
+                        Frame::trailers(trailers),
+                    ]
+                    .into(),
+                );
+                Response::new(frames.boxed())
+            }
+            "/echo" => {
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                let text = format!("{version} read {}", body.len());
+                Response::new(Full::new(Bytes::from(text)).boxed())
+            }
+            "/nothing" => {
+                let mut response = Response::new(Full::new(Bytes::new()).boxed());
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                response
+            }
+            _ => Response::new(Full::new(Bytes::from_static(b"hello")).boxed()),
+        }
+    }
+
+    /// A body of unknown length.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.get_mut().0.pop_front().map(Ok))
+        }
+    }
+
+    /// A codec-served listener with `timeout` as header read timeout; the
+    /// sender stops it.
+    async fn listener(timeout: Duration) -> (SocketAddr, watch::Sender<bool>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, signal) = watch::channel(false);
+        let (done, _) = mpsc::channel(1);
+        let limits = ConnLimits {
+            max_header_bytes: 8192,
+            header_read_timeout: timeout,
+        };
+        tokio::spawn(serve_proxy(
+            listener,
+            handler,
+            limits,
+            Shutdown { signal, done },
+        ));
+        (addr, stop)
+    }
+
+    /// Sends `request` and reads until the server closes.
+    async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("the server closes")
+            .unwrap();
+        String::from_utf8(answer).unwrap()
+    }
+
+    fn without_dates(text: &str) -> String {
+        text.split("\r\n")
+            .filter(|line| !line.starts_with("date: "))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+        let (addr, _stop) = listener(Duration::from_secs(5)).await;
+        let answer = exchange(
+            addr,
+            b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nHEAD /b HTTP/1.1\r\n\r\nGET /nothing HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(
+            without_dates(&answer),
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello\
+             HTTP/1.1 200 OK\r\n\r\n\
+             HTTP/1.1 204 No Content\r\n\r\n\
+             HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello"
+        );
+        assert_eq!(answer.matches("\r\ndate: ").count(), 4, "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_is_chunked_with_trailers_for_those_who_accept_them() {
+        let (addr, _stop) = listener(Duration::from_secs(5)).await;
+        let plain = exchange(addr, b"GET /chunked HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+        assert!(
+            without_dates(&plain).ends_with(
+                "transfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n5\r\ndefgh\r\n0\r\n\r\n"
+            ),
+            "{plain}"
+        );
+        let with = exchange(
+            addr,
+            b"GET /chunked HTTP/1.1\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(with.ends_with("0\r\nx-sum: 9\r\n\r\n"), "{with}");
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_body_hands_the_connection_to_hyper_mid_stream() {
+        let (addr, _stop) = listener(Duration::from_secs(5)).await;
+        let answer = exchange(
+            addr,
+            b"GET /first HTTP/1.1\r\n\r\n\
+              POST /echo HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody\
+              POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n\
+              GET /last HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let bodies: Vec<&str> = answer
+            .split("\r\n\r\n")
+            .skip(1)
+            .map(|b| b.split("HTTP/1.1 200").next().unwrap())
+            .collect();
+        assert_eq!(
+            bodies,
+            ["hello", "HTTP/1.1 read 4", "HTTP/1.1 read 2", "hello"],
+            "{answer}"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_heads_get_json_and_a_close() {
+        let (addr, _stop) = listener(Duration::from_secs(5)).await;
+        let answer = exchange(addr, b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n").await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{answer}"
+        );
+        assert!(answer.ends_with(r#"{"code":400,"message":"not an HTTP/1.1 request"}"#));
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000));
+        let answer = exchange(addr, big.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_or_idle_client_is_closed_after_the_header_timeout() {
+        let (addr, _stop) = listener(Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        assert_eq!(exchange(addr, b"").await, "");
+        let answer = exchange(addr, b"GET / HTTP/1.1\r\n\r\nGET / HTT").await;
+        assert!(answer.ends_with("hello"), "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_idle_connections() {
+        let (addr, stop) = listener(Duration::from_secs(30)).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut answer = [0u8; 512];
+        let n = stream.read(&mut answer).await.unwrap();
+        assert!(answer[..n].ends_with(b"hello"));
+        stop.send(true).unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .expect("closed on shutdown");
+        assert_eq!(closed.unwrap(), 0);
+    }
+}
