@@ -120,7 +120,26 @@ where
         };
 
         let head_request = request.method() == Method::HEAD;
-        let response = handler(request.map(|()| ClientBody::Empty), peer).await;
+        let mut handling = pin!(handler(request.map(|()| ClientBody::Empty), peer));
+        // While the request is in flight, a client that closes its side
+        // cancels it, as with hyper (without half-close) and nginx: the
+        // backend exchange is dropped with the future. Pipelined bytes are
+        // kept for later, up to one head's worth.
+        let response = loop {
+            tokio::select! {
+                biased;
+                response = &mut handling => break response,
+                result = stream.read_buf(&mut read), if read.len() < limits.max_header_bytes => {
+                    match result {
+                        Ok(0) | Err(_) => {
+                            tracing::debug!(%peer, "client closed with its request in flight");
+                            return End::Closed;
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            }
+        };
         let close = close || *signal.borrow();
         let (parts, body) = response.into_parts();
         let delimit = head::delimit(
@@ -286,12 +305,29 @@ mod tests {
                 let text = format!("{version} read {}", body.len());
                 Response::new(Full::new(Bytes::from(text)).boxed())
             }
+            "/slow" => {
+                let _flag = DropFlag(Arc::clone(&SLOW_DROPPED));
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Response::new(Full::new(Bytes::new()).boxed())
+            }
             "/nothing" => {
                 let mut response = Response::new(Full::new(Bytes::new()).boxed());
                 *response.status_mut() = StatusCode::NO_CONTENT;
                 response
             }
             _ => Response::new(Full::new(Bytes::from_static(b"hello")).boxed()),
+        }
+    }
+
+    static SLOW_DROPPED: std::sync::LazyLock<Arc<std::sync::atomic::AtomicBool>> =
+        std::sync::LazyLock::new(Arc::default);
+
+    /// Sets its flag when dropped.
+    struct DropFlag(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -445,5 +481,26 @@ mod tests {
             .await
             .expect("closed on shutdown");
         assert_eq!(closed.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_cancels_its_request_in_flight() {
+        let (addr, _stop) = listener(Duration::from_secs(5)).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /slow HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!SLOW_DROPPED.load(std::sync::atomic::Ordering::SeqCst));
+        drop(stream);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !SLOW_DROPPED.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "request not cancelled"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
