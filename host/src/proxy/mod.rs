@@ -10,7 +10,7 @@ mod forward;
 mod headers;
 mod pool;
 mod upgrade;
-mod wire;
+pub(crate) mod wire;
 
 pub use client_addr::client_ip;
 pub use error::{ProxyError, json_body, json_error};

@@ -75,7 +75,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     let mut read = BytesMut::with_capacity(8 * 1024);
-    let mut out = BytesMut::with_capacity(8 * 1024);
+    let mut out = Vec::with_capacity(8 * 1024);
     let mut stop = pin!(stop_requested(signal.clone()));
     let mut deadline = pin!(tokio::time::sleep(limits.header_read_timeout));
     loop {
@@ -172,7 +172,7 @@ async fn refuse(stream: &mut TcpStream, error: &HeadError) {
 /// the message went out whole (otherwise the connection must close).
 async fn write_body<B>(
     stream: &mut TcpStream,
-    out: &mut BytesMut,
+    out: &mut Vec<u8>,
     body: B,
     delimit: Delimit,
     trailers_accepted: bool,
@@ -249,7 +249,7 @@ where
 }
 
 /// Adds `data` to the gathered bytes, or writes both when it is large.
-async fn put(stream: &mut TcpStream, out: &mut BytesMut, data: Bytes) -> bool {
+async fn put(stream: &mut TcpStream, out: &mut Vec<u8>, data: Bytes) -> bool {
     if out.len() + data.len() <= GATHER {
         out.extend_from_slice(&data);
         return true;
@@ -258,7 +258,7 @@ async fn put(stream: &mut TcpStream, out: &mut BytesMut, data: Bytes) -> bool {
 }
 
 /// Writes the gathered bytes.
-async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> bool {
+async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> bool {
     if out.is_empty() {
         return true;
     }

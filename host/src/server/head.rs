@@ -6,7 +6,8 @@
 //! body, an upgrade or `Expect`. Anything else is [`Parsed::HandOver`]: the
 //! connection goes, with its unread bytes, to hyper's complete implementation.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use crate::proxy::wire;
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
 use std::mem::MaybeUninit;
@@ -142,7 +143,8 @@ pub enum Delimit {
 }
 
 /// Chooses the response framing: the response's own `Content-Length`, else
-/// the body's known length, else chunked. `added` says which field to write.
+/// the body's known length, else chunked; the flag is true when the codec
+/// must write the framing field itself.
 pub fn delimit(
     status: StatusCode,
     head_request: bool,
@@ -172,65 +174,56 @@ pub fn delimit(
 /// Writes a response head: status line, the fields, then what the codec adds
 /// (framing when `add_framing`, `Date` when missing, `Connection: close`).
 pub fn encode_response(
-    out: &mut BytesMut,
+    out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
     (delimit, add_framing): (Delimit, bool),
     close: bool,
     date: &[u8],
 ) {
-    out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(status.as_str().as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.put_slice(b"\r\n");
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        wire::field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if add_framing {
         match delimit {
             Delimit::Length(n) => {
-                out.put_slice(b"content-length: ");
-                out.put_slice(itoa::Buffer::new().format(n).as_bytes());
-                out.put_slice(b"\r\n");
+                wire::field(
+                    out,
+                    b"content-length",
+                    itoa::Buffer::new().format(n).as_bytes(),
+                );
             }
-            Delimit::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+            Delimit::Chunked => wire::field(out, b"transfer-encoding", b"chunked"),
             Delimit::None => {}
         }
     }
     if !headers.contains_key(header::DATE) {
-        out.put_slice(b"date: ");
-        out.put_slice(date);
-        out.put_slice(b"\r\n");
+        wire::field(out, b"date", date);
     }
     if close {
-        out.put_slice(b"connection: close\r\n");
+        wire::field(out, b"connection", b"close");
     }
-    out.put_slice(b"\r\n");
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A chunk's size line.
-pub fn chunk_start(out: &mut BytesMut, len: usize) {
-    out.put_slice(format!("{len:x}\r\n").as_bytes());
+pub fn chunk_start(out: &mut Vec<u8>, len: usize) {
+    out.extend_from_slice(&wire::chunk_header(len));
 }
 
 /// The last chunk, with trailers when the client accepts them.
-pub fn chunked_end(out: &mut BytesMut, trailers: Option<&HeaderMap>) {
-    out.put_slice(b"0\r\n");
-    for (name, value) in trailers.into_iter().flatten() {
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
-    }
-    out.put_slice(b"\r\n");
+pub fn chunked_end(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
+    wire::encode_trailers(out, trailers.unwrap_or(&HeaderMap::new()));
 }
 
 /// The gateway's own answer to a head it refuses, as a complete response.
-pub fn refusal(error: &HeadError, date: &[u8]) -> Bytes {
+pub fn refusal(error: &HeadError, date: &[u8]) -> Vec<u8> {
     let (status, message) = match error {
         HeadError::TooLarge => (
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -244,7 +237,7 @@ pub fn refusal(error: &HeadError, date: &[u8]) -> Bytes {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    let mut out = BytesMut::new();
+    let mut out = Vec::new();
     encode_response(
         &mut out,
         status,
@@ -253,8 +246,8 @@ pub fn refusal(error: &HeadError, date: &[u8]) -> Bytes {
         true,
         date,
     );
-    out.put_slice(&body);
-    out.freeze()
+    out.extend_from_slice(&body);
+    out
 }
 
 #[cfg(test)]
@@ -397,7 +390,7 @@ mod tests {
     fn a_response_head_carries_framing_date_and_close() {
         let mut headers = HeaderMap::new();
         headers.insert("x-a", HeaderValue::from_static("1"));
-        let mut out = BytesMut::new();
+        let mut out = Vec::new();
         encode_response(
             &mut out,
             StatusCode::NOT_FOUND,
@@ -407,7 +400,7 @@ mod tests {
             b"Sat, 28 Nov 2026 03:00:00 GMT",
         );
         assert_eq!(
-            out.as_ref(),
+            out.as_slice(),
             &b"HTTP/1.1 404 Not Found\r\nx-a: 1\r\ncontent-length: 12\r\ndate: Sat, 28 Nov 2026 03:00:00 GMT\r\nconnection: close\r\n\r\n"[..]
         );
         headers.insert(header::DATE, HeaderValue::from_static("then"));
@@ -421,19 +414,19 @@ mod tests {
             b"now",
         );
         assert_eq!(
-            out.as_ref(),
+            out.as_slice(),
             &b"HTTP/1.1 200 OK\r\nx-a: 1\r\ndate: then\r\ntransfer-encoding: chunked\r\n\r\n"[..]
         );
     }
 
     #[test]
     fn chunks_and_trailers() {
-        let mut out = BytesMut::new();
+        let mut out = Vec::new();
         chunk_start(&mut out, 255);
         let mut trailers = HeaderMap::new();
         trailers.insert("x-sum", HeaderValue::from_static("9"));
         chunked_end(&mut out, Some(&trailers));
-        assert_eq!(out.as_ref(), b"ff\r\n0\r\nx-sum: 9\r\n\r\n");
+        assert_eq!(out.as_slice(), b"ff\r\n0\r\nx-sum: 9\r\n\r\n");
     }
 
     #[test]

@@ -67,12 +67,12 @@ pub async fn serve<H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = Arc::new(hyper_builder(limits));
-    accept(listener, shutdown, move |stream, peer, shutdown| {
+    accept(listener, shutdown, move |stream, peer, signal| {
         let handler = handler.clone();
         let builder = Arc::clone(&builder);
         async move {
             let serve = move |request| handler(request, peer);
-            serve_with_hyper(TokioIo::new(stream), peer, serve, &builder, shutdown.signal).await;
+            serve_with_hyper(TokioIo::new(stream), peer, serve, &builder, signal).await;
         }
     })
     .await;
@@ -93,14 +93,14 @@ pub async fn serve_proxy<H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     let builder = Arc::new(hyper_builder(limits));
-    accept(listener, shutdown, move |stream, peer, shutdown| {
+    accept(listener, shutdown, move |stream, peer, signal| {
         h1::serve_connection(
             stream,
             peer,
             handler.clone(),
             limits,
             Arc::clone(&builder),
-            shutdown.signal,
+            signal,
         )
     })
     .await;
@@ -121,10 +121,10 @@ fn hyper_builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Accepts until shutdown and runs `connection` for each connection on a
-/// task of its own, which holds a clone of `shutdown` until it ends.
+/// task of its own, which holds a `done` sender until it ends.
 async fn accept<C, F>(listener: TcpListener, shutdown: Shutdown, mut connection: C)
 where
-    C: FnMut(TcpStream, SocketAddr, Shutdown) -> F,
+    C: FnMut(TcpStream, SocketAddr, watch::Receiver<bool>) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -142,9 +142,8 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        let shutdown = shutdown.clone();
         let done = shutdown.done.clone();
-        let task = connection(stream, peer, shutdown);
+        let task = connection(stream, peer, shutdown.signal.clone());
         tokio::spawn(async move {
             task.await;
             drop(done);
