@@ -37,10 +37,10 @@ use criterion::{
     BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
     measurement::WallTime,
 };
-use gateway::limiter::{Limiter, Limits};
+use gateway::limiter::{ClientKey, Limiter, Limits};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::hint::black_box;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 use std::sync::Barrier;
 use std::thread;
@@ -51,10 +51,11 @@ const CAPACITY: u32 = 1_000_000_000;
 /// Distinct clients in the many-keys case.
 const MANY_KEYS: usize = 100_000;
 
-/// Client keys as the gateway forms them (IPv4 addresses), all distinct.
-fn keys(count: usize) -> Vec<String> {
+/// Client addresses (IPv4), all distinct: ours keys a client by its
+/// address (`ClientKey::address`), governor by the `IpAddr`.
+fn keys(count: usize) -> Vec<IpAddr> {
     (0..count)
-        .map(|i| Ipv4Addr::from(0x0A00_0000 + i as u32).to_string())
+        .map(|i| IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + i as u32)))
         .collect()
 }
 
@@ -68,7 +69,7 @@ fn ours() -> Limiter {
 
 /// Governor with the same burst and one token a nanosecond, far faster than
 /// any thread can spend them, so every check is allowed.
-fn governor() -> DefaultKeyedRateLimiter<String> {
+fn governor() -> DefaultKeyedRateLimiter<IpAddr> {
     let n = NonZeroU32::new(CAPACITY).expect("non-zero");
     RateLimiter::dashmap(Quota::per_second(n).allow_burst(n))
 }
@@ -82,10 +83,10 @@ struct OurSide {
 }
 
 impl OurSide {
-    fn new(keys: &[String]) -> Self {
+    fn new(keys: &[IpAddr]) -> Self {
         let limiter = ours();
         for key in keys {
-            assert!(limiter.check(key).allowed);
+            assert!(limiter.check(&ClientKey::address(*key, 64)).allowed);
         }
         OurSide {
             limiter,
@@ -106,8 +107,8 @@ impl OurSide {
 
 /// `iters` checks cycling through `keys` from `start`; how many were allowed.
 fn drive(
-    check: &(impl Fn(&String) -> bool + Sync),
-    keys: &[String],
+    check: &(impl Fn(&IpAddr) -> bool + Sync),
+    keys: &[IpAddr],
     start: usize,
     iters: u64,
 ) -> u64 {
@@ -123,7 +124,7 @@ fn drive(
     allowed
 }
 
-fn one_thread(check: &(impl Fn(&String) -> bool + Sync), keys: &[String], iters: u64) -> Duration {
+fn one_thread(check: &(impl Fn(&IpAddr) -> bool + Sync), keys: &[IpAddr], iters: u64) -> Duration {
     let start = Instant::now();
     let allowed = drive(check, keys, 0, iters);
     let elapsed = start.elapsed();
@@ -134,7 +135,7 @@ fn one_thread(check: &(impl Fn(&String) -> bool + Sync), keys: &[String], iters:
 /// Wall time for two threads doing `iters` checks between them on one shared
 /// limiter. The helper thread is spawned before the clock starts and both
 /// start together at a barrier.
-fn two_threads(check: &(impl Fn(&String) -> bool + Sync), keys: &[String], iters: u64) -> Duration {
+fn two_threads(check: &(impl Fn(&IpAddr) -> bool + Sync), keys: &[IpAddr], iters: u64) -> Duration {
     let theirs = iters / 2;
     let barrier = Barrier::new(2);
     thread::scope(|scope| {
@@ -153,7 +154,7 @@ fn two_threads(check: &(impl Fn(&String) -> bool + Sync), keys: &[String], iters
 }
 
 /// Ours and governor on 1 and 2 threads, interleaved, over the same keys.
-fn compare(group: &mut BenchmarkGroup<'_, WallTime>, keys: &[String]) {
+fn compare(group: &mut BenchmarkGroup<'_, WallTime>, keys: &[IpAddr]) {
     group.throughput(Throughput::Elements(1));
     let mut side = OurSide::new(keys);
     let theirs = governor();
@@ -165,24 +166,32 @@ fn compare(group: &mut BenchmarkGroup<'_, WallTime>, keys: &[String]) {
         b.iter_custom(|iters| {
             side.prepare(iters);
             let limiter = &side.limiter;
-            one_thread(&|key: &String| limiter.check(key).allowed, keys, iters)
+            one_thread(
+                &|key: &IpAddr| limiter.check(&ClientKey::address(*key, 64)).allowed,
+                keys,
+                iters,
+            )
         })
     });
     group.bench_function("governor/1_thread", |b| {
         b.iter_custom(|iters| {
-            one_thread(&|key: &String| theirs.check_key(key).is_ok(), keys, iters)
+            one_thread(&|key: &IpAddr| theirs.check_key(key).is_ok(), keys, iters)
         })
     });
     group.bench_function("ours/2_threads", |b| {
         b.iter_custom(|iters| {
             side.prepare(iters);
             let limiter = &side.limiter;
-            two_threads(&|key: &String| limiter.check(key).allowed, keys, iters)
+            two_threads(
+                &|key: &IpAddr| limiter.check(&ClientKey::address(*key, 64)).allowed,
+                keys,
+                iters,
+            )
         })
     });
     group.bench_function("governor/2_threads", |b| {
         b.iter_custom(|iters| {
-            two_threads(&|key: &String| theirs.check_key(key).is_ok(), keys, iters)
+            two_threads(&|key: &IpAddr| theirs.check_key(key).is_ok(), keys, iters)
         })
     });
 }
@@ -207,7 +216,7 @@ fn partly_spent(count: usize) -> Limiter {
     let limits = Limits::new(10, 0.001).expect("valid limits");
     let limiter = Limiter::new(limits, Duration::from_millis(1), usize::MAX);
     for key in keys(count) {
-        assert!(limiter.check(&key).allowed);
+        assert!(limiter.check(&ClientKey::address(key, 64)).allowed);
     }
     assert_eq!(limiter.tracked(), count);
     limiter

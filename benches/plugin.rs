@@ -9,7 +9,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use gateway::balancer::{Backend, Ctx, Tried, build};
 use gateway::config::Algorithm;
-use gateway::limiter::{KeyBuf, KeySource, client_key};
+use gateway::limiter::ClientKey;
 use gateway::plugin::{
     KeyRole, Outcomes, Plugin, RequestView, Sandbox, SelectRole, Shared, engine,
 };
@@ -97,15 +97,13 @@ fn per_request(c: &mut Criterion) {
     );
     let builtin = build(Algorithm::RoundRobin, &set, None);
     let plugged = build(Algorithm::RoundRobin, &set, Some(select_plugin));
-    let source = KeySource::Ip { ipv6_prefix: 64 };
     let tried = Tried::default();
 
     let mut group = c.benchmark_group("request_decisions");
     let mut head = request_head();
     group.bench_function("builtin_key_and_round_robin", |b| {
         b.iter(|| {
-            let mut buf = KeyBuf::default();
-            let key = client_key(&source, client, &head.headers, &mut buf).len();
+            let key = ClientKey::address(client, 64);
             let mut ctx = Ctx {
                 head: &mut head,
                 client,

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::health::HealthChecker;
 use crate::limiter::shared::{Budget, SharedLimiter};
 use crate::limiter::sync::load_overrides;
-use crate::limiter::{Limiter, spawn_sync};
+use crate::limiter::{Limiter, canonical_client_id, spawn_sync};
 use crate::listen;
 use crate::metrics::Metrics;
 use crate::plugin::Plugins;
@@ -75,6 +75,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let clients = limiting.map(|(store, limiter)| Clients {
         store,
         limiter: Some(limiter),
+        source: config.rate_limit.key.clone(),
     });
     let admin = Arc::new(Admin::new(
         Arc::clone(&backends),
@@ -150,7 +151,14 @@ async fn rate_limiting(config: &Config) -> anyhow::Result<Option<(Arc<Store>, Ar
     let store = Arc::new(Store::lazy(&rl.database, Duration::from_secs(2))?);
     match store.prepare().await {
         Ok(()) => {
-            limiter.apply_overrides(load_overrides(&store).await?);
+            // Rows written before client ids named their source get one now.
+            let renamed = store
+                .rename_clients(|id| canonical_client_id(id, &rl.key).ok())
+                .await?;
+            for (from, to) in renamed {
+                tracing::info!(event = "client_renamed", from = %from, to = %to, "per-client limit now names its key source");
+            }
+            limiter.apply_overrides(load_overrides(&store, &rl.key).await?);
         }
         Err(error) if rl.database_required => {
             anyhow::bail!(
@@ -169,7 +177,12 @@ async fn rate_limiting(config: &Config) -> anyhow::Result<Option<(Arc<Store>, Ar
         }
     }
     limiter.spawn_ticker(rl.refill_interval);
-    spawn_sync(Arc::clone(&store), Arc::clone(&limiter), rl.sync_interval);
+    spawn_sync(
+        Arc::clone(&store),
+        Arc::clone(&limiter),
+        rl.key.clone(),
+        rl.sync_interval,
+    );
     tracing::info!(
         event = "rate_limit",
         database = %store.display,

@@ -3,31 +3,38 @@
 use crate::admin::ClientView;
 use crate::cli::{ClientsAction, ClientsArgs};
 use crate::config::{self, Overrides};
-use crate::limiter::Limits;
+use crate::limiter::{KeyKind, KeySource, Limits, canonical_client_id};
 use crate::store::{Store, StoreError};
 use std::time::Duration;
 
-/// Where the limits live: `--database`, else the config file, else the default.
-fn database_url(args: &ClientsArgs) -> Result<String, String> {
-    if let Some(url) = &args.database {
-        return Ok(url.clone());
-    }
+/// Where the limits live (`--database`, else the config file, else the
+/// default) and the key source that client ids without a prefix belong to
+/// (the config file's, else `ip`).
+fn settings(args: &ClientsArgs) -> Result<(String, KeySource), String> {
     let path = args.config.path();
-    match std::fs::read_to_string(&path) {
+    let (database, source) = match std::fs::read_to_string(&path) {
         Ok(text) => config::parse(&text, &Overrides::default())
-            .map(|c| c.rate_limit.database)
+            .map(|c| (c.rate_limit.database, c.rate_limit.key))
             .map_err(|problems| {
                 let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
                 format!("{} is not valid:\n  {}", path.display(), list.join("\n  "))
-            }),
-        Err(_) if !args.config.explicit() => Ok("sqlite://gateway.db".to_owned()),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-    }
+            })?,
+        Err(_) if !args.config.explicit() => (
+            "sqlite://gateway.db".to_owned(),
+            KeySource {
+                kind: KeyKind::Ip,
+                ipv6_prefix: 64,
+            },
+        ),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    Ok((args.database.clone().unwrap_or(database), source))
 }
 
 /// Runs one action; the error text is for the user, the exit code is 1.
 pub async fn run(args: ClientsArgs) -> Result<String, String> {
-    let url = database_url(&args)?;
+    let (url, source) = settings(&args)?;
+    let id = |written: &str| canonical_client_id(written, &source);
     let store = Store::connect(&url, Duration::from_secs(5))
         .await
         .map_err(|e| format!("{}: {e}", crate::store::redact(&url)))?;
@@ -42,20 +49,25 @@ pub async fn run(args: ClientsArgs) -> Result<String, String> {
                 .collect();
             Ok(pretty(&list))
         }
-        ClientsAction::Get { key } => match store.get(&key).await.map_err(describe)? {
-            Some(record) => Ok(pretty(&ClientView::from(record))),
-            None => Err(format!("client {key:?} not found")),
-        },
+        ClientsAction::Get { key } => {
+            let key = id(&key)?;
+            match store.get(&key).await.map_err(describe)? {
+                Some(record) => Ok(pretty(&ClientView::from(record))),
+                None => Err(format!("client {key:?} not found")),
+            }
+        }
         ClientsAction::Set {
             key,
             capacity,
             refill_per_second,
         } => {
+            let key = id(&key)?;
             let limits = Limits::new(capacity, refill_per_second)?;
             let record = store.upsert(&key, &limits).await.map_err(describe)?;
             Ok(pretty(&ClientView::from(record)))
         }
         ClientsAction::Delete { key } => {
+            let key = id(&key)?;
             store.delete(&key).await.map_err(describe)?;
             Ok(format!("deleted {key}"))
         }

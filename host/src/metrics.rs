@@ -49,8 +49,9 @@ pub struct Metrics {
     /// Times a request moved on to another backend after a failed attempt.
     pub failovers: Counter,
     backends: Vec<Arc<Backend>>,
-    /// Rate-limit decisions: allowed, limited, overflow (client not tracked: `max_clients` reached).
-    decisions: [Counter; 3],
+    /// Rate-limit decisions: allowed, limited, overflow (client not tracked:
+    /// `max_clients` reached), unknown_key (refused under `unknown_keys: reject`).
+    decisions: [Counter; 4],
     tracked_clients: Gauge,
     limiter: Option<Arc<Limiter>>,
     /// 1 while the shared (Redis) limiter answers.
@@ -173,7 +174,7 @@ impl Metrics {
             "Plugin calls by interface and outcome (ok, timeout, trap, invalid)",
             plugin_calls.clone(),
         );
-        let decisions = ["allowed", "limited", "overflow"]
+        let decisions = ["allowed", "limited", "overflow", "unknown_key"]
             .map(|outcome| decisions.get_or_create(&OutcomeLabel { outcome }).clone());
         Metrics {
             shared_up,
@@ -211,6 +212,11 @@ impl Metrics {
             (false, true) => 2,
         };
         self.decisions[index].inc();
+    }
+
+    /// Counts a request refused for an unknown API key.
+    pub fn record_unknown_key(&self) {
+        self.decisions[3].inc();
     }
 
     /// Counters a plugin of `interface` reports its call outcomes to.

@@ -5,6 +5,7 @@ mod cli;
 mod failures;
 mod http_behaviour;
 mod lifecycle;
+mod limiter_integrity;
 mod plugins;
 mod rate_limit;
 mod scale_out;

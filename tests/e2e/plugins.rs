@@ -28,7 +28,7 @@ async fn api_key_plugin_gives_each_key_its_own_bucket() {
     let yaml = yaml_for(
         &[&b],
         &format!(
-            "rate_limit:\n  key: plugin\n  key_plugin: {}\n  database: sqlite://{}\n  default:\n    capacity: 2\n    refill_per_second: 0.01\n",
+            "rate_limit:\n  key: plugin\n  unknown_keys: own\n  key_plugin: {}\n  database: sqlite://{}\n  default:\n    capacity: 2\n    refill_per_second: 0.01\n",
             plugin("api_key").display(),
             db.path().join("l.db").display()
         ),

@@ -120,7 +120,7 @@ async fn two_hundred_clients_in_parallel_each_get_exactly_their_capacity() {
     let gw = Gateway::start(&limited(
         &b,
         &sqlite(&db),
-        "  key: header:X-API-Key\n  default:\n    capacity: 7\n    refill_per_second: 0.001\n",
+        "  key: header:X-API-Key\n  unknown_keys: own\n  default:\n    capacity: 7\n    refill_per_second: 0.001\n",
     ));
     let client = client();
     let mut tasks = tokio::task::JoinSet::new();
@@ -261,12 +261,27 @@ async fn cli_change_applies_live(database: String) {
     let as_key = || request("GET", &gw.url("/"), &[("x-api-key", "cli-user")], "");
     assert_eq!(send(&client, as_key()).await.0, 200);
     assert_eq!(send(&client, as_key()).await.0, 429);
+    // A bare name needs the configured key source, which `--database`
+    // alone does not give; the id names it.
     let (code, out) = run_cli(&[
         "clients",
         "--database",
         &database,
         "set",
         "cli-user",
+        "--capacity",
+        "10",
+        "--refill-per-second",
+        "100",
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("header:NAME:VALUE"), "{out}");
+    let (code, out) = run_cli(&[
+        "clients",
+        "--database",
+        &database,
+        "set",
+        "header:X-API-Key:cli-user",
         "--capacity",
         "10",
         "--refill-per-second",
@@ -284,12 +299,13 @@ async fn cli_change_applies_live(database: String) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (code, out) = run_cli(&["clients", "--database", &database, "get", "cli-user"]);
+    let id = "header:x-api-key:cli-user";
+    let (code, out) = run_cli(&["clients", "--database", &database, "get", id]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains(r#""capacity": 10"#), "{out}");
-    let (code, _) = run_cli(&["clients", "--database", &database, "delete", "cli-user"]);
+    let (code, _) = run_cli(&["clients", "--database", &database, "delete", id]);
     assert_eq!(code, Some(0));
-    let (code, out) = run_cli(&["clients", "--database", &database, "get", "cli-user"]);
+    let (code, out) = run_cli(&["clients", "--database", &database, "get", id]);
     assert_eq!(code, Some(1), "{out}");
 }
 
@@ -345,7 +361,7 @@ async fn limits_survive_a_restart() {
 async fn admin_clients_validates_input() {
     let b = TestBackend::start("b").await;
     let db = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(&limited(&b, &sqlite(&db), ""));
+    let gw = Gateway::start(&limited(&b, &sqlite(&db), "  key: header:X-API-Key\n"));
     let client = client();
     let post = |body: &str| request("POST", &gw.admin_url("/clients"), &[AUTH], body);
     for (body, reason) in [
@@ -379,6 +395,18 @@ async fn admin_clients_validates_input() {
             "client_id",
         ),
         (r#"{"capacity":5,"refill_per_second":1}"#, "client_id"),
+        (
+            r#"{"client_id":"header:bad name:a","capacity":5,"refill_per_second":1}"#,
+            "client_id",
+        ),
+        (
+            r#"{"client_id":"header:x-api-key:","capacity":5,"refill_per_second":1}"#,
+            "client_id",
+        ),
+        (
+            r#"{"client_id":"ip:10.0.0.0/8","capacity":5,"refill_per_second":1}"#,
+            "client_id",
+        ),
     ] {
         let (status, headers, text) = send(&client, post(body)).await;
         assert_eq!(status, 400, "{body} -> {text}");
@@ -432,7 +460,15 @@ async fn admin_clients_validates_input() {
         &[AUTH],
         r#"{"client_id":"2001:db8::/64","capacity":5,"refill_per_second":1}"#,
     );
-    assert_eq!(send(&client, v6).await.0, 201);
+    let (status, _, body) = send(&client, v6).await;
+    assert_eq!(status, 201, "{body}");
+    assert!(body.contains(r#""client_id":"ip:2001:db8::/64""#), "{body}");
+    // The same client, named with its source and by an address inside the /64.
+    for path in ["/clients/ip:2001:db8::%2F64", "/clients/2001:db8::77"] {
+        let (status, _, body) =
+            send(&client, request("GET", &gw.admin_url(path), &[AUTH], "")).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
     assert_eq!(
         send(
             &client,

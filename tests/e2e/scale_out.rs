@@ -15,7 +15,7 @@ fn shared_yaml(b: &TestBackend, redis: &str, prefix: &str, db: &str, extra: &str
         "  shared_timeout: 5s\n"
     };
     format!(
-        "backends:\n  - {}\nadmin:\n  token: test-token\nlog:\n  access: false\nrate_limit:\n  key: header:X-API-Key\n  database: {db}\n  shared: {redis}\n  shared_prefix: {prefix}\n{timeout}{extra}",
+        "backends:\n  - {}\nadmin:\n  token: test-token\nlog:\n  access: false\nrate_limit:\n  key: header:X-API-Key\n  unknown_keys: own\n  database: {db}\n  shared: {redis}\n  shared_prefix: {prefix}\n{timeout}{extra}",
         b.url()
     )
 }

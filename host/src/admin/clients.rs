@@ -3,7 +3,7 @@
 //! their next sync).
 
 use super::json;
-use crate::limiter::{Limiter, Limits};
+use crate::limiter::{KeySource, Limiter, Limits, canonical_client_id};
 use crate::proxy::json_error;
 use crate::store::{ClientRecord, Store, StoreError};
 use bytes::Bytes;
@@ -16,13 +16,13 @@ use std::time::{Duration, UNIX_EPOCH};
 
 /// Largest admin request body accepted.
 const MAX_BODY: usize = 64 * 1024;
-/// Longest client key accepted.
-const MAX_KEY: usize = 512;
 
 pub struct Clients {
     pub store: Arc<Store>,
     /// The running limiter, updated immediately on a change (absent when limiting is off).
     pub limiter: Option<Arc<Limiter>>,
+    /// The configured key source, which a client id without a source prefix belongs to.
+    pub source: KeySource,
 }
 
 #[derive(Deserialize)]
@@ -85,20 +85,6 @@ fn bad_request(reason: impl std::fmt::Display) -> Response<Full<Bytes>> {
     json_error(StatusCode::BAD_REQUEST, &reason.to_string())
 }
 
-/// Checks a key given by a user: non-empty, printable, bounded.
-fn valid_key(key: &str) -> Result<(), String> {
-    if key.trim().is_empty() {
-        return Err("client_id must not be empty".into());
-    }
-    if key.len() > MAX_KEY {
-        return Err(format!("client_id is longer than {MAX_KEY} bytes"));
-    }
-    if key.chars().any(char::is_control) {
-        return Err("client_id must not contain control characters".into());
-    }
-    Ok(())
-}
-
 /// JSON numbers arrive as floats; capacity must be a whole number.
 fn limits(capacity: f64, refill_per_second: f64) -> Result<Limits, String> {
     if capacity.fract() != 0.0 || !(1.0..=crate::limiter::MAX_CAPACITY as f64).contains(&capacity) {
@@ -141,14 +127,15 @@ impl Clients {
                     Ok(body) => body,
                     Err(response) => return response,
                 };
-                if let Err(reason) = valid_key(&body.client_id) {
-                    return bad_request(reason);
-                }
+                let id = match self.id(&body.client_id) {
+                    Ok(id) => id,
+                    Err(reason) => return bad_request(reason),
+                };
                 let limits = match limits(body.capacity, body.refill_per_second) {
                     Ok(limits) => limits,
                     Err(reason) => return bad_request(reason),
                 };
-                match self.store.create(&body.client_id, &limits).await {
+                match self.store.create(&id, &limits).await {
                     Ok(record) => {
                         self.apply(&record.client_id, Some(limits));
                         json(StatusCode::CREATED, &ClientView::from(record))
@@ -156,47 +143,74 @@ impl Clients {
                     Err(e) => store_error(e),
                 }
             }
-            (Method::GET, Some(key)) => match self.store.get(&key).await {
-                Ok(Some(record)) => json(StatusCode::OK, &ClientView::from(record)),
-                Ok(None) => store_error(StoreError::NotFound(key)),
-                Err(e) => store_error(e),
-            },
+            (Method::GET, Some(key)) => {
+                let id = match self.id(&key) {
+                    Ok(id) => id,
+                    Err(reason) => return bad_request(reason),
+                };
+                match self.store.get(&id).await {
+                    Ok(Some(record)) => json(StatusCode::OK, &ClientView::from(record)),
+                    Ok(None) => store_error(StoreError::NotFound(id)),
+                    Err(e) => store_error(e),
+                }
+            }
             (Method::PUT, Some(key)) => {
                 let body: UpdateBody = match read_json(request).await {
                     Ok(body) => body,
                     Err(response) => return response,
                 };
-                if body.client_id.as_ref().is_some_and(|id| *id != key) {
+                let id = match self.id(&key) {
+                    Ok(id) => id,
+                    Err(reason) => return bad_request(reason),
+                };
+                if body
+                    .client_id
+                    .as_ref()
+                    .is_some_and(|other| self.id(other).ok().as_ref() != Some(&id))
+                {
                     return bad_request("client_id in the body does not match the path");
                 }
                 let limits = match limits(body.capacity, body.refill_per_second) {
                     Ok(limits) => limits,
                     Err(reason) => return bad_request(reason),
                 };
-                match self.store.update(&key, &limits).await {
+                match self.store.update(&id, &limits).await {
                     Ok(record) => {
-                        self.apply(&key, Some(limits));
+                        self.apply(&id, Some(limits));
                         json(StatusCode::OK, &ClientView::from(record))
                     }
                     Err(e) => store_error(e),
                 }
             }
-            (Method::DELETE, Some(key)) => match self.store.delete(&key).await {
-                Ok(()) => {
-                    self.apply(&key, None);
-                    let mut response = Response::new(Full::new(Bytes::new()));
-                    *response.status_mut() = StatusCode::NO_CONTENT;
-                    response
+            (Method::DELETE, Some(key)) => {
+                let id = match self.id(&key) {
+                    Ok(id) => id,
+                    Err(reason) => return bad_request(reason),
+                };
+                match self.store.delete(&id).await {
+                    Ok(()) => {
+                        self.apply(&id, None);
+                        let mut response = Response::new(Full::new(Bytes::new()));
+                        *response.status_mut() = StatusCode::NO_CONTENT;
+                        response
+                    }
+                    Err(e) => store_error(e),
                 }
-                Err(e) => store_error(e),
-            },
+            }
             _ => json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
         }
     }
 
-    fn apply(&self, key: &str, limits: Option<Limits>) {
-        if let Some(limiter) = &self.limiter {
-            limiter.apply_one(key, limits);
+    /// The canonical client id for what the user wrote, or why there is none.
+    fn id(&self, written: &str) -> Result<String, String> {
+        canonical_client_id(written, &self.source).map_err(|reason| format!("client_id: {reason}"))
+    }
+
+    fn apply(&self, id: &str, limits: Option<Limits>) {
+        if let Some(limiter) = &self.limiter
+            && let Err(reason) = limiter.apply_one(id, limits)
+        {
+            tracing::warn!(client = %id, %reason, "per-client limit not applied to live buckets");
         }
     }
 }

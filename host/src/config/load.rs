@@ -222,24 +222,26 @@ mod tests {
         assert_eq!(on.rate_limit.default.capacity, 5);
         assert_eq!(on.rate_limit.default.refill_milli, 500);
         assert!(matches!(
-            on.rate_limit.key,
-            crate::limiter::KeySource::Header { .. }
+            on.rate_limit.key.kind,
+            crate::limiter::KeyKind::Header(_)
         ));
+        assert_eq!(on.rate_limit.unknown_keys, crate::limiter::UnknownKeys::Ip);
         assert_eq!(on.rate_limit.database, "sqlite://gateway.db");
     }
 
     #[test]
     fn bad_rate_limit_values_are_located() {
         let p = problems(
-            "backends: [http://x:9]\nrate_limit:\n  key: cookie\n  default:\n    capacity: 0\n  database: mysql://x\n",
+            "backends: [http://x:9]\nrate_limit:\n  key: cookie\n  unknown_keys: maybe\n  default:\n    capacity: 0\n  database: mysql://x\n",
         );
         let lines: Vec<_> = p.iter().map(|p| (p.path.as_str(), p.line)).collect();
         assert_eq!(
             lines,
             vec![
                 ("rate_limit.key", Some(3)),
-                ("rate_limit.default.capacity", Some(5)),
-                ("rate_limit.database", Some(6)),
+                ("rate_limit.unknown_keys", Some(4)),
+                ("rate_limit.default.capacity", Some(6)),
+                ("rate_limit.database", Some(7)),
             ]
         );
     }

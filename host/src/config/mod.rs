@@ -8,7 +8,7 @@ mod validate;
 pub use load::{LoadError, Overrides, load, parse};
 
 use crate::limiter::shared::OnSharedFailure;
-use crate::limiter::{KeySource, Limits};
+use crate::limiter::{KeySource, Limits, UnknownKeys};
 use hyper::Uri;
 use ipnet::IpNet;
 use std::fmt;
@@ -57,6 +57,8 @@ pub struct RateLimitConfig {
     pub enabled: bool,
     /// What a client is.
     pub key: KeySource,
+    /// What a header or plugin key without a per-client row is charged to.
+    pub unknown_keys: UnknownKeys,
     /// Client-key plugin (`key: plugin`); the address is the fallback key.
     pub key_plugin: Option<PathBuf>,
     /// Limits for clients without a database override.

@@ -41,6 +41,7 @@ pub struct RawRateLimit {
     pub enabled: Option<bool>,
     pub key: Option<S<String>>,
     pub key_plugin: Option<S<String>>,
+    pub unknown_keys: Option<S<String>>,
     pub ipv6_prefix: Option<S<i64>>,
     pub default: Option<RawLimits>,
     pub refill_interval: Option<S<String>>,

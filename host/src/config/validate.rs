@@ -8,7 +8,7 @@ use super::{
     Problem, ProxyConfig, RateLimitConfig,
 };
 use crate::limiter::shared::OnSharedFailure;
-use crate::limiter::{KeySource, Limits};
+use crate::limiter::{KeyKind, KeySource, Limits, UnknownKeys};
 use hyper::Uri;
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
@@ -459,26 +459,45 @@ fn rate_limit(c: &mut Checker, raw: Option<&RawRateLimit>) -> RateLimitConfig {
         128,
         64,
     ) as u8;
-    let key = match raw.and_then(|r| r.key.as_ref()) {
-        None => KeySource::Ip { ipv6_prefix },
+    let kind = match raw.and_then(|r| r.key.as_ref()) {
+        None => KeyKind::Ip,
         Some(s) => {
             let input = spanned("rate_limit.key", s);
             let text = input.value.trim();
             match text.strip_prefix("header:") {
-                _ if text == "ip" || text == "plugin" => KeySource::Ip { ipv6_prefix },
+                _ if text == "ip" => KeyKind::Ip,
+                _ if text == "plugin" => KeyKind::Plugin,
                 Some(name) => match http::HeaderName::from_bytes(name.trim().as_bytes()) {
-                    Ok(name) => KeySource::Header { name, ipv6_prefix },
+                    Ok(name) => KeyKind::Header(name),
                     Err(_) => {
                         c.problems
                             .push(input.problem(format!("{name:?} is not a valid header name")));
-                        KeySource::Ip { ipv6_prefix }
+                        KeyKind::Ip
                     }
                 },
                 None => {
                     c.problems.push(input.problem(format!(
                         "unknown key source {text:?}; allowed: ip, header:NAME, plugin"
                     )));
-                    KeySource::Ip { ipv6_prefix }
+                    KeyKind::Ip
+                }
+            }
+        }
+    };
+    let key = KeySource { kind, ipv6_prefix };
+    let unknown_keys = match raw.and_then(|r| r.unknown_keys.as_ref()) {
+        None => UnknownKeys::Ip,
+        Some(s) => {
+            let input = spanned("rate_limit.unknown_keys", s);
+            match input.value.trim() {
+                "ip" => UnknownKeys::Ip,
+                "own" => UnknownKeys::Own,
+                "reject" => UnknownKeys::Reject,
+                other => {
+                    c.problems.push(input.problem(format!(
+                        "unknown policy {other:?}; allowed: ip, own, reject"
+                    )));
+                    UnknownKeys::Ip
                 }
             }
         }
@@ -600,6 +619,7 @@ fn rate_limit(c: &mut Checker, raw: Option<&RawRateLimit>) -> RateLimitConfig {
         key_plugin,
         enabled: raw.is_some_and(|r| r.enabled.unwrap_or(true)),
         key,
+        unknown_keys,
         default,
         refill_interval,
         max_clients: c.int(

@@ -108,24 +108,60 @@ pub struct Taken {
     pub limits: Limits,
 }
 
+/// A 64-bit atomic word: std's on the request path, loom's in the
+/// model-checking tests, which explore every interleaving of the CAS loops.
+pub trait Word: Send + Sync {
+    fn new(value: u64) -> Self;
+    fn load(&self, order: Ordering) -> u64;
+    fn store(&self, value: u64, order: Ordering);
+    fn compare_exchange_weak(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64>;
+}
+
+impl Word for AtomicU64 {
+    fn new(value: u64) -> Self {
+        AtomicU64::new(value)
+    }
+    fn load(&self, order: Ordering) -> u64 {
+        AtomicU64::load(self, order)
+    }
+    fn store(&self, value: u64, order: Ordering) {
+        AtomicU64::store(self, value, order);
+    }
+    fn compare_exchange_weak(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64> {
+        AtomicU64::compare_exchange_weak(self, current, new, success, failure)
+    }
+}
+
 #[derive(Debug)]
-pub struct Bucket {
+pub struct Bucket<W: Word = AtomicU64> {
     /// `settled tick (20 bits) | milli-tokens (44 bits)`.
-    state: AtomicU64,
+    state: W,
     /// Packed [`Limits`]; replaced when the client's override changes.
-    limits: AtomicU64,
+    limits: W,
 }
 
 fn pack(tick: u64, tokens: u64) -> u64 {
     ((tick & TICK_MASK) << TOKEN_BITS) | (tokens & TOKEN_MASK)
 }
 
-impl Bucket {
+impl<W: Word> Bucket<W> {
     /// A full bucket settled at `now`.
-    pub fn new(limits: Limits, now: u64) -> Bucket {
+    pub fn new(limits: Limits, now: u64) -> Self {
         Bucket {
-            state: AtomicU64::new(pack(now, limits.capacity_milli())),
-            limits: AtomicU64::new(limits.pack()),
+            state: W::new(pack(now, limits.capacity_milli())),
+            limits: W::new(limits.pack()),
         }
     }
 
@@ -138,46 +174,49 @@ impl Bucket {
         self.limits.store(limits.pack(), Ordering::Relaxed);
     }
 
-    /// Tokens after applying refill up to `now`, given the packed state.
-    fn current(state: u64, now: u64, limits: &Limits, tick_micros: u64) -> u64 {
+    /// The state brought up to `now`: the tick it is settled at and its
+    /// milli-tokens. A bucket already settled at or after `now` (another
+    /// thread read a later tick and got here first) gains nothing and keeps
+    /// its tick: the settled tick never moves backwards, so no tick is
+    /// refilled twice. Ticks are compared in the 20-bit field's wrap-around
+    /// order; the eviction pass settles every bucket about once a second,
+    /// far inside the half range (2^19 ticks) that order can tell apart.
+    fn current(state: u64, now: u64, limits: &Limits, tick_micros: u64) -> (u64, u64) {
         let settled = state >> TOKEN_BITS;
-        let tokens = state & TOKEN_MASK;
-        let missed = (now.wrapping_sub(settled)) & TICK_MASK;
-        let capped = tokens.min(limits.capacity_milli());
-        if missed == 0 {
-            return capped;
+        let tokens = (state & TOKEN_MASK).min(limits.capacity_milli());
+        let behind = now.wrapping_sub(settled) & TICK_MASK;
+        if behind == 0 || behind > TICK_MASK / 2 {
+            return (settled, tokens);
         }
-        let added = limits.refill_between(now - missed.min(now), now, tick_micros);
-        (capped + added).min(limits.capacity_milli())
+        let added = limits.refill_between(now.saturating_sub(behind), now, tick_micros);
+        (now, (tokens + added).min(limits.capacity_milli()))
     }
 
     /// Takes one token if there is one: refill, check and take in one CAS.
-    pub fn take(&self, now: u64, tick_micros: u64) -> Taken {
+    /// The clock is read after the state, inside the loop, so the tick used
+    /// is never older than the one the observed state was settled at.
+    pub fn take(&self, clock: &W, tick_micros: u64) -> Taken {
         let limits = self.limits();
         let mut state = self.state.load(Ordering::Acquire);
         loop {
-            let tokens = Self::current(state, now, &limits, tick_micros);
+            let now = clock.load(Ordering::Acquire);
+            let (tick, tokens) = Self::current(state, now, &limits, tick_micros);
             let allowed = tokens >= MILLI;
             let remaining = if allowed { tokens - MILLI } else { tokens };
-            let next = pack(now, remaining);
+            let taken = Taken {
+                allowed,
+                remaining_milli: remaining,
+                limits,
+            };
+            let next = pack(tick, remaining);
             if next == state {
-                return Taken {
-                    allowed,
-                    remaining_milli: remaining,
-                    limits,
-                };
+                return taken;
             }
             match self
                 .state
                 .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => {
-                    return Taken {
-                        allowed,
-                        remaining_milli: remaining,
-                        limits,
-                    };
-                }
+                Ok(_) => return taken,
                 Err(actual) => state = actual,
             }
         }
@@ -185,33 +224,37 @@ impl Bucket {
 
     /// Applies pending refill without taking; true when the bucket is full
     /// (the client has been idle long enough to forget).
-    pub fn settle(&self, now: u64, tick_micros: u64) -> bool {
+    pub fn settle(&self, clock: &W, tick_micros: u64) -> bool {
         let limits = self.limits();
         let mut state = self.state.load(Ordering::Acquire);
         loop {
-            let tokens = Self::current(state, now, &limits, tick_micros);
-            let next = pack(now, tokens);
+            let now = clock.load(Ordering::Acquire);
+            let (tick, tokens) = Self::current(state, now, &limits, tick_micros);
+            let full = tokens >= limits.capacity_milli();
+            let next = pack(tick, tokens);
             if next == state {
-                return tokens >= limits.capacity_milli();
+                return full;
             }
             match self
                 .state
                 .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return tokens >= limits.capacity_milli(),
+                Ok(_) => return full,
                 Err(actual) => state = actual,
             }
         }
     }
 
     /// Milli-tokens available at `now` (for inspection; does not write).
-    pub fn peek(&self, now: u64, tick_micros: u64) -> u64 {
+    #[cfg(test)]
+    fn peek(&self, now: u64, tick_micros: u64) -> u64 {
         Self::current(
             self.state.load(Ordering::Acquire),
             now,
             &self.limits(),
             tick_micros,
         )
+        .1
     }
 }
 
@@ -223,6 +266,11 @@ mod tests {
 
     const TICK: u64 = 100_000; // 100 ms
 
+    /// A clock standing at tick `t`.
+    fn at(t: u64) -> AtomicU64 {
+        AtomicU64::new(t)
+    }
+
     fn limits(capacity: i64, rate: f64) -> Limits {
         Limits::new(capacity, rate).unwrap()
     }
@@ -230,19 +278,19 @@ mod tests {
     #[test]
     fn a_new_bucket_allows_exactly_capacity() {
         let b = Bucket::new(limits(5, 1.0), 0);
-        let allowed = (0..10).filter(|_| b.take(0, TICK).allowed).count();
+        let allowed = (0..10).filter(|_| b.take(&at(0), TICK).allowed).count();
         assert_eq!(allowed, 5);
     }
 
     #[test]
     fn refill_arrives_with_ticks() {
         let b = Bucket::new(limits(2, 10.0), 0);
-        assert!(b.take(0, TICK).allowed);
-        assert!(b.take(0, TICK).allowed);
-        assert!(!b.take(0, TICK).allowed);
+        assert!(b.take(&at(0), TICK).allowed);
+        assert!(b.take(&at(0), TICK).allowed);
+        assert!(!b.take(&at(0), TICK).allowed);
         // 10/s at 100 ms ticks: one token per tick.
-        assert!(b.take(1, TICK).allowed);
-        assert!(!b.take(1, TICK).allowed);
+        assert!(b.take(&at(1), TICK).allowed);
+        assert!(!b.take(&at(1), TICK).allowed);
     }
 
     #[test]
@@ -252,12 +300,12 @@ mod tests {
         let l = limits(1_000_000_000, 0.333);
         let b = Bucket::new(l, 0);
         for _ in 0..1000 {
-            assert!(b.take(0, TICK).allowed);
+            assert!(b.take(&at(0), TICK).allowed);
         }
         let start = b.peek(0, TICK);
         let ticks = 1_000_000u64;
         for t in 1..=ticks {
-            b.settle(t, TICK);
+            b.settle(&at(t), TICK);
         }
         let expected = ticks * TICK * 333 / 1_000_000;
         assert_eq!(
@@ -269,10 +317,10 @@ mod tests {
     #[test]
     fn half_a_token_per_second_gives_one_token_every_two_seconds() {
         let b = Bucket::new(limits(1, 0.5), 0);
-        assert!(b.take(0, TICK).allowed);
+        assert!(b.take(&at(0), TICK).allowed);
         let mut granted = Vec::new();
         for t in 1..=60 {
-            if b.take(t, TICK).allowed {
+            if b.take(&at(t), TICK).allowed {
                 granted.push(t);
             }
         }
@@ -283,7 +331,7 @@ mod tests {
     fn lowered_capacity_clamps_tokens() {
         let b = Bucket::new(limits(100, 1.0), 0);
         b.set_limits(limits(3, 1.0).overriding());
-        let allowed = (0..10).filter(|_| b.take(0, TICK).allowed).count();
+        let allowed = (0..10).filter(|_| b.take(&at(0), TICK).allowed).count();
         assert_eq!(allowed, 3);
         assert!(b.limits().is_override);
     }
@@ -291,16 +339,16 @@ mod tests {
     #[test]
     fn settle_reports_full_only_after_enough_idle_time() {
         let b = Bucket::new(limits(2, 10.0), 0);
-        assert!(b.settle(0, TICK));
-        b.take(0, TICK);
-        assert!(!b.settle(0, TICK));
-        assert!(b.settle(1, TICK));
+        assert!(b.settle(&at(0), TICK));
+        b.take(&at(0), TICK);
+        assert!(!b.settle(&at(0), TICK));
+        assert!(b.settle(&at(1), TICK));
     }
 
     #[test]
     fn tick_counter_wrap_is_harmless_when_settled_regularly() {
         let b = Bucket::new(limits(5, 1.0), TICK_MASK - 2);
-        b.take(TICK_MASK - 2, TICK);
+        b.take(&at(TICK_MASK - 2), TICK);
         assert_eq!(b.peek(TICK_MASK + 8, TICK), 5000);
     }
 
@@ -311,7 +359,9 @@ mod tests {
             let threads: Vec<_> = (0..8)
                 .map(|_| {
                     let b = Arc::clone(&b);
-                    std::thread::spawn(move || (0..400).filter(|_| b.take(7, TICK).allowed).count())
+                    std::thread::spawn(move || {
+                        (0..400).filter(|_| b.take(&at(7), TICK).allowed).count()
+                    })
                 })
                 .collect();
             let total: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
@@ -343,7 +393,7 @@ mod tests {
             for (advance, takes) in ops {
                 now += advance;
                 for _ in 0..takes {
-                    let t = b.take(now, TICK);
+                    let t = b.take(&at(now), TICK);
                     prop_assert!(t.remaining_milli <= l.capacity_milli());
                 }
                 let tokens = b.peek(now, TICK);
@@ -369,9 +419,147 @@ mod tests {
                 for _ in 0..*takes {
                     let expect = model > 0;
                     if expect { model -= 1; }
-                    prop_assert_eq!(b.take(tick, TICK).allowed, expect);
+                    prop_assert_eq!(b.take(&at(tick), TICK).allowed, expect);
                 }
             }
         }
+    }
+}
+
+/// Model checks of the CAS paths: loom runs each closure under every
+/// interleaving of its threads (and every value a load may see), so a
+/// schedule that refills a tick twice or loses a take is found if it exists.
+#[cfg(test)]
+mod model {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::sync::atomic::AtomicU64 as LoomWord;
+    use loom::thread;
+
+    impl Word for LoomWord {
+        fn new(value: u64) -> Self {
+            LoomWord::new(value)
+        }
+        fn load(&self, order: Ordering) -> u64 {
+            LoomWord::load(self, order)
+        }
+        fn store(&self, value: u64, order: Ordering) {
+            LoomWord::store(self, value, order);
+        }
+        fn compare_exchange_weak(
+            &self,
+            current: u64,
+            new: u64,
+            success: Ordering,
+            failure: Ordering,
+        ) -> Result<u64, u64> {
+            LoomWord::compare_exchange_weak(self, current, new, success, failure)
+        }
+    }
+
+    /// 100 ms ticks at 10 tokens/s: one whole token per tick.
+    const TICK: u64 = 100_000;
+
+    fn one_per_tick(capacity: i64) -> Limits {
+        Limits::new(capacity, 10.0).unwrap()
+    }
+
+    /// Every interleaving with up to three preemptions per execution (the
+    /// bound keeps the runs to seconds; the bugs it looks for, a stale
+    /// tick or a lost CAS, need one or two).
+    fn explore(model: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(model);
+    }
+
+    fn takes(bucket: &Bucket<LoomWord>, clock: &LoomWord, n: usize) -> u64 {
+        (0..n)
+            .map(|_| u64::from(bucket.take(clock, TICK).allowed))
+            .sum()
+    }
+
+    /// Two takers and a ticker: refill is neither lost nor counted twice.
+    /// The bucket starts empty with room to spare, so nothing is capped and
+    /// the books must balance exactly: granted + left = refilled.
+    #[test]
+    fn two_takers_and_two_ticks_balance_exactly() {
+        explore(|| {
+            let clock = Arc::new(LoomWord::new(0));
+            let bucket = Arc::new(Bucket {
+                state: LoomWord::new(pack(0, 0)),
+                limits: LoomWord::new(one_per_tick(10).pack()),
+            });
+            let takers: Vec<_> = [2, 1]
+                .into_iter()
+                .map(|n| {
+                    let (bucket, clock) = (Arc::clone(&bucket), Arc::clone(&clock));
+                    thread::spawn(move || takes(&bucket, &clock, n))
+                })
+                .collect();
+            clock.fetch_add(1, Ordering::Release);
+            clock.fetch_add(1, Ordering::Release);
+            let granted: u64 = takers.into_iter().map(|t| t.join().unwrap()).sum();
+            bucket.settle(&clock, TICK);
+            let state = bucket.state.load(Ordering::Acquire);
+            assert_eq!(state >> TOKEN_BITS, 2, "settled at the last tick");
+            assert_eq!(granted * MILLI + (state & TOKEN_MASK), 2 * MILLI);
+        });
+    }
+
+    /// Three threads — two takers and one that ticks and settles (the
+    /// eviction pass) — never grant more than capacity + one tick of refill.
+    #[test]
+    fn three_threads_with_settle_stay_within_the_budget() {
+        explore(|| {
+            let clock = Arc::new(LoomWord::new(0));
+            let bucket = Arc::new(Bucket::<LoomWord>::new(one_per_tick(1), 0));
+            let takers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (bucket, clock) = (Arc::clone(&bucket), Arc::clone(&clock));
+                    thread::spawn(move || takes(&bucket, &clock, 1))
+                })
+                .collect();
+            let evictor = {
+                let (bucket, clock) = (Arc::clone(&bucket), Arc::clone(&clock));
+                thread::spawn(move || {
+                    clock.fetch_add(1, Ordering::Release);
+                    bucket.settle(&clock, TICK);
+                })
+            };
+            let mut granted: u64 = takers.into_iter().map(|t| t.join().unwrap()).sum();
+            evictor.join().unwrap();
+            granted += takes(&bucket, &clock, 1);
+            assert!(granted <= 2, "granted {granted} of capacity 1 + 1 tick");
+            let state = bucket.state.load(Ordering::Acquire);
+            assert_eq!(state >> TOKEN_BITS, 1, "the settled tick never moved back");
+        });
+    }
+
+    /// A limit change racing with takes and a tick: tokens never exceed the
+    /// larger capacity, grants never exceed it plus the tick's refill.
+    #[test]
+    fn a_limit_change_during_takes_keeps_the_bound() {
+        explore(|| {
+            let clock = Arc::new(LoomWord::new(0));
+            let bucket = Arc::new(Bucket::<LoomWord>::new(one_per_tick(2), 0));
+            let taker = {
+                let (bucket, clock) = (Arc::clone(&bucket), Arc::clone(&clock));
+                thread::spawn(move || takes(&bucket, &clock, 2))
+            };
+            let changer = {
+                let (bucket, clock) = (Arc::clone(&bucket), Arc::clone(&clock));
+                thread::spawn(move || {
+                    bucket.set_limits(one_per_tick(1).overriding());
+                    clock.fetch_add(1, Ordering::Release);
+                })
+            };
+            let mut granted = taker.join().unwrap();
+            changer.join().unwrap();
+            granted += takes(&bucket, &clock, 2);
+            assert!(granted <= 3, "granted {granted} of capacity 2 + 1 tick");
+            assert!(bucket.limits().is_override);
+            assert!(bucket.state.load(Ordering::Acquire) & TOKEN_MASK <= 2 * MILLI);
+        });
     }
 }

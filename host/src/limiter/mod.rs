@@ -10,13 +10,13 @@ pub mod sync;
 
 pub use bucket::{Bucket, Limits, MAX_CAPACITY, MAX_REFILL, MIN_REFILL};
 pub use headers::{apply_headers, rejection};
-pub use key::{KeyBuf, KeySource, client_key};
+pub use key::{ClientKey, KeyKind, KeySource, MAX_KEY_BYTES, UnknownKeys, canonical_client_id};
 pub use sync::spawn_sync;
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -50,8 +50,9 @@ pub struct Limiter {
     tick_micros: u64,
     /// Limits for clients without an override.
     default: Limits,
-    /// Per-client overrides from the database, consulted when a bucket is created.
-    overrides: ArcSwap<HashMap<String, Limits>>,
+    /// Per-client overrides from the database by key hash, consulted when a
+    /// bucket is created and to tell known header and plugin keys from invented ones.
+    overrides: ArcSwap<HashMap<u64, Limits, PreHashed>>,
     /// Number of buckets, kept here because `DashMap::len` locks every shard.
     tracked: AtomicUsize,
     /// Most clients tracked at once; new clients beyond it are refused.
@@ -70,22 +71,50 @@ impl Limiter {
             tick: AtomicU64::new(0),
             tick_micros: (refill_interval.as_micros() as u64).max(1),
             default,
-            overrides: ArcSwap::from_pointee(HashMap::new()),
+            overrides: ArcSwap::from_pointee(HashMap::default()),
             tracked: AtomicUsize::new(0),
             max_clients,
         }
     }
 
-    fn hash(&self, key: &str) -> u64 {
-        self.hasher.hash_one(key)
+    fn hash(&self, key: &ClientKey) -> u64 {
+        let mut state = self.hasher.build_hasher();
+        key.hash_into(&mut state);
+        state.finish()
+    }
+
+    /// The bucket a request is charged to: a header or plugin key it
+    /// `claimed` when that key has a per-client row (or `policy` is `own`),
+    /// else its `address`; `None` when `policy` is `reject` and the claimed
+    /// key is unknown. Over-long keys are never known and never get a bucket.
+    pub fn charge<'k>(
+        &self,
+        claimed: Option<ClientKey<'k>>,
+        address: ClientKey<'k>,
+        policy: UnknownKeys,
+    ) -> Option<ClientKey<'k>> {
+        let Some(claimed) = claimed else {
+            return Some(address);
+        };
+        if claimed.is_oversized() {
+            return (policy != UnknownKeys::Reject).then_some(address);
+        }
+        if policy == UnknownKeys::Own || self.is_known(&claimed) {
+            return Some(claimed);
+        }
+        (policy == UnknownKeys::Ip).then_some(address)
+    }
+
+    /// True when `key` has a per-client override.
+    pub fn is_known(&self, key: &ClientKey) -> bool {
+        self.overrides.load().contains_key(&self.hash(key))
     }
 
     /// Takes a token for `key`, or says why not.
-    pub fn check(&self, key: &str) -> Decision {
+    pub fn check(&self, key: &ClientKey) -> Decision {
         let hash = self.hash(key);
-        let now = self.tick.load(Ordering::Relaxed);
         if let Some(bucket) = self.buckets.get(&hash) {
-            return self.decide(bucket.take(now, self.tick_micros));
+            return self.decide(bucket.take(&self.tick, self.tick_micros));
         }
         if self.tracked.load(Ordering::Relaxed) >= self.max_clients {
             return Decision {
@@ -97,17 +126,12 @@ impl Limiter {
                 overflow: true,
             };
         }
-        let limits = self
-            .overrides
-            .load()
-            .get(key)
-            .copied()
-            .unwrap_or(self.default);
+        let limits = self.limits_by_hash(hash);
         let bucket = self.buckets.entry(hash).or_insert_with(|| {
             self.tracked.fetch_add(1, Ordering::Relaxed);
-            Bucket::new(limits, now)
+            Bucket::new(limits, self.tick.load(Ordering::Acquire))
         });
-        self.decide(bucket.take(now, self.tick_micros))
+        self.decide(bucket.take(&self.tick, self.tick_micros))
     }
 
     fn decide(&self, taken: bucket::Taken) -> Decision {
@@ -131,17 +155,16 @@ impl Limiter {
     /// One refill tick: every bucket gains one interval's worth of tokens
     /// (applied by each bucket when next touched).
     pub fn tick(&self) {
-        self.tick.fetch_add(1, Ordering::Relaxed);
+        self.tick.fetch_add(1, Ordering::Release);
     }
 
     /// Drops buckets that are full again (idle clients) and settles the rest,
     /// so a bucket never falls more than one pass behind the clock. Returns
     /// how many were evicted.
     pub fn evict_idle(&self) -> usize {
-        let now = self.tick.load(Ordering::Relaxed);
         let mut evicted = 0;
         self.buckets.retain(|_, bucket| {
-            let full = bucket.settle(now, self.tick_micros);
+            let full = bucket.settle(&self.tick, self.tick_micros);
             evicted += usize::from(full);
             !full
         });
@@ -154,10 +177,14 @@ impl Limiter {
     }
 
     /// The limits `key` gets: its override, else the default.
-    pub fn limits_for(&self, key: &str) -> Limits {
+    pub fn limits_for(&self, key: &ClientKey) -> Limits {
+        self.limits_by_hash(self.hash(key))
+    }
+
+    fn limits_by_hash(&self, hash: u64) -> Limits {
         self.overrides
             .load()
-            .get(key)
+            .get(&hash)
             .copied()
             .unwrap_or(self.default)
     }
@@ -166,41 +193,57 @@ impl Limiter {
         self.default
     }
 
-    /// Installs a new set of overrides and updates the live buckets whose
-    /// limits changed (including those whose override was removed).
+    /// Installs a new set of overrides, keyed by canonical client id
+    /// (`ip:…`, `header:NAME:…`, `plugin:…`), and updates the live buckets
+    /// whose limits changed (including those whose override was removed).
+    /// Ids that do not parse are skipped.
     pub fn apply_overrides(&self, next: HashMap<String, Limits>) -> usize {
-        let next: HashMap<String, Limits> =
-            next.into_iter().map(|(k, l)| (k, l.overriding())).collect();
-        let previous = self.overrides.load_full();
-        let mut changed = 0;
-        for (key, limits) in &next {
-            if previous.get(key) != Some(limits) {
-                changed += 1;
-                self.set_live(key, *limits);
+        let mut hashed = HashMap::<u64, Limits, PreHashed>::default();
+        for (id, limits) in next {
+            match ClientKey::parse(&id) {
+                Ok(key) => {
+                    hashed.insert(self.hash(&key), limits.overriding());
+                }
+                Err(reason) => tracing::warn!(client = %id, %reason, "ignoring per-client limit"),
             }
         }
-        for key in previous.keys() {
-            if !next.contains_key(key) {
+        self.install(hashed)
+    }
+
+    fn install(&self, next: HashMap<u64, Limits, PreHashed>) -> usize {
+        let previous = self.overrides.load_full();
+        let mut changed = 0;
+        for (hash, limits) in &next {
+            if previous.get(hash) != Some(limits) {
                 changed += 1;
-                self.set_live(key, self.default);
+                self.set_live(*hash, *limits);
+            }
+        }
+        for hash in previous.keys() {
+            if !next.contains_key(hash) {
+                changed += 1;
+                self.set_live(*hash, self.default);
             }
         }
         self.overrides.store(Arc::new(next));
         changed
     }
 
-    /// Applies one change at once (admin API) without waiting for the next sync.
-    pub fn apply_one(&self, key: &str, limits: Option<Limits>) {
+    /// Applies one change at once (admin API) without waiting for the next
+    /// sync; `id` is a canonical client id.
+    pub fn apply_one(&self, id: &str, limits: Option<Limits>) -> Result<(), String> {
+        let hash = self.hash(&ClientKey::parse(id)?);
         let mut next = (*self.overrides.load_full()).clone();
         match limits {
-            Some(l) => next.insert(key.to_owned(), l),
-            None => next.remove(key),
+            Some(l) => next.insert(hash, l.overriding()),
+            None => next.remove(&hash),
         };
-        self.apply_overrides(next);
+        self.install(next);
+        Ok(())
     }
 
-    fn set_live(&self, key: &str, limits: Limits) {
-        if let Some(bucket) = self.buckets.get(&self.hash(key)) {
+    fn set_live(&self, hash: u64, limits: Limits) {
+        if let Some(bucket) = self.buckets.get(&hash) {
             bucket.set_limits(limits);
         }
     }
@@ -242,6 +285,10 @@ impl Limiter {
 mod tests {
     use super::*;
 
+    fn k(name: &str) -> ClientKey<'_> {
+        ClientKey::Plugin(name.as_bytes())
+    }
+
     fn limiter(capacity: i64, rate: f64, max: usize) -> Limiter {
         Limiter::new(
             Limits::new(capacity, rate).unwrap(),
@@ -253,20 +300,20 @@ mod tests {
     #[test]
     fn each_key_has_its_own_bucket() {
         let l = limiter(2, 1.0, 100);
-        assert!(l.check("a").allowed);
-        assert!(l.check("a").allowed);
-        assert!(!l.check("a").allowed);
-        assert!(l.check("b").allowed);
+        assert!(l.check(&k("a")).allowed);
+        assert!(l.check(&k("a")).allowed);
+        assert!(!l.check(&k("a")).allowed);
+        assert!(l.check(&k("b")).allowed);
         assert_eq!(l.tracked(), 2);
     }
 
     #[test]
     fn denial_reports_retry_after_and_policy() {
         let l = limiter(1, 0.5, 100);
-        let first = l.check("k");
+        let first = l.check(&k("k"));
         assert!(first.allowed);
         assert_eq!(first.remaining, 0);
-        let denied = l.check("k");
+        let denied = l.check(&k("k"));
         assert!(!denied.allowed);
         assert_eq!(denied.retry_after, 2);
         assert_eq!(denied.reset, 2);
@@ -275,8 +322,8 @@ mod tests {
     #[test]
     fn idle_full_buckets_are_evicted() {
         let l = limiter(1, 10.0, 100);
-        l.check("a");
-        l.check("b");
+        l.check(&k("a"));
+        l.check(&k("b"));
         assert_eq!(l.evict_idle(), 0);
         l.tick();
         assert_eq!(l.evict_idle(), 2);
@@ -286,28 +333,136 @@ mod tests {
     #[test]
     fn new_clients_are_refused_at_the_cap() {
         let l = limiter(5, 1.0, 2);
-        assert!(l.check("a").allowed);
-        assert!(l.check("b").allowed);
-        let third = l.check("c");
+        assert!(l.check(&k("a")).allowed);
+        assert!(l.check(&k("b")).allowed);
+        let third = l.check(&k("c"));
         assert!(!third.allowed && third.overflow);
-        assert!(l.check("a").allowed, "tracked clients keep working");
+        assert!(l.check(&k("a")).allowed, "tracked clients keep working");
     }
 
     #[test]
     fn overrides_apply_to_new_and_live_buckets() {
         let l = limiter(1, 1.0, 100);
-        assert!(l.check("live").allowed);
-        assert!(!l.check("live").allowed);
+        assert!(l.check(&k("live")).allowed);
+        assert!(!l.check(&k("live")).allowed);
         let mut overrides = HashMap::new();
-        overrides.insert("live".to_owned(), Limits::new(10, 10.0).unwrap());
-        overrides.insert("fresh".to_owned(), Limits::new(3, 1.0).unwrap());
+        overrides.insert("plugin:live".to_owned(), Limits::new(10, 10.0).unwrap());
+        overrides.insert("plugin:fresh".to_owned(), Limits::new(3, 1.0).unwrap());
         assert_eq!(l.apply_overrides(overrides), 2);
         l.tick();
-        let d = l.check("live");
+        let d = l.check(&k("live"));
         assert!(d.allowed, "raised override applies to the live bucket");
         assert!(d.limits.is_override);
-        assert_eq!((0..5).filter(|_| l.check("fresh").allowed).count(), 3);
+        assert_eq!((0..5).filter(|_| l.check(&k("fresh")).allowed).count(), 3);
         l.apply_overrides(HashMap::new());
-        assert_eq!(l.check("fresh").limits, l.default_limits());
+        assert_eq!(l.check(&k("fresh")).limits, l.default_limits());
+    }
+
+    #[test]
+    fn unknown_keys_are_charged_as_the_policy_says() {
+        let l = limiter(3, 0.01, 100);
+        let mut overrides = HashMap::new();
+        overrides.insert(
+            "header:x-api-key:known".to_owned(),
+            Limits::new(5, 1.0).unwrap(),
+        );
+        l.apply_overrides(overrides);
+        let address = ClientKey::address("127.0.0.4".parse().unwrap(), 64);
+        let known = ClientKey::Header("x-api-key", b"known");
+        let invented = ClientKey::Header("x-api-key", b"k0");
+        let long = vec![b'k'; MAX_KEY_BYTES + 1];
+        let oversized = ClientKey::Header("x-api-key", &long);
+        for policy in [UnknownKeys::Ip, UnknownKeys::Own, UnknownKeys::Reject] {
+            assert_eq!(l.charge(None, address, policy), Some(address));
+            assert_eq!(l.charge(Some(known), address, policy), Some(known));
+        }
+        assert_eq!(
+            l.charge(Some(invented), address, UnknownKeys::Ip),
+            Some(address)
+        );
+        assert_eq!(
+            l.charge(Some(invented), address, UnknownKeys::Own),
+            Some(invented)
+        );
+        assert_eq!(l.charge(Some(invented), address, UnknownKeys::Reject), None);
+        assert_eq!(
+            l.charge(Some(oversized), address, UnknownKeys::Own),
+            Some(address)
+        );
+        assert_eq!(
+            l.charge(Some(oversized), address, UnknownKeys::Reject),
+            None
+        );
+    }
+
+    #[test]
+    fn an_override_for_one_source_is_not_claimed_by_another() {
+        let l = limiter(1, 0.01, 100);
+        let mut overrides = HashMap::new();
+        overrides.insert("ip:127.0.0.5".to_owned(), Limits::new(50, 1.0).unwrap());
+        l.apply_overrides(overrides);
+        let spoof = ClientKey::Header("x-api-key", b"127.0.0.5");
+        assert!(!l.is_known(&spoof));
+        assert!(!l.is_known(&ClientKey::Plugin(b"127.0.0.5")));
+        assert!(l.is_known(&ClientKey::address("127.0.0.5".parse().unwrap(), 64)));
+        assert_eq!(l.check(&spoof).limits, l.default_limits());
+    }
+
+    /// Several threads take from one bucket while the clock ticks as fast as
+    /// it can and eviction passes run: whatever the interleaving, no more
+    /// than `capacity + refill × elapsed` (+1 for the tick in progress) is
+    /// ever granted.
+    #[test]
+    fn concurrent_takers_on_a_moving_clock_never_exceed_the_budget() {
+        use std::sync::atomic::AtomicBool;
+        // One token per 1 ms tick; the ticker runs far faster than real time.
+        let (capacity, per_tick) = (50u64, 1u64);
+        for run in 0..5 {
+            let l = Arc::new(Limiter::new(
+                Limits::new(capacity as i64, 1000.0).unwrap(),
+                Duration::from_millis(1),
+                100,
+            ));
+            let stop = Arc::new(AtomicBool::new(false));
+            let ticker = {
+                let (l, stop) = (Arc::clone(&l), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut ticks = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..50 {
+                            std::hint::spin_loop();
+                        }
+                        l.tick();
+                        ticks += 1;
+                        if ticks.is_multiple_of(64) {
+                            l.evict_idle();
+                        }
+                    }
+                })
+            };
+            let takers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (l, stop) = (Arc::clone(&l), Arc::clone(&stop));
+                    std::thread::spawn(move || {
+                        let mut allowed = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            allowed += u64::from(l.check(&k("shared")).allowed);
+                        }
+                        allowed
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(200));
+            stop.store(true, Ordering::Relaxed);
+            let allowed: u64 = takers.into_iter().map(|t| t.join().unwrap()).sum();
+            ticker.join().unwrap();
+            let elapsed = l.tick.load(Ordering::Relaxed);
+            let bound = capacity + per_tick * elapsed + 1;
+            assert!(
+                allowed <= bound,
+                "run {run}: {allowed} allowed over {elapsed} ticks, bound {bound}"
+            );
+            assert!(allowed >= capacity, "run {run}: only {allowed} allowed");
+        }
     }
 }

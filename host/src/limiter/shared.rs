@@ -7,7 +7,7 @@
 //! so idle clients cost Redis nothing. When Redis is slow or down, the
 //! configured policy decides: a local bucket, allow, or deny.
 
-use super::{Decision, Limiter, Limits, bucket::MILLI};
+use super::{ClientKey, Decision, Limiter, Limits, bucket::MILLI};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,7 +77,8 @@ pub struct SharedLimiter {
     /// Multiplexed, pipelined connection; reconnects by itself.
     connection: ConnectionManager,
     script: redis::Script,
-    /// `gateway:{prefix}:bucket:`.
+    /// `gateway:{prefix}:bucket:`, followed in each Redis key by the client
+    /// key with its source (`ip:…`, `header:NAME:…`, `plugin:…`).
     namespace: String,
     /// Longest wait for Redis per decision.
     timeout: Duration,
@@ -124,9 +125,12 @@ impl SharedLimiter {
 
     /// One decision for `key` under `limits`, from Redis; `Err` when Redis
     /// did not answer in time (the caller applies the failure policy).
-    pub async fn check(&self, key: &str, limits: Limits) -> Result<Decision, String> {
+    pub async fn check(&self, key: &ClientKey<'_>, limits: Limits) -> Result<Decision, String> {
         let mut connection = self.connection.clone();
-        let mut invocation = self.script.key(format!("{}{key}", self.namespace));
+        let mut name = Vec::with_capacity(self.namespace.len() + 64);
+        name.extend_from_slice(self.namespace.as_bytes());
+        key.write_bytes(&mut name);
+        let mut invocation = self.script.key(name);
         invocation
             .arg(limits.capacity)
             .arg(limits.refill_milli.max(1));
@@ -195,7 +199,7 @@ impl Budget {
         }
     }
 
-    pub async fn check(&self, key: &str) -> Verdict {
+    pub async fn check(&self, key: &ClientKey<'_>) -> Verdict {
         match self {
             Budget::Local(limiter) => Verdict::Decided(limiter.check(key)),
             Budget::Shared { redis, local } => {

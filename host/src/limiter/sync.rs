@@ -2,7 +2,7 @@
 //! fingerprint query on an interval, a full reload only when it changes.
 //! While the database is unreachable the cached limits stay in force.
 
-use super::{Limiter, Limits};
+use super::{KeySource, Limiter, Limits, canonical_client_id};
 use crate::store::{CHANGES_CHANNEL, Store};
 use sqlx::postgres::PgListener;
 use std::collections::HashMap;
@@ -10,15 +10,21 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Loads every override once; errors name the rows that were skipped.
+/// Loads every override once, by canonical client id (a row written
+/// before ids named their source is read as [`canonical_client_id`] says);
+/// errors name the rows that were skipped.
 pub async fn load_overrides(
     store: &Store,
+    source: &KeySource,
 ) -> Result<HashMap<String, Limits>, crate::store::StoreError> {
     let mut map = HashMap::new();
     for record in store.list().await? {
-        match record.limits() {
-            Ok(limits) => {
-                map.insert(record.client_id, limits);
+        let limits = record
+            .limits()
+            .and_then(|limits| Ok((canonical_client_id(&record.client_id, source)?, limits)));
+        match limits {
+            Ok((id, limits)) => {
+                map.insert(id, limits);
             }
             Err(reason) => {
                 tracing::warn!(client = %record.client_id, %reason, "ignoring invalid row in clients table")
@@ -63,6 +69,7 @@ fn spawn_listener(url: String, changed: Arc<Notify>) {
 pub fn spawn_sync(
     store: Arc<Store>,
     limiter: Arc<Limiter>,
+    source: KeySource,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
     let changed = Arc::new(Notify::new());
@@ -82,7 +89,7 @@ pub fn spawn_sync(
             let outcome = async {
                 let fingerprint = store.fingerprint().await?;
                 if seen != Some(fingerprint) {
-                    let overrides = load_overrides(&store).await?;
+                    let overrides = load_overrides(&store, &source).await?;
                     let changed = limiter.apply_overrides(overrides);
                     if seen.is_some() && changed > 0 {
                         tracing::info!(

@@ -1,6 +1,11 @@
 //! Who the client is: the peer address, or, when the peer is a trusted proxy,
 //! the right-most `X-Forwarded-For` entry that is not itself trusted.
 //! An untrusted peer can never choose its own address by sending a header.
+//!
+//! The fields are read as bytes, entry by entry: a client behind a trusted
+//! proxy that appends to its line can put any byte in its own part of the
+//! list, and that must spoil only its own entries, not the ones the trusted
+//! proxies wrote after them.
 
 use http::HeaderMap;
 use ipnet::IpNet;
@@ -13,13 +18,12 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         return peer;
     }
     let mut current = peer;
-    let entries: Vec<&str> = headers
+    let entries = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
-    for entry in entries.iter().rev() {
+        .rev()
+        .flat_map(|field| field.as_bytes().rsplit(|b| *b == b','));
+    for entry in entries {
         match parse_entry(entry) {
             Some(ip) => {
                 current = ip;
@@ -27,7 +31,9 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
                     return ip;
                 }
             }
-            // Garbage in the chain: stop at the last hop we could vouch for.
+            // An entry that is no address: the hop that wrote it cannot be
+            // vouched for, so the client is the last address the trusted
+            // chain vouched for.
             None => return current,
         }
     }
@@ -38,9 +44,9 @@ fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
-/// Accepts `1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]:80`.
-fn parse_entry(entry: &str) -> Option<IpAddr> {
-    let entry = entry.trim();
+/// Accepts `1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]:80`, with blanks around.
+fn parse_entry(entry: &[u8]) -> Option<IpAddr> {
+    let entry = std::str::from_utf8(entry.trim_ascii()).ok()?;
     if let Ok(ip) = entry.parse::<IpAddr>() {
         return Some(ip.to_canonical());
     }
@@ -125,5 +131,58 @@ mod tests {
             client_ip(ip("::1"), &h, &nets(&["::1/128"])),
             ip("2001:db8::1")
         );
+    }
+
+    #[test]
+    fn a_bad_byte_spoils_only_its_own_entry() {
+        let trusted = nets(&["127.0.0.1/32"]);
+        // nginx appended the client's address to what the client sent.
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\xff, 127.0.0.4").unwrap(),
+        );
+        assert_eq!(client_ip(ip("127.0.0.1"), &h, &trusted), ip("127.0.0.4"));
+        // The client's own field is unreadable, the proxy's is separate.
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"1.2.3.4\xfe").unwrap(),
+        );
+        h.append("x-forwarded-for", "127.0.0.5".parse().unwrap());
+        assert_eq!(client_ip(ip("127.0.0.1"), &h, &trusted), ip("127.0.0.5"));
+    }
+
+    #[test]
+    fn garbage_written_by_a_trusted_hop_stops_at_that_hop() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"9.9.9.9, \xff").unwrap(),
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &h, &nets(&["10.0.0.0/8"])),
+            ip("10.0.0.1")
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes a client puts in its own part of the list, the
+        /// address the trusted proxy appended after them is the client.
+        #[test]
+        fn client_bytes_never_move_the_client(
+            sent in proptest::collection::vec(
+                proptest::prop_oneof![0x20u8..0x7f, 0x80u8..=0xff, proptest::strategy::Just(b'\t')],
+                0..64,
+            ),
+            last in 1u8..255,
+        ) {
+            let mut value = sent.clone();
+            value.extend_from_slice(format!(", 192.0.2.{last}").as_bytes());
+            let mut h = HeaderMap::new();
+            h.append("x-forwarded-for", http::HeaderValue::from_bytes(&value).unwrap());
+            let client = client_ip(ip("127.0.0.1"), &h, &nets(&["127.0.0.1/32"]));
+            proptest::prop_assert_eq!(client, IpAddr::from([192, 0, 2, last]));
+        }
     }
 }

@@ -21,6 +21,9 @@ pub enum ProxyError {
     /// Redis is unreachable and `on_shared_failure: deny`.
     #[error("Rate limiter unavailable")]
     LimiterUnavailable,
+    /// A header or plugin key without a per-client row, under `rate_limit.unknown_keys: reject`.
+    #[error("Unknown API key")]
+    UnknownApiKey,
     /// A plugin failed and `plugins.fail_closed` is set.
     #[error("Plugin failed")]
     PluginFailed,
@@ -35,6 +38,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::PluginFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::UnknownApiKey => StatusCode::UNAUTHORIZED,
             ProxyError::LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -18,7 +18,7 @@ pub use error::{ProxyError, json_body, json_error};
 use crate::balancer::{Backend, BackendSelection};
 use crate::config::{Config, ProxyConfig};
 use crate::limiter::shared::{Budget, Verdict};
-use crate::limiter::{self, KeyBuf, KeySource};
+use crate::limiter::{self, ClientKey, KeyKind, KeySource, UnknownKeys};
 use crate::metrics::Metrics;
 use crate::plugin::{KeyRole, Plugin, Plugins, RequestView};
 use crate::server::ClientBody;
@@ -55,6 +55,8 @@ pub struct Proxy {
     limiter: Option<Arc<Budget>>,
     /// What a client is, for the limiter.
     key_source: KeySource,
+    /// What a header or plugin key without a per-client row is charged to.
+    unknown_keys: UnknownKeys,
     /// Computes client keys (`rate_limit.key: plugin`).
     key_plugin: Option<Arc<Plugin<KeyRole>>>,
     /// A failed plugin answers 500 instead of falling back.
@@ -88,6 +90,7 @@ impl Proxy {
             access_log: config.log.access,
             limiter,
             key_source: config.rate_limit.key.clone(),
+            unknown_keys: config.rate_limit.unknown_keys,
             key_plugin: plugins.key.clone(),
             plugin_fail_closed: plugins.fail_closed,
         }
@@ -133,14 +136,17 @@ impl Proxy {
                     },
                     None => None,
                 };
-                let mut buf = KeyBuf::default();
-                let key = match &from_plugin {
-                    Some(key) => key.as_str(),
-                    None => {
-                        limiter::client_key(&self.key_source, client, request.headers(), &mut buf)
-                    }
+                let claimed = match (&from_plugin, &self.key_source.kind) {
+                    (Some(key), _) => Some(ClientKey::Plugin(key.as_bytes())),
+                    (None, KeyKind::Header(name)) => ClientKey::header(name, request.headers()),
+                    (None, _) => None,
                 };
-                let decision = match limiter.check(key).await {
+                let address = ClientKey::address(client, self.key_source.ipv6_prefix);
+                let Some(key) = limiter.local().charge(claimed, address, self.unknown_keys) else {
+                    self.metrics.record_unknown_key();
+                    return local(ProxyError::UnknownApiKey, exchange);
+                };
+                let decision = match limiter.check(&key).await {
                     Verdict::Decided(decision) => decision,
                     Verdict::Unavailable => {
                         return local(ProxyError::LimiterUnavailable, exchange);
@@ -148,7 +154,7 @@ impl Proxy {
                 };
                 self.metrics.record_decision(&decision);
                 if !decision.allowed {
-                    tracing::debug!(client = key, overflow = decision.overflow, "rate limited");
+                    tracing::debug!(client = %key, overflow = decision.overflow, "rate limited");
                     exchange.status = StatusCode::TOO_MANY_REQUESTS;
                     drop(exchange);
                     return limiter::rejection(&decision).map(Either::Right);

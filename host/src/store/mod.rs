@@ -251,6 +251,33 @@ impl Store {
         Ok(())
     }
 
+    /// Renames every row for which `rename` gives a different key (the
+    /// start-up migration of client ids to their canonical form); a row whose
+    /// new key is taken keeps its old one. Returns what was renamed.
+    pub async fn rename_clients(
+        &self,
+        rename: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut renamed = Vec::new();
+        for record in self.list().await? {
+            let Some(to) = rename(&record.client_id).filter(|to| *to != record.client_id) else {
+                continue;
+            };
+            let done = sqlx::query("UPDATE clients SET key = $1 WHERE key = $2")
+                .bind(&to)
+                .bind(&record.client_id)
+                .execute(&self.pool)
+                .await;
+            match done {
+                Ok(_) => renamed.push((record.client_id, to)),
+                Err(error) => {
+                    tracing::warn!(client = %record.client_id, to = %to, %error, "cannot rename per-client limit; keeping its old id")
+                }
+            }
+        }
+        Ok(renamed)
+    }
+
     async fn must_get(&self, key: &str) -> Result<ClientRecord, StoreError> {
         self.get(key)
             .await?
@@ -327,6 +354,20 @@ mod tests {
             Err(StoreError::NotFound(_))
         ));
         assert_eq!(store.get("k1").await.unwrap(), None);
+        store.create("ip:k3", &limits).await.unwrap();
+        let renamed = store
+            .rename_clients(|id| (!id.contains(':')).then(|| format!("ip:{id}")))
+            .await
+            .unwrap();
+        assert_eq!(renamed, vec![("k2".to_owned(), "ip:k2".to_owned())]);
+        store.create("k3", &limits).await.unwrap();
+        let renamed = store
+            .rename_clients(|id| (!id.contains(':')).then(|| format!("ip:{id}")))
+            .await
+            .unwrap();
+        assert!(renamed.is_empty(), "a taken id is not overwritten");
+        assert!(store.get("k3").await.unwrap().is_some());
+        assert_eq!(store.get("ip:k3").await.unwrap().unwrap().capacity, 10);
     }
 
     #[tokio::test]
@@ -338,7 +379,7 @@ mod tests {
         // Reopening runs the migrations again harmlessly and keeps the data.
         drop(store);
         let store = Store::connect(&url, Duration::from_secs(5)).await.unwrap();
-        assert_eq!(store.list().await.unwrap().len(), 1);
+        assert_eq!(store.list().await.unwrap().len(), 3);
     }
 
     #[tokio::test]
