@@ -49,6 +49,33 @@ async fn api_key_plugin_gives_each_key_its_own_bucket() {
     );
 }
 
+/// A plugin key that spells an address (taken from a header the client
+/// controls) is a `plugin:` key, never that address's bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_key_never_reaches_an_address_bucket() {
+    let b = TestBackend::start("b").await;
+    let db = tempfile::tempdir().unwrap();
+    let yaml = yaml_for(
+        &[&b],
+        &format!(
+            "rate_limit:\n  key: plugin\n  unknown_keys: own\n  key_plugin: {}\n  database: sqlite://{}\n  default:\n    capacity: 2\n    refill_per_second: 0.01\n",
+            plugin("api_key").display(),
+            db.path().join("l.db").display()
+        ),
+    );
+    let gw = Gateway::start(&yaml);
+    let attacker = client_from("127.0.0.4".parse().unwrap());
+    for _ in 0..2 {
+        assert_eq!(
+            get_as(&attacker, &gw.url("/"), &[("x-api-key", "127.0.0.5")]).await.0,
+            200
+        );
+    }
+    let victim = client_from("127.0.0.5".parse().unwrap());
+    assert_eq!(get_as(&victim, &gw.url("/"), &[]).await.0, 200);
+    assert_eq!(get_as(&victim, &gw.url("/"), &[]).await.0, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_plugin_keeps_a_user_on_one_backend_until_it_dies() {
     let backends = [
