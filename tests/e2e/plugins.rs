@@ -67,7 +67,9 @@ async fn a_plugin_key_never_reaches_an_address_bucket() {
     let attacker = client_from("127.0.0.4".parse().unwrap());
     for _ in 0..2 {
         assert_eq!(
-            get_as(&attacker, &gw.url("/"), &[("x-api-key", "127.0.0.5")]).await.0,
+            get_as(&attacker, &gw.url("/"), &[("x-api-key", "127.0.0.5")])
+                .await
+                .0,
             200
         );
     }

@@ -193,10 +193,19 @@ mod tests {
         assert_eq!(target(&up, "/v1/x?q=1"), "GET /api/v1/x?q=1 HTTP/1.1");
         let up = Upstream::new(&"http://10.0.0.1:81".parse().unwrap());
         assert_eq!(target(&up, "/v1/x?q=1"), "GET /v1/x?q=1 HTTP/1.1");
-        assert_eq!(target(&up, "*"), "GET / HTTP/1.1");
+        // Asterisk-form keeps its target and gets no prefix (only OPTIONS
+        // passes the target check with it).
+        assert_eq!(target(&up, "*"), "GET * HTTP/1.1");
         assert_eq!(
             target(&up, "http://client.example/a?b"),
             "GET /a?b HTTP/1.1"
+        );
+        let up = Upstream::new(&"http://10.0.0.1:81/api".parse().unwrap());
+        assert_eq!(target(&up, "*"), "GET * HTTP/1.1");
+        assert_eq!(target(&up, "/../admin"), "GET /api/admin HTTP/1.1");
+        assert_eq!(
+            target(&up, "/%2e%2e/admin?x=/../"),
+            "GET /api/admin?x=/../ HTTP/1.1"
         );
     }
 

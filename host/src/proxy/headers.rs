@@ -8,8 +8,9 @@ use std::net::IpAddr;
 use super::wire;
 
 /// Headers that describe one connection rather than the message (RFC 9110 §7.6.1).
-static HOP_BY_HOP: [HeaderName; 6] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
+    HeaderName::from_static("http2-settings"),
     HeaderName::from_static("keep-alive"),
     header::TE,
     header::TRAILER,
@@ -61,11 +62,16 @@ fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+    // h2c is a protocol between the client and the gateway, never the backend's.
+    headers
+        .get(header::UPGRADE)
+        .filter(|v| {
+            asks && !v
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+        })
+        .cloned()
 }
 
 /// Drops the hop-by-hop fields a request arrived with, keeping
@@ -105,10 +111,13 @@ pub struct Forwarding {
 /// Writes the request's fields for the backend as HTTP/1.1 field lines.
 ///
 /// The client's fields go as they are, except the framing fields (the
-/// body's framing is written from the body) and the forwarding fields: the
-/// peer is appended to `X-Forwarded-For`; `X-Forwarded-Proto`/`-Host` are
-/// set unless a trusted proxy already set them. The client's `Host` stays;
-/// without one the target's authority, else `fallback_host`, is sent.
+/// body's framing is written from the body), fields whose name has an
+/// underscore (dropped, as nginx does, so no backend reads
+/// `Transfer_Encoding` as `Transfer-Encoding`) and the forwarding fields:
+/// the peer is appended to `X-Forwarded-For`; `X-Forwarded-Proto`/`-Host`
+/// are set unless a trusted proxy already set them. `Host` is the target's
+/// authority when the request had one (absolute-form or HTTP/2
+/// `:authority`: RFC 9112 §3.2.2), else the client's, else `fallback_host`.
 /// Written here rather than inserted into the header map: inserting three
 /// fields made the map grow and rehash on every request.
 pub fn write_request_fields(
@@ -120,11 +129,18 @@ pub fn write_request_fields(
     let mut host = None;
     let mut prior_for = Vec::new();
     let (mut proto_kept, mut host_kept) = (false, false);
+    let target_host = forwarding.authority.as_ref();
     for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name.as_str().as_bytes().contains(&b'_')
+        {
             continue;
         } else if name == header::HOST {
             host = Some(value);
+            if target_host.is_some() {
+                continue;
+            }
         } else if name == X_FORWARDED_FOR {
             prior_for.push(value);
             continue;
@@ -141,8 +157,8 @@ pub fn write_request_fields(
         }
         wire::field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    let forwarded_host = host.or(forwarding.authority.as_ref());
-    if host.is_none()
+    let forwarded_host = target_host.or(host);
+    if (host.is_none() || target_host.is_some())
         && let Some(host) = forwarded_host.or(fallback_host)
     {
         wire::field(out, b"host", host.as_bytes());
@@ -344,5 +360,39 @@ mod tests {
         let mut h = map(&[("te", "trailers")]);
         assert!(strip_request(&mut h, true).is_none());
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn underscored_names_are_dropped() {
+        let h = map(&[
+            ("transfer_encoding", "chunked"),
+            ("x_user", "u"),
+            ("x-user", "v"),
+        ]);
+        let lines = written(&h, "9.9.9.9", false, None);
+        assert!(lines.contains(&"x-user: v".to_owned()), "{lines:?}");
+        assert!(!lines.iter().any(|l| l.contains('_')), "{lines:?}");
+    }
+
+    #[test]
+    fn the_targets_authority_wins_over_host() {
+        let h = map(&[("host", "host.test")]);
+        let lines = written(&h, "9.9.9.9", false, Some("uri.test"));
+        assert!(lines.contains(&"host: uri.test".to_owned()), "{lines:?}");
+        assert!(!lines.iter().any(|l| l.contains("host.test")), "{lines:?}");
+    }
+
+    #[test]
+    fn h2c_upgrades_are_never_forwarded() {
+        let mut h = map(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+        ]);
+        assert!(strip_request(&mut h, true).is_none());
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = map(&[("upgrade", "h2c"), ("http2-settings", "AAMA")]);
+        assert!(strip_request(&mut h, true).is_none());
+        assert!(h.is_empty(), "{h:?}");
     }
 }

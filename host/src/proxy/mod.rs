@@ -9,6 +9,7 @@ mod exchange;
 mod forward;
 mod headers;
 mod pool;
+mod target;
 mod upgrade;
 pub(crate) mod wire;
 
@@ -224,6 +225,12 @@ impl Proxy {
         if request.method() == Method::CONNECT {
             return Err(ProxyError::BadRequest("CONNECT is not supported"));
         }
+        target::check(
+            request.method(),
+            request.uri(),
+            request.version(),
+            request.headers(),
+        )?;
         if let (Some(max), Some(declared)) = (
             self.settings.max_body_bytes,
             request.body().size_hint().exact(),

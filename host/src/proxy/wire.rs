@@ -8,6 +8,7 @@
 //! side of hyper serves. Message framing follows RFC 9112 §6.
 
 use super::headers::is_hop_by_hop;
+use super::target::remove_dot_segments;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
@@ -72,10 +73,21 @@ pub fn encode_request(
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(prefix.as_bytes());
-    match uri.path_and_query().filter(|pq| pq.path().starts_with('/')) {
-        Some(pq) => out.extend_from_slice(pq.as_str().as_bytes()),
-        None => out.push(b'/'),
+    match uri.path_and_query() {
+        // Asterisk-form (`OPTIONS *`, the only method that gets here with it).
+        Some(pq) if pq.path() == "*" => out.push(b'*'),
+        Some(pq) if pq.path().starts_with('/') => {
+            out.extend_from_slice(prefix.as_bytes());
+            out.extend_from_slice(remove_dot_segments(pq.path()).as_bytes());
+            if let Some(query) = pq.query() {
+                out.push(b'?');
+                out.extend_from_slice(query.as_bytes());
+            }
+        }
+        _ => {
+            out.extend_from_slice(prefix.as_bytes());
+            out.push(b'/');
+        }
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     write_fields(out);
@@ -160,14 +172,23 @@ pub fn parse_response(
         for name in &facts.named {
             headers.remove(name);
         }
+        let both = facts.transfer_encoding.is_some() && facts.length.is_some();
         if facts.transfer_encoding.is_some() {
             // The body is decoded here and framed anew for the client: a
             // length sent alongside chunking must not reach it.
             headers.remove(header::CONTENT_LENGTH);
+        } else if let (Some(length), true) = (facts.length, facts.length_repeated) {
+            // RFC 9110 §8.6: identical repeats (`5, 5`) are one length.
+            headers.remove(header::CONTENT_LENGTH);
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         }
         let framing = facts.framing(status, request_was_head);
+        // RFC 9112 §6.3: a length beside chunking may be an attempt to
+        // desync; the message is relayed by its chunking, the connection
+        // is not trusted with another.
         let keep_alive = framing != Framing::UntilClose
             && framing != Framing::Upgrade
+            && !both
             && facts.keeps_alive(version);
         return Ok(Some(ResponseHead {
             status,
@@ -182,6 +203,9 @@ pub fn parse_response(
 #[derive(Default)]
 struct Facts {
     length: Option<u64>,
+    /// `Content-Length` came as a list or in several fields (all equal, or
+    /// `observe` failed): the one value is written back alone.
+    length_repeated: bool,
     /// `Some(true)` when the last transfer coding is chunked.
     transfer_encoding: Option<bool>,
     close: bool,
@@ -193,6 +217,7 @@ struct Facts {
 impl Facts {
     fn observe(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), WireError> {
         if *name == header::CONTENT_LENGTH {
+            self.length_repeated |= self.length.is_some() || value.contains(&b',');
             for part in value.split(|&b| b == b',') {
                 let n = std::str::from_utf8(part)
                     .ok()
@@ -262,12 +287,59 @@ pub enum Chunk {
     Size { consumed: usize, size: u64 },
 }
 
-/// Parses a chunk-size line (extensions ignored) at the front of `buf`.
+/// Parses a chunk-size line at the front of `buf` (RFC 9112 §7.1:
+/// `1*HEXDIG *chunk-ext CRLF`; extensions are skipped). Stricter than
+/// httparse's: an empty size, a size over 64 bits, a control byte in an
+/// extension or a line not ended by CRLF (a bare LF) is an error, since a
+/// peer that frames differently could smuggle a message past us.
 pub fn chunk_size(buf: &[u8]) -> Result<Chunk, WireError> {
-    match httparse::parse_chunk_size(buf) {
-        Ok(httparse::Status::Complete((consumed, size))) => Ok(Chunk::Size { consumed, size }),
-        Ok(httparse::Status::Partial) => Ok(Chunk::Partial),
-        Err(_) => Err(WireError::BadChunk),
+    let digits = buf.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == buf.len() {
+        return if digits > 16 {
+            Err(WireError::BadChunk)
+        } else {
+            Ok(Chunk::Partial)
+        };
+    }
+    if digits == 0 || digits > 16 {
+        return Err(WireError::BadChunk);
+    }
+    let size = buf[..digits]
+        .iter()
+        .fold(0u64, |n, &b| (n << 4) | u64::from(hex_value(b)));
+    let mut at = digits;
+    while matches!(buf.get(at), Some(b' ' | b'\t')) {
+        at += 1;
+    }
+    match buf.get(at) {
+        None => return Ok(Chunk::Partial),
+        Some(b'\r' | b';') => {}
+        Some(_) => return Err(WireError::BadChunk),
+    }
+    while let Some(&b) = buf.get(at) {
+        if b == b'\r' {
+            return match buf.get(at + 1) {
+                None => Ok(Chunk::Partial),
+                Some(b'\n') => Ok(Chunk::Size {
+                    consumed: at + 2,
+                    size,
+                }),
+                Some(_) => Err(WireError::BadChunk),
+            };
+        }
+        if (b < 0x20 && b != b'\t') || b == 0x7f {
+            return Err(WireError::BadChunk);
+        }
+        at += 1;
+    }
+    Ok(Chunk::Partial)
+}
+
+fn hex_value(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b - b'A' + 10,
     }
 }
 
@@ -346,15 +418,15 @@ mod tests {
         let mut out = Vec::new();
         encode_request(
             &mut out,
-            &Method::GET,
-            "",
+            &Method::OPTIONS,
+            "/api",
             &"*".parse().unwrap(),
             RequestFraming::Chunked,
             |_| {},
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "GET / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+            "OPTIONS * HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
         );
     }
 
@@ -436,6 +508,33 @@ mod tests {
     }
 
     #[test]
+    fn repeated_lengths_become_one_and_conflicts_are_refused() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+        ] {
+            let h = complete(raw);
+            let lengths: Vec<_> = h.headers.get_all("content-length").iter().collect();
+            assert_eq!(lengths, ["5"], "{raw}");
+            assert_eq!(h.framing, Framing::Length(5));
+        }
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5,\r\n\r\n",
+        ] {
+            assert!(head(raw, false).is_err(), "{raw}");
+        }
+        let both =
+            complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
+        assert!(both.headers.get("content-length").is_none());
+        assert!(
+            !both.keep_alive,
+            "a length beside chunking ends the connection"
+        );
+    }
+
+    #[test]
     fn bad_lengths_and_garbage_are_refused() {
         for raw in [
             "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
@@ -494,7 +593,40 @@ mod tests {
             }
         );
         assert_eq!(chunk_size(b"1a").unwrap(), Chunk::Partial);
+        assert_eq!(chunk_size(b"1a;x").unwrap(), Chunk::Partial);
+        assert_eq!(chunk_size(b"1a\r").unwrap(), Chunk::Partial);
+        assert_eq!(
+            chunk_size(b"0 ; a=\"b c\"\r\n").unwrap(),
+            Chunk::Size {
+                consumed: 13,
+                size: 0
+            }
+        );
+        assert_eq!(
+            chunk_size(b"FFFFFFFFFFFFFFFF\r\n").unwrap(),
+            Chunk::Size {
+                consumed: 18,
+                size: u64::MAX
+            }
+        );
         assert!(chunk_size(b"zz\r\n").is_err());
+    }
+
+    #[test]
+    fn chunk_size_lines_that_could_smuggle_are_refused() {
+        for line in [
+            &b"\r\n"[..],
+            b";ext\r\n",
+            b"5\n",
+            b"5;ext\nhello",
+            b"5;a\x01b\r\n",
+            b"5\rX",
+            b"5 x\r\n",
+            b"10000000000000000\r\n",
+            b"10000000000000000",
+        ] {
+            assert!(chunk_size(line).is_err(), "{line:?}");
+        }
         assert_eq!(&chunk_header(255)[..], b"ff\r\n");
     }
 }
