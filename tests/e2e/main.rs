@@ -9,4 +9,5 @@ mod limiter_integrity;
 mod plugins;
 mod rate_limit;
 mod scale_out;
+mod strict_http;
 mod support;

@@ -143,6 +143,8 @@ pub struct ProxyConfig {
     pub max_header_bytes: usize,
     /// A client must send its whole request head within this time.
     pub header_read_timeout: Duration,
+    /// Longest gap allowed between two reads of a request body (408 after it).
+    pub client_body_timeout: Duration,
     /// On shutdown, in-flight requests get this long to finish.
     pub drain_timeout: Duration,
     /// Threads serving the proxy listener; 0: one per CPU the process may use.

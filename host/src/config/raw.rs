@@ -98,6 +98,7 @@ pub struct RawProxy {
     pub max_body_bytes: Option<S<i64>>,
     pub max_header_bytes: Option<S<i64>>,
     pub header_read_timeout: Option<S<String>>,
+    pub client_body_timeout: Option<S<String>>,
     pub drain_timeout: Option<S<String>>,
     pub workers: Option<S<i64>>,
     pub max_backend_connections: Option<S<i64>>,

@@ -350,6 +350,11 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
                 .map(|s| spanned("proxy.header_read_timeout", s)),
             Duration::from_secs(10),
         ),
+        client_body_timeout: c.duration(
+            px.and_then(|p| p.client_body_timeout.as_ref())
+                .map(|s| spanned("proxy.client_body_timeout", s)),
+            Duration::from_secs(60),
+        ),
         drain_timeout: c.duration(
             px.and_then(|p| p.drain_timeout.as_ref())
                 .map(|s| spanned("proxy.drain_timeout", s)),

@@ -106,6 +106,8 @@ where
 /// Counts a response body's bytes; dropping it means the exchange is over.
 pub trait Finish: Send {
     fn add_bytes(&mut self, n: usize);
+    /// The body failed (the backend broke its framing or went away).
+    fn failed(&mut self);
 }
 
 /// A response body that counts bytes and drops its `F` when done (or abandoned).
@@ -146,7 +148,12 @@ where
                     this.finish = None;
                 }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish = None,
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(mut finish) = this.finish.take() {
+                    finish.failed();
+                }
+            }
+            Poll::Ready(None) => this.finish = None,
             Poll::Pending => {}
         }
         polled
@@ -190,6 +197,9 @@ mod tests {
     impl Finish for Count {
         fn add_bytes(&mut self, n: usize) {
             self.0.fetch_add(n, Ordering::SeqCst);
+        }
+        fn failed(&mut self) {
+            self.0.fetch_add(100, Ordering::SeqCst);
         }
     }
     impl Drop for Count {

@@ -32,6 +32,10 @@ pub enum SendError {
     /// No connection could be opened: nothing reached the backend.
     #[error("connect failed: {0}")]
     Connect(String),
+    /// The gateway could not even try: out of file descriptors, memory or
+    /// ephemeral ports. Says nothing about the backend.
+    #[error("local resources exhausted: {0}")]
+    Local(io::Error),
     #[error("connection failed: {0}")]
     Io(#[from] io::Error),
     /// The backend closed the connection before a whole response head.
@@ -47,6 +51,19 @@ pub enum SendError {
 impl SendError {
     pub fn is_connect(&self) -> bool {
         matches!(self, SendError::Connect(_))
+    }
+
+    /// A connect error: the gateway's own shortage, or the backend's failure.
+    pub fn connecting(error: io::Error) -> SendError {
+        const EMFILE: i32 = 24;
+        const ENFILE: i32 = 23;
+        const ENOMEM: i32 = 12;
+        const ENOBUFS: i32 = 105;
+        const EADDRNOTAVAIL: i32 = 99;
+        match error.raw_os_error() {
+            Some(EMFILE | ENFILE | ENOMEM | ENOBUFS | EADDRNOTAVAIL) => SendError::Local(error),
+            _ => SendError::Connect(error.to_string()),
+        }
     }
 }
 

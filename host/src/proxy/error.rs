@@ -18,6 +18,19 @@ pub enum ProxyError {
     BodyTooLarge,
     #[error("Malformed request: {0}")]
     BadRequest(&'static str),
+    /// The client's body broke its own framing (e.g. a bad chunk-size line).
+    #[error("Malformed request body")]
+    BadRequestBody,
+    /// The client stopped sending its body for `proxy.client_body_timeout`.
+    #[error("Client body timeout")]
+    ClientBodyTimeout,
+    /// The client went away before its answer (nginx's 499); nobody reads this one.
+    #[error("Client closed request")]
+    ClientClosed,
+    /// The gateway itself ran out of something (file descriptors, ports):
+    /// this request fails, no backend is blamed.
+    #[error("Gateway out of local resources")]
+    OutOfResources,
     /// Redis is unreachable and `on_shared_failure: deny`.
     #[error("Rate limiter unavailable")]
     LimiterUnavailable,
@@ -29,6 +42,11 @@ pub enum ProxyError {
     PluginFailed,
 }
 
+/// nginx's status for a client that closed its connection before the answer.
+pub fn client_closed() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
 impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
@@ -36,7 +54,10 @@ impl ProxyError {
             ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
             ProxyError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::BadRequestBody => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientClosed => client_closed(),
+            ProxyError::OutOfResources => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::PluginFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::UnknownApiKey => StatusCode::UNAUTHORIZED,
             ProxyError::LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,

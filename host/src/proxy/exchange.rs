@@ -26,6 +26,20 @@ impl Finish for Exchange {
     fn add_bytes(&mut self, n: usize) {
         self.bytes += n as u64;
     }
+
+    /// A backend whose body broke failed this exchange: counted against it,
+    /// and logged as 502 when the client got none of the body (the codec
+    /// then answers 502 itself).
+    fn failed(&mut self) {
+        if let Some(in_flight) = &self.backend {
+            let backend = in_flight.backend();
+            backend.record_failure();
+            self.metrics.record_failure(backend.index);
+        }
+        if self.bytes == 0 {
+            self.status = StatusCode::BAD_GATEWAY;
+        }
+    }
 }
 
 impl Drop for Exchange {

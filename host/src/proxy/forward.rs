@@ -8,26 +8,25 @@ use super::conn::SendError;
 use super::error::ProxyError;
 use super::headers::{self, Forwarding};
 use super::pool::Sending;
+use super::upload::{self, Upload};
 use super::wire::{self, RequestFraming};
 use crate::balancer::{Ctx, InFlight, Tried};
 use crate::health;
-use crate::server::ClientBody;
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, Uri, header};
-use http_body_util::{LengthLimitError, Limited};
-use std::error::Error as _;
-
-pub type RequestBody = Limited<ClientBody>;
 
 impl Proxy {
-    /// Walks the balancer's candidates until one answers with response headers.
+    /// Walks the balancer's candidates until one answers with response
+    /// headers. `in_flight` holds the backend being tried (and, after, the
+    /// one that answered), so a request that ends early is logged with it.
     pub(super) async fn forward(
         &self,
         parts: &mut Parts,
         client: std::net::IpAddr,
-        body: BodySlot<RequestBody>,
+        body: BodySlot<Upload>,
         forwarding: &Forwarding,
-    ) -> Result<(Response<BackendBody>, InFlight), ProxyError> {
+        in_flight: &mut Option<InFlight>,
+    ) -> Result<Response<BackendBody>, ProxyError> {
         let mut tried = Tried::default();
         let mut last_error = ProxyError::NoHealthyBackend;
         let framing = wire::request_framing(
@@ -61,14 +60,14 @@ impl Proxy {
                 head_request: parts.method == Method::HEAD,
                 idempotent,
             };
-            let in_flight = backend.start();
+            *in_flight = Some(backend.start());
             let sent = tokio::time::timeout(
                 self.settings.request_timeout,
                 self.pool.send(index, request),
             )
             .await;
             let error = match sent {
-                Ok(Ok(response)) => return Ok((response, in_flight)),
+                Ok(Ok(response)) => return Ok(response),
                 Ok(Err(error)) => error,
                 Err(_elapsed) => {
                     backend.record_failure();
@@ -77,8 +76,19 @@ impl Proxy {
                     return Err(ProxyError::GatewayTimeout);
                 }
             };
-            if exceeded_body_limit(&error) {
-                return Err(ProxyError::BodyTooLarge);
+            match &error {
+                // The client's body failed: the client's fault, not the backend's.
+                SendError::Body(cause) => {
+                    let answer = upload::blame(cause.as_ref());
+                    tracing::debug!(backend = %backend.name, error = %chain(&error), status = answer.status().as_u16(), "request body failed");
+                    return Err(answer);
+                }
+                // The gateway's own shortage: this request fails, the backend is fine.
+                SendError::Local(_) => {
+                    tracing::warn!(backend = %backend.name, error = %error, "no local resources to reach a backend");
+                    return Err(ProxyError::OutOfResources);
+                }
+                _ => {}
             }
             backend.record_failure();
             self.metrics.record_failure(index);
@@ -146,17 +156,6 @@ fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
-}
-
-fn exceeded_body_limit(error: &SendError) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = error.source();
-    while let Some(e) = source {
-        if e.is::<LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// An error and its causes on one line.

@@ -11,10 +11,11 @@ mod headers;
 mod pool;
 mod target;
 mod upgrade;
+mod upload;
 pub(crate) mod wire;
 
 pub use client_addr::client_ip;
-pub use error::{ProxyError, json_body, json_error};
+pub use error::{ProxyError, client_closed, json_body, json_error};
 
 use crate::balancer::{Backend, BackendSelection};
 use crate::config::{Config, ProxyConfig};
@@ -29,12 +30,13 @@ use bytes::Bytes;
 use exchange::Exchange;
 use forward::Upstream;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
-use http_body_util::{Either, Full, Limited};
+use http_body_util::{Either, Full};
 use hyper::body::Body;
 use pool::Pool;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use upload::Upload;
 
 /// What the client receives: a backend's streamed body or the gateway's own answer.
 pub type ResponseBody = Either<ObservedBody<BackendBody, Exchange>, Full<Bytes>>;
@@ -119,7 +121,9 @@ impl Proxy {
                 .access_log
                 .then(|| (request.method().clone(), request.uri().clone())),
             client,
-            status: StatusCode::OK,
+            // Until an answer is decided: a client that goes away before
+            // that is logged and counted as 499, as nginx does.
+            status: client_closed(),
             backend: None,
             bytes: 0,
             metrics: Arc::clone(&self.metrics),
@@ -185,23 +189,32 @@ impl Proxy {
                     .authority()
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
             };
-            let limit = self
-                .settings
-                .max_body_bytes
-                .map_or(usize::MAX, |m| m as usize);
-            let body = BodySlot::new(Limited::new(body, limit));
+            let body = match Upload::prepare(
+                body,
+                self.settings.max_body_bytes.unwrap_or(u64::MAX),
+                self.settings.client_body_timeout,
+            )
+            .await
+            {
+                Ok(body) => BodySlot::new(body),
+                Err(error) => break 'routed local(error, exchange),
+            };
 
-            let (response, in_flight) =
-                match self.forward(&mut parts, client, body, &forwarding).await {
-                    Ok(answer) => answer,
-                    Err(error) => break 'routed local(error, exchange),
-                };
+            let forwarded = self
+                .forward(&mut parts, client, body, &forwarding, &mut exchange.backend)
+                .await;
+            let response = match forwarded {
+                Ok(response) => response,
+                Err(error) => break 'routed local(error, exchange),
+            };
             exchange.status = response.status();
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let (parts, body) = response.into_parts();
-                if let (Some(client_upgrade), Some(backend)) =
-                    (client_upgrade, body.into_upgraded())
-                {
+                if let (Some(client_upgrade), Some(backend), Some(in_flight)) = (
+                    client_upgrade,
+                    body.into_upgraded(),
+                    exchange.backend.take(),
+                ) {
                     upgrade::tunnel(client_upgrade, backend, in_flight);
                     break 'routed Response::from_parts(
                         parts,
@@ -211,7 +224,6 @@ impl Proxy {
                 // A 101 nobody asked for cannot be relayed over this connection.
                 break 'routed local(ProxyError::BadGateway, exchange);
             }
-            exchange.backend = Some(in_flight);
             response.map(|body| Either::Left(ObservedBody::new(body, exchange)))
         };
         if let Some(decision) = &decision {

@@ -287,7 +287,7 @@ impl Pool {
         let connecting = TcpStream::connect((target.host.as_str(), target.port));
         let stream = match tokio::time::timeout(self.shared.connect_timeout, connecting).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => return Err(SendError::Connect(error.to_string())),
+            Ok(Err(error)) => return Err(SendError::connecting(error)),
             Err(_) => {
                 return Err(SendError::Connect(format!(
                     "timed out after {:?}",

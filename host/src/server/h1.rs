@@ -27,6 +27,8 @@ use tokio::time::Instant;
 
 /// Response bytes gathered before a write; bigger data is written as it is.
 const GATHER: usize = 16 * 1024;
+/// The read and write buffers' size while a request is in hand.
+const BUFFER: usize = 8 * 1024;
 
 /// How a connection's request loop ended.
 enum End {
@@ -74,8 +76,8 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
-    let mut read = BytesMut::with_capacity(8 * 1024);
-    let mut out = Vec::with_capacity(8 * 1024);
+    let mut read = BytesMut::new();
+    let mut out = Vec::new();
     let mut stop = pin!(stop_requested(signal.clone()));
     let mut deadline = pin!(tokio::time::sleep(limits.header_read_timeout));
     loop {
@@ -102,12 +104,9 @@ where
                     .as_mut()
                     .reset(Instant::now() + limits.header_read_timeout);
             }
-            if read.capacity() - read.len() < 1024 {
-                read.reserve(8 * 1024);
-            }
             tokio::select! {
                 biased;
-                result = stream.read_buf(&mut read) => match result {
+                result = fill(stream, &mut read, &mut out) => match result {
                     Ok(0) | Err(_) => return End::Closed,
                     Ok(_) => {}
                 },
@@ -148,6 +147,9 @@ where
             &parts.headers,
             body.size_hint().exact(),
         );
+        if out.capacity() == 0 {
+            out.reserve(BUFFER);
+        }
         date::with_now(|now| {
             head::encode_response(&mut out, parts.status, &parts.headers, delimit, close, now);
         });
@@ -155,6 +157,34 @@ where
         if close || !complete {
             let _ = stream.shutdown().await;
             return End::Closed;
+        }
+    }
+}
+
+/// Reads more of a request head. While there is nothing to read and no
+/// partial request in hand, the connection holds no buffers: an idle
+/// keep-alive connection costs its task, not two buffers of [`BUFFER`].
+async fn fill(
+    stream: &TcpStream,
+    read: &mut BytesMut,
+    out: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    loop {
+        poll_fn(|cx| {
+            let ready = stream.poll_read_ready(cx);
+            if ready.is_pending() && read.is_empty() {
+                *read = BytesMut::new();
+                *out = Vec::new();
+            }
+            ready
+        })
+        .await?;
+        if read.capacity() - read.len() < 1024 {
+            read.reserve(BUFFER);
+        }
+        match stream.try_read_buf(read) {
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            result => return result,
         }
     }
 }
@@ -182,12 +212,14 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     let mut body = pin!(body);
+    let mut flushed = false;
     let mut sent = 0u64;
     let mut trailers: Option<HeaderMap> = None;
     loop {
         let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
+                flushed = true;
                 if !flush(stream, out).await {
                     return false;
                 }
@@ -200,6 +232,18 @@ where
             Some(Err(error)) => {
                 let error: Box<dyn std::error::Error + Send + Sync> = error.into();
                 tracing::debug!(%error, "response body failed");
+                if !flushed && sent == 0 {
+                    // Nothing of the answer has left: the client gets an
+                    // honest 502 instead of a head with a cut body.
+                    out.clear();
+                    date::with_now(|now| {
+                        out.extend(head::json_answer(
+                            http::StatusCode::BAD_GATEWAY,
+                            "Bad gateway: backend failed",
+                            now,
+                        ));
+                    });
+                }
                 let _ = flush(stream, out).await;
                 return false;
             }
@@ -229,6 +273,7 @@ where
                 if data.is_empty() {
                     continue;
                 }
+                sent += data.len() as u64;
                 head::chunk_start(out, data.len());
                 if !put(stream, out, data).await {
                     return false;

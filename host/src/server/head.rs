@@ -231,6 +231,11 @@ pub fn refusal(error: &HeadError, date: &[u8]) -> Vec<u8> {
         ),
         HeadError::Malformed(reason) => (StatusCode::BAD_REQUEST, *reason),
     };
+    json_answer(status, message, date)
+}
+
+/// A whole JSON error response that closes the connection.
+pub fn json_answer(status: StatusCode, message: &str, date: &[u8]) -> Vec<u8> {
     let body = crate::proxy::json_body(status, message);
     let mut headers = HeaderMap::with_capacity(1);
     headers.insert(

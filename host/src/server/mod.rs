@@ -127,6 +127,7 @@ where
     C: FnMut(TcpStream, SocketAddr, watch::Receiver<bool>) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
+    let mut failures = FailureLog::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -135,8 +136,11 @@ where
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(error) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
+                // Out of file descriptors and the like: back off instead of
+                // spinning, and say so once a second, not once per attempt.
+                if let Some(repeated) = failures.count(std::time::Instant::now()) {
+                    tracing::warn!(%error, repeated, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -148,6 +152,29 @@ where
             task.await;
             drop(done);
         });
+    }
+}
+
+/// Counts repeated failures and lets one log line through a second.
+#[derive(Default)]
+struct FailureLog {
+    last: Option<std::time::Instant>,
+    unreported: u64,
+}
+
+impl FailureLog {
+    /// Counts a failure at `now`; returns how many to report (this one
+    /// included) when a line is due.
+    fn count(&mut self, now: std::time::Instant) -> Option<u64> {
+        self.unreported += 1;
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unreported))
     }
 }
 
@@ -189,4 +216,21 @@ async fn serve_with_hyper<I, H, F, B>(
 /// Resolves once shutdown has been requested (immediately if it already was).
 async fn stop_requested(mut signal: watch::Receiver<bool>) {
     let _ = signal.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_failures_are_reported_once_a_second_with_their_count() {
+        let mut log = FailureLog::default();
+        let start = std::time::Instant::now();
+        assert_eq!(log.count(start), Some(1));
+        for ms in 1..40 {
+            assert_eq!(log.count(start + Duration::from_millis(ms * 25)), None);
+        }
+        assert_eq!(log.count(start + Duration::from_millis(1000)), Some(40));
+        assert_eq!(log.count(start + Duration::from_millis(1001)), None);
+    }
 }
