@@ -8,6 +8,8 @@ pub mod clients_cli;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod http1;
+pub mod json_error;
 pub mod limiter;
 pub mod listen;
 pub mod logging;

@@ -3,8 +3,8 @@
 //! their next sync).
 
 use super::json;
+use crate::json_error::json_error;
 use crate::limiter::{KeySource, Limiter, Limits, canonical_client_id};
-use crate::proxy::json_error;
 use crate::store::{ClientRecord, Store, StoreError};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};

@@ -6,9 +6,9 @@ mod clients;
 pub use clients::{ClientView, Clients};
 
 use crate::balancer::Backend;
+use crate::json_error::json_error;
 use crate::limiter::shared::SharedLimiter;
 use crate::metrics::Metrics;
-use crate::proxy::json_error;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;

@@ -1,7 +1,7 @@
 //! IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers-10) and the 429 answer.
 
 use super::Decision;
-use crate::proxy::json_error;
+use crate::json_error::json_error;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;

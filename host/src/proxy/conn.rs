@@ -10,7 +10,8 @@
 
 use super::body::BoxError;
 use super::pool::Permit;
-use super::wire::{self, RequestFraming, ResponseHead, WireError};
+use crate::http1::chunked::{chunk_header, encode_trailers};
+use crate::http1::client::{self as wire, RequestFraming, ResponseHead, WireError};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -290,9 +291,7 @@ where
         sent += data.len() as u64;
         match framing {
             RequestFraming::Chunked => {
-                let mut chunk = wire::chunk_header(data.len())
-                    .chain(data)
-                    .chain(&b"\r\n"[..]);
+                let mut chunk = chunk_header(data.len()).chain(data).chain(&b"\r\n"[..]);
                 write.write_all_buf(&mut chunk).await?;
             }
             RequestFraming::Length(n) if sent > n => {
@@ -304,7 +303,7 @@ where
     match framing {
         RequestFraming::Chunked => {
             let mut end = b"0\r\n".to_vec();
-            wire::encode_trailers(&mut end, &trailers.unwrap_or_default());
+            encode_trailers(&mut end, &trailers.unwrap_or_default());
             write.write_all(&end).await?;
         }
         RequestFraming::Length(n) if sent != n => {

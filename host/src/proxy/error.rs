@@ -1,9 +1,11 @@
 //! The one place where failures become HTTP answers: JSON `{"code","message"}`.
 
+use crate::json_error::json_error;
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+#[cfg(test)]
+use http::header;
+use http::{Response, StatusCode};
 use http_body_util::Full;
-use serde::Serialize;
 
 /// Why the gateway answered a request itself instead of relaying a backend's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -67,33 +69,6 @@ impl ProxyError {
     pub fn into_response(self) -> Response<Full<Bytes>> {
         json_error(self.status(), &self.to_string())
     }
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: u16,
-    message: &'a str,
-}
-
-/// `{"code": <status>, "message": "<text>"}` with `Content-Type: application/json`.
-pub fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(json_body(status, message)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// The JSON error body: `{"code": <status>, "message": "<text>"}`.
-pub fn json_body(status: StatusCode, message: &str) -> Bytes {
-    let body = serde_json::to_vec(&ErrorBody {
-        code: status.as_u16(),
-        message,
-    })
-    .unwrap_or_default();
-    Bytes::from(body)
 }
 
 #[cfg(test)]

@@ -9,9 +9,9 @@ use super::error::ProxyError;
 use super::headers::{self, Forwarding};
 use super::pool::Sending;
 use super::upload::{self, Upload};
-use super::wire::{self, RequestFraming};
 use crate::balancer::{Ctx, InFlight, Tried};
 use crate::health;
+use crate::http1::client::{self as wire, RequestFraming};
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, Uri, header};
 

@@ -5,27 +5,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::cell::RefCell;
 use std::net::IpAddr;
 
-use super::wire;
-
-/// Headers that describe one connection rather than the message (RFC 9110 §7.6.1).
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("http2-settings"),
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+use crate::http1::fields::{self, HOP_BY_HOP, is_hop_by_hop};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// True for a header that never crosses the proxy whatever `Connection` says.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
-}
 
 /// Removes `Connection`, every header it names, the fixed hop-by-hop set and `Proxy-*`.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
@@ -155,13 +139,13 @@ pub fn write_request_fields(
             }
             host_kept = true;
         }
-        wire::field(out, name.as_str().as_bytes(), value.as_bytes());
+        fields::field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     let forwarded_host = target_host.or(host);
     if (host.is_none() || target_host.is_some())
         && let Some(host) = forwarded_host.or(fallback_host)
     {
-        wire::field(out, b"host", host.as_bytes());
+        fields::field(out, b"host", host.as_bytes());
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     for prior in prior_for {
@@ -171,10 +155,10 @@ pub fn write_request_fields(
     write_peer(out, forwarding.peer);
     out.extend_from_slice(b"\r\n");
     if !proto_kept {
-        wire::field(out, b"x-forwarded-proto", b"http");
+        fields::field(out, b"x-forwarded-proto", b"http");
     }
     if !host_kept && let Some(host) = forwarded_host {
-        wire::field(out, b"x-forwarded-host", host.as_bytes());
+        fields::field(out, b"x-forwarded-host", host.as_bytes());
     }
 }
 

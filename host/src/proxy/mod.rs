@@ -12,10 +12,9 @@ mod pool;
 mod target;
 mod upgrade;
 mod upload;
-pub(crate) mod wire;
 
 pub use client_addr::client_ip;
-pub use error::{ProxyError, client_closed, json_body, json_error};
+pub use error::{ProxyError, client_closed};
 
 use crate::balancer::{Backend, BackendSelection};
 use crate::config::{Config, ProxyConfig};

@@ -8,7 +8,7 @@
 use super::backend_body::BackendBody;
 use super::body::{BodySlot, BoxError};
 use super::conn::{Conn, Failure, Outgoing, SendError};
-use super::wire::RequestFraming;
+use crate::http1::client::RequestFraming;
 use bytes::Bytes;
 use http::{Response, Uri};
 use http_body::Body;

@@ -7,9 +7,10 @@
 //! HTTP/1.1 request needs and hands the connection, unread bytes first, to
 //! hyper when a request needs more (see `head`).
 
-use super::head::{self, Delimit, Head, HeadError, Parsed};
+use super::refusal;
 use super::rewind::Rewound;
 use super::{ClientBody, ConnLimits, date, serve_with_hyper, stop_requested};
+use crate::http1::server::{self as head, Delimit, Head, HeadError, Parsed};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response};
 use http_body::Body;
@@ -58,7 +59,9 @@ pub async fn serve_connection<H, F, B>(
             let serve = move |request: Request<hyper::body::Incoming>| {
                 handler(request.map(ClientBody::Streamed), peer)
             };
-            serve_with_hyper(io, peer, serve, &builder, signal).await;
+            // Boxed: hyper's connection state would otherwise make every
+            // connection's task as large as the rare handed-over one.
+            Box::pin(serve_with_hyper(io, peer, serve, &builder, signal)).await;
         }
     }
 }
@@ -119,7 +122,10 @@ where
         };
 
         let head_request = request.method() == Method::HEAD;
-        let mut handling = pin!(handler(request.map(|()| ClientBody::Empty), peer));
+        // On the heap only while the request is in hand: the connection's own
+        // task stays small between requests (the proxy's request future is
+        // kilobytes, and an idle keep-alive connection should not carry it).
+        let mut handling = Box::pin(handler(request.map(|()| ClientBody::Empty), peer));
         // While the request is in flight, a client that closes its side
         // cancels it, as with hyper (without half-close) and nginx: the
         // backend exchange is dropped with the future. Pipelined bytes are
@@ -192,7 +198,7 @@ async fn fill(
 /// Answers a head the codec refuses (400 or 431, JSON) and closes.
 async fn refuse(stream: &mut TcpStream, error: &HeadError) {
     tracing::debug!(?error, "request head refused");
-    let response = date::with_now(|now| head::refusal(error, now));
+    let response = date::with_now(|now| refusal::refusal(error, now));
     let _ = stream.write_all(&response).await;
     let _ = stream.shutdown().await;
 }
@@ -237,7 +243,7 @@ where
                     // honest 502 instead of a head with a cut body.
                     out.clear();
                     date::with_now(|now| {
-                        out.extend(head::json_answer(
+                        out.extend(refusal::json_answer(
                             http::StatusCode::BAD_GATEWAY,
                             "Bad gateway: backend failed",
                             now,

@@ -10,7 +10,7 @@
 mod client_body;
 mod date;
 mod h1;
-mod head;
+mod refusal;
 mod rewind;
 
 pub use client_body::ClientBody;

@@ -6,7 +6,8 @@
 //! body, an upgrade or `Expect`. Anything else is [`Parsed::HandOver`]: the
 //! connection goes, with its unread bytes, to hyper's complete implementation.
 
-use crate::proxy::wire;
+use super::chunked::{chunk_header, encode_trailers};
+use super::fields::field;
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
@@ -187,72 +188,39 @@ pub fn encode_response(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
-        wire::field(out, name.as_str().as_bytes(), value.as_bytes());
+        field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if add_framing {
         match delimit {
             Delimit::Length(n) => {
-                wire::field(
+                field(
                     out,
                     b"content-length",
                     itoa::Buffer::new().format(n).as_bytes(),
                 );
             }
-            Delimit::Chunked => wire::field(out, b"transfer-encoding", b"chunked"),
+            Delimit::Chunked => field(out, b"transfer-encoding", b"chunked"),
             Delimit::None => {}
         }
     }
     if !headers.contains_key(header::DATE) {
-        wire::field(out, b"date", date);
+        field(out, b"date", date);
     }
     if close {
-        wire::field(out, b"connection", b"close");
+        field(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
 }
 
 /// A chunk's size line.
 pub fn chunk_start(out: &mut Vec<u8>, len: usize) {
-    out.extend_from_slice(&wire::chunk_header(len));
+    out.extend_from_slice(&chunk_header(len));
 }
 
 /// The last chunk, with trailers when the client accepts them.
 pub fn chunked_end(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
     out.extend_from_slice(b"0\r\n");
-    wire::encode_trailers(out, trailers.unwrap_or(&HeaderMap::new()));
-}
-
-/// The gateway's own answer to a head it refuses, as a complete response.
-pub fn refusal(error: &HeadError, date: &[u8]) -> Vec<u8> {
-    let (status, message) = match error {
-        HeadError::TooLarge => (
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request head too large",
-        ),
-        HeadError::Malformed(reason) => (StatusCode::BAD_REQUEST, *reason),
-    };
-    json_answer(status, message, date)
-}
-
-/// A whole JSON error response that closes the connection.
-pub fn json_answer(status: StatusCode, message: &str, date: &[u8]) -> Vec<u8> {
-    let body = crate::proxy::json_body(status, message);
-    let mut headers = HeaderMap::with_capacity(1);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let mut out = Vec::new();
-    encode_response(
-        &mut out,
-        status,
-        &headers,
-        (Delimit::Length(body.len() as u64), true),
-        true,
-        date,
-    );
-    out.extend_from_slice(&body);
-    out
+    encode_trailers(out, trailers.unwrap_or(&HeaderMap::new()));
 }
 
 #[cfg(test)]
@@ -432,17 +400,5 @@ mod tests {
         trailers.insert("x-sum", HeaderValue::from_static("9"));
         chunked_end(&mut out, Some(&trailers));
         assert_eq!(out.as_slice(), b"ff\r\n0\r\nx-sum: 9\r\n\r\n");
-    }
-
-    #[test]
-    fn refusals_are_json() {
-        let answer = refusal(&HeadError::TooLarge, b"d");
-        let text = std::str::from_utf8(&answer).unwrap();
-        assert!(text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
-        assert!(text.contains("content-type: application/json\r\n"));
-        assert!(text.contains("connection: close\r\n"));
-        assert!(text.ends_with(r#"{"code":431,"message":"request head too large"}"#));
-        let answer = refusal(&HeadError::Malformed("bad method"), b"d");
-        assert!(answer.ends_with(br#"{"code":400,"message":"bad method"}"#));
     }
 }
