@@ -87,11 +87,7 @@ where
         // A head within `header_read_timeout` of starting to wait for it,
         // idle keep-alive time included.
         let mut waiting = false;
-        let Head {
-            request,
-            close,
-            trailers,
-        } = loop {
+        let head = loop {
             match head::parse_request(&mut read, limits.max_header_bytes) {
                 Ok(Parsed::Request(head)) => break head,
                 Ok(Parsed::HandOver) => return End::HandOver(read),
@@ -121,50 +117,85 @@ where
             }
         };
 
-        let head_request = request.method() == Method::HEAD;
-        // On the heap only while the request is in hand: the connection's own
-        // task stays small between requests (the proxy's request future is
-        // kilobytes, and an idle keep-alive connection should not carry it).
-        let mut handling = Box::pin(handler(request.map(|()| ClientBody::Empty), peer));
-        // While the request is in flight, a client that closes its side
-        // cancels it, as with hyper (without half-close) and nginx: the
-        // backend exchange is dropped with the future. Pipelined bytes are
-        // kept for later, up to one head's worth.
-        let response = loop {
-            tokio::select! {
-                biased;
-                response = &mut handling => break response,
-                result = stream.read_buf(&mut read), if read.len() < limits.max_header_bytes => {
-                    match result {
-                        Ok(0) | Err(_) => {
-                            tracing::debug!(%peer, "client closed with its request in flight");
-                            return End::Closed;
-                        }
-                        Ok(_) => {}
-                    }
-                }
-            }
-        };
-        let close = close || *signal.borrow();
-        let (parts, body) = response.into_parts();
-        let delimit = head::delimit(
-            parts.status,
-            head_request,
-            &parts.headers,
-            body.size_hint().exact(),
-        );
-        if out.capacity() == 0 {
-            out.reserve(BUFFER);
-        }
-        date::with_now(|now| {
-            head::encode_response(&mut out, parts.status, &parts.headers, delimit, close, now);
-        });
-        let complete = write_body(stream, &mut out, body, delimit.0, trailers).await;
-        if close || !complete {
-            let _ = stream.shutdown().await;
+        // The request's whole exchange (the proxy's request future, the
+        // response and its write) lives on the heap only while the request
+        // is in hand: between requests the connection's task is small.
+        let kept = Box::pin(answer(
+            stream,
+            &mut read,
+            &mut out,
+            (peer, handler, limits, &signal),
+            head,
+        ))
+        .await;
+        if !kept {
             return End::Closed;
         }
     }
+}
+
+/// Runs the handler for one request and writes its response; `false` when
+/// the connection must close (the client asked, it went away, shutdown, or
+/// the response could not go out whole).
+async fn answer<H, F, B>(
+    stream: &mut TcpStream,
+    read: &mut BytesMut,
+    out: &mut Vec<u8>,
+    (peer, handler, limits, signal): (SocketAddr, &H, ConnLimits, &watch::Receiver<bool>),
+    head: Head,
+) -> bool
+where
+    H: Fn(Request<ClientBody>, SocketAddr) -> F,
+    F: Future<Output = Response<B>>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    let Head {
+        request,
+        close,
+        trailers,
+    } = head;
+    let head_request = request.method() == Method::HEAD;
+    let mut handling = pin!(handler(request.map(|()| ClientBody::Empty), peer));
+    // While the request is in flight, a client that closes its side
+    // cancels it, as with hyper (without half-close) and nginx: the
+    // backend exchange is dropped with the future. Pipelined bytes are
+    // kept for later, up to one head's worth.
+    let response = loop {
+        tokio::select! {
+            biased;
+            response = &mut handling => break response,
+            result = stream.read_buf(read), if read.len() < limits.max_header_bytes => {
+                match result {
+                    Ok(0) | Err(_) => {
+                        tracing::debug!(%peer, "client closed with its request in flight");
+                        return false;
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+    };
+    let close = close || *signal.borrow();
+    let (parts, body) = response.into_parts();
+    let delimit = head::delimit(
+        parts.status,
+        head_request,
+        &parts.headers,
+        body.size_hint().exact(),
+    );
+    if out.capacity() == 0 {
+        out.reserve(BUFFER);
+    }
+    date::with_now(|now| {
+        head::encode_response(out, parts.status, &parts.headers, delimit, close, now);
+    });
+    let complete = write_body(stream, out, body, delimit.0, trailers).await;
+    if close || !complete {
+        let _ = stream.shutdown().await;
+        return false;
+    }
+    true
 }
 
 /// Reads more of a request head. While there is nothing to read and no
