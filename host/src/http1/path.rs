@@ -30,6 +30,10 @@ fn dots(segment: &str) -> Option<usize> {
 /// and `..` may also be percent-encoded (`%2e%2E`). `..` above the root
 /// stays at the root. Paths without such a segment are returned as they are.
 pub fn remove_dot_segments(path: &str) -> Cow<'_, str> {
+    // Most paths have no '.' or '%' at all: one pass over the bytes settles it.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return Cow::Borrowed(path);
+    }
     let segments = || path.split('/').skip(1);
     if !segments().any(|s| dots(s).is_some()) {
         return Cow::Borrowed(path);

@@ -117,7 +117,7 @@ pub fn write_request_fields(
     for (name, value) in headers {
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
-            || name.as_str().as_bytes().contains(&b'_')
+            || name.as_str().bytes().any(|b| b == b'_')
         {
             continue;
         } else if name == header::HOST {

@@ -188,15 +188,19 @@ impl Proxy {
                     .authority()
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
             };
-            let body = match Upload::prepare(
-                body,
-                self.settings.max_body_bytes.unwrap_or(u64::MAX),
-                self.settings.client_body_timeout,
-            )
-            .await
-            {
-                Ok(body) => BodySlot::new(body),
-                Err(error) => break 'routed local(error, exchange),
+            let body = if body.is_end_stream() {
+                BodySlot::new(Upload::Whole(None))
+            } else {
+                match Upload::prepare(
+                    body,
+                    self.settings.max_body_bytes.unwrap_or(u64::MAX),
+                    self.settings.client_body_timeout,
+                )
+                .await
+                {
+                    Ok(body) => BodySlot::new(body),
+                    Err(error) => break 'routed local(error, exchange),
+                }
             };
 
             let forwarded = self

@@ -3,7 +3,6 @@
 //! written for a backend: `http1::path`.)
 
 use super::error::ProxyError;
-use http::uri::Authority;
 use http::{HeaderMap, Method, Uri, Version, header};
 
 /// Refuses a target or `Host` a strict HTTP/1.1 server refuses (400).
@@ -50,7 +49,7 @@ pub fn check(
         (Some(_), Some(_)) => Err(ProxyError::BadRequest("more than one Host")),
         (Some(host), None) => {
             let value = host.as_bytes();
-            let valid = value.is_empty() || (!value.contains(&b'@') && is_authority(value));
+            let valid = value.is_empty() || is_authority(value);
             if valid {
                 Ok(())
             } else {
@@ -60,13 +59,58 @@ pub fn check(
     }
 }
 
-/// `host[:port]` with a numeric port (`Authority` alone takes `h:port`).
+/// `host[:port]` (RFC 3986 §3.2.2-3.2.3 without user info): a reg-name,
+/// IPv4 address or bracketed IP literal, and an all-digit port. Checked
+/// byte by byte: this runs on every request.
 fn is_authority(value: &[u8]) -> bool {
-    Authority::try_from(value).is_ok_and(|a| {
-        let port = a.port().map_or(0, |p| p.as_str().len() + 1);
-        a.host().len() + port == a.as_str().len()
-    })
+    let (host, port) = match value.iter().rposition(|&b| b == b':') {
+        Some(at) if value[at..].iter().all(|&b| b != b']') => (&value[..at], &value[at + 1..]),
+        _ => (value, &b""[..]),
+    };
+    port.len() <= 5 && port.iter().all(u8::is_ascii_digit) && is_host(host)
 }
+
+fn is_host(host: &[u8]) -> bool {
+    match host {
+        [b'[', literal @ .., b']'] => {
+            !literal.is_empty()
+                && literal
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        }
+        _ => !host.is_empty() && host.iter().all(|&b| REG_NAME[usize::from(b)]),
+    }
+}
+
+/// The bytes of a reg-name or IPv4 address: unreserved, sub-delims and `%`.
+static REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {

@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -66,6 +67,22 @@ pub async fn serve_connection<H, F, B>(
     }
 }
 
+/// How long a connection with nothing to read keeps its buffers and its
+/// request state before it goes idle and gives them back.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// How a busy phase ended.
+enum Busy {
+    Ended(End),
+    /// No request for [`LINGER`]; the wait for the next head began then.
+    Idle(Instant),
+}
+
+/// Serves a connection in two phases. Busy: buffers and the request's
+/// future live on the heap while requests keep coming (one allocation per
+/// spell of activity, none per request). Idle: after [`LINGER`] without a
+/// request, the connection gives all that back and waits with nothing but
+/// its socket and a timer, so an idle keep-alive connection costs little.
 async fn requests<H, F, B>(
     stream: &mut TcpStream,
     peer: SocketAddr,
@@ -79,149 +96,137 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
-    let mut read = BytesMut::new();
-    let mut out = Vec::new();
-    let mut stop = pin!(stop_requested(signal.clone()));
-    let mut deadline = pin!(tokio::time::sleep(limits.header_read_timeout));
+    let mut waiting_since = Instant::now();
     loop {
+        let busy = Box::pin(busy(stream, peer, handler, limits, &signal, waiting_since));
+        match busy.await {
+            Busy::Ended(end) => return end,
+            Busy::Idle(since) => waiting_since = since,
+        }
         // A head within `header_read_timeout` of starting to wait for it,
         // idle keep-alive time included.
-        let mut waiting = false;
-        let head = loop {
-            match head::parse_request(&mut read, limits.max_header_bytes) {
-                Ok(Parsed::Request(head)) => break head,
-                Ok(Parsed::HandOver) => return End::HandOver(read),
-                Ok(Parsed::Partial) => {}
-                Err(error) => {
-                    refuse(stream, &error).await;
-                    return End::Closed;
-                }
+        tokio::select! {
+            biased;
+            ready = stream.readable() => if ready.is_err() {
+                return End::Closed;
+            },
+            () = tokio::time::sleep_until(waiting_since + limits.header_read_timeout) => {
+                tracing::debug!(%peer, "no request head in time");
+                return End::Closed;
             }
-            if !waiting {
-                waiting = true;
-                deadline
-                    .as_mut()
-                    .reset(Instant::now() + limits.header_read_timeout);
-            }
-            tokio::select! {
-                biased;
-                result = fill(stream, &mut read, &mut out) => match result {
-                    Ok(0) | Err(_) => return End::Closed,
-                    Ok(_) => {}
-                },
-                () = &mut deadline => {
-                    tracing::debug!(%peer, "no request head in time");
-                    return End::Closed;
-                }
-                () = &mut stop => return End::Closed,
-            }
-        };
-
-        // The request's whole exchange (the proxy's request future, the
-        // response and its write) lives on the heap only while the request
-        // is in hand: between requests the connection's task is small.
-        let kept = Box::pin(answer(
-            stream,
-            &mut read,
-            &mut out,
-            (peer, handler, limits, &signal),
-            head,
-        ))
-        .await;
-        if !kept {
-            return End::Closed;
+            () = stop_requested(signal.clone()) => return End::Closed,
         }
     }
 }
 
-/// Runs the handler for one request and writes its response; `false` when
-/// the connection must close (the client asked, it went away, shutdown, or
-/// the response could not go out whole).
-async fn answer<H, F, B>(
+/// Serves requests until the connection closes, is handed over, or has had
+/// nothing to read for [`LINGER`]. The first head has been awaited since
+/// `waiting_since`.
+async fn busy<H, F, B>(
     stream: &mut TcpStream,
-    read: &mut BytesMut,
-    out: &mut Vec<u8>,
-    (peer, handler, limits, signal): (SocketAddr, &H, ConnLimits, &watch::Receiver<bool>),
-    head: Head,
-) -> bool
+    peer: SocketAddr,
+    handler: &H,
+    limits: ConnLimits,
+    signal: &watch::Receiver<bool>,
+    waiting_since: Instant,
+) -> Busy
 where
     H: Fn(Request<ClientBody>, SocketAddr) -> F,
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
-    let Head {
-        request,
-        close,
-        trailers,
-    } = head;
-    let head_request = request.method() == Method::HEAD;
-    let mut handling = pin!(handler(request.map(|()| ClientBody::Empty), peer));
-    // While the request is in flight, a client that closes its side
-    // cancels it, as with hyper (without half-close) and nginx: the
-    // backend exchange is dropped with the future. Pipelined bytes are
-    // kept for later, up to one head's worth.
-    let response = loop {
-        tokio::select! {
-            biased;
-            response = &mut handling => break response,
-            result = stream.read_buf(read), if read.len() < limits.max_header_bytes => {
-                match result {
-                    Ok(0) | Err(_) => {
-                        tracing::debug!(%peer, "client closed with its request in flight");
-                        return false;
-                    }
-                    Ok(_) => {}
+    let mut read = BytesMut::with_capacity(BUFFER);
+    let mut out = Vec::with_capacity(BUFFER);
+    let mut stop = pin!(stop_requested(signal.clone()));
+    let mut deadline = pin!(tokio::time::sleep_until(waiting_since + LINGER));
+    let mut first = Some(waiting_since);
+    loop {
+        // A head within `header_read_timeout` of starting to wait for it,
+        // idle keep-alive time included; with nothing read for `LINGER`,
+        // the connection goes idle instead.
+        let mut waiting: Option<Instant> = None;
+        let Head {
+            request,
+            close,
+            trailers,
+        } = loop {
+            match head::parse_request(&mut read, limits.max_header_bytes) {
+                Ok(Parsed::Request(head)) => break head,
+                Ok(Parsed::HandOver) => return Busy::Ended(End::HandOver(read)),
+                Ok(Parsed::Partial) => {}
+                Err(error) => {
+                    refuse(stream, &error).await;
+                    return Busy::Ended(End::Closed);
                 }
             }
-        }
-    };
-    let close = close || *signal.borrow();
-    let (parts, body) = response.into_parts();
-    let delimit = head::delimit(
-        parts.status,
-        head_request,
-        &parts.headers,
-        body.size_hint().exact(),
-    );
-    if out.capacity() == 0 {
-        out.reserve(BUFFER);
-    }
-    date::with_now(|now| {
-        head::encode_response(out, parts.status, &parts.headers, delimit, close, now);
-    });
-    let complete = write_body(stream, out, body, delimit.0, trailers).await;
-    if close || !complete {
-        let _ = stream.shutdown().await;
-        return false;
-    }
-    true
-}
-
-/// Reads more of a request head. While there is nothing to read and no
-/// partial request in hand, the connection holds no buffers: an idle
-/// keep-alive connection costs its task, not two buffers of [`BUFFER`].
-async fn fill(
-    stream: &TcpStream,
-    read: &mut BytesMut,
-    out: &mut Vec<u8>,
-) -> std::io::Result<usize> {
-    loop {
-        poll_fn(|cx| {
-            let ready = stream.poll_read_ready(cx);
-            if ready.is_pending() && read.is_empty() {
-                *read = BytesMut::new();
-                *out = Vec::new();
+            let since = *waiting.get_or_insert_with(|| {
+                let since = first.take().unwrap_or_else(Instant::now);
+                deadline
+                    .as_mut()
+                    .reset(since + LINGER.min(limits.header_read_timeout));
+                since
+            });
+            if read.capacity() - read.len() < 1024 {
+                read.reserve(BUFFER);
             }
-            ready
-        })
-        .await?;
-        if read.capacity() - read.len() < 1024 {
-            read.reserve(BUFFER);
-        }
-        match stream.try_read_buf(read) {
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-            result => return result,
+            tokio::select! {
+                biased;
+                result = stream.read_buf(&mut read) => match result {
+                    Ok(0) | Err(_) => return Busy::Ended(End::Closed),
+                    Ok(_) => {}
+                },
+                () = &mut deadline => {
+                    let timeout = since + limits.header_read_timeout;
+                    if Instant::now() >= timeout {
+                        tracing::debug!(%peer, "no request head in time");
+                        return Busy::Ended(End::Closed);
+                    }
+                    if read.is_empty() {
+                        return Busy::Idle(since);
+                    }
+                    deadline.as_mut().reset(timeout);
+                }
+                () = &mut stop => return Busy::Ended(End::Closed),
+            }
+        };
+
+        let head_request = request.method() == Method::HEAD;
+        let mut handling = pin!(handler(request.map(|()| ClientBody::Empty), peer));
+        // While the request is in flight, a client that closes its side
+        // cancels it, as with hyper (without half-close) and nginx: the
+        // backend exchange is dropped with the future. Pipelined bytes are
+        // kept for later, up to one head's worth.
+        let response = loop {
+            tokio::select! {
+                biased;
+                response = &mut handling => break response,
+                result = stream.read_buf(&mut read), if read.len() < limits.max_header_bytes => {
+                    match result {
+                        Ok(0) | Err(_) => {
+                            tracing::debug!(%peer, "client closed with its request in flight");
+                            return Busy::Ended(End::Closed);
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            }
+        };
+        let close = close || *signal.borrow();
+        let (parts, body) = response.into_parts();
+        let delimit = head::delimit(
+            parts.status,
+            head_request,
+            &parts.headers,
+            body.size_hint().exact(),
+        );
+        date::with_now(|now| {
+            head::encode_response(&mut out, parts.status, &parts.headers, delimit, close, now);
+        });
+        let complete = write_body(stream, &mut out, body, delimit.0, trailers).await;
+        if close || !complete {
+            let _ = stream.shutdown().await;
+            return Busy::Ended(End::Closed);
         }
     }
 }
