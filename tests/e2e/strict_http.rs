@@ -1,4 +1,5 @@
-//! Strict HTTP/1.1 at the edge and honest blame, over raw sockets: what a
+//! Edge hardening over raw sockets (strict HTTP/1.1, honest blame, slow and
+//! idle clients): what a
 //! hostile client or a broken backend sends, and the exact bytes a backend
 //! then receives.
 
@@ -472,4 +473,71 @@ async fn out_of_file_descriptors_fails_the_request_not_the_backend() {
     let (status, _, body) = get(&client(), &gw.url("/")).await;
     assert_eq!(status, 200, "{body}");
     gw.wait_log(|l| l.contains("\"status\":200"), Duration::from_secs(5));
+}
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_costs_under_4_kib() {
+    const CONNECTIONS: usize = 2000;
+    let backend = TestBackend::start("b").await;
+    let gw = Gateway::start(&config(
+        &[&backend],
+        "proxy:\n  workers: 1\nhealth_check:\n  enabled: false\n",
+    ));
+    // One request on each connection, then silence; 50 at a time.
+    async fn one(addr: SocketAddr) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        while !buf.ends_with(b"\r\n\r\nb") {
+            let mut chunk = [0u8; 512];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed early");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        stream
+    }
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(one(gw.addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let before = rss(gw.pid());
+    for _ in 0..CONNECTIONS / 50 {
+        let batch: Vec<_> = (0..50).map(|_| tokio::spawn(one(gw.addr))).collect();
+        for task in batch {
+            idle.push(task.await.unwrap());
+        }
+    }
+    // Past the one-second linger every connection has given its buffers
+    // back; the allocator returns the freed pages to the system within its
+    // purge delay (mimalloc: seconds).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let per_connection = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let per_connection = rss(gw.pid()).saturating_sub(before) / CONNECTIONS as u64;
+        if per_connection <= 4096 || Instant::now() > deadline {
+            break per_connection;
+        }
+    };
+    eprintln!("{per_connection} bytes per idle connection");
+    assert!(per_connection <= 4096, "{per_connection} bytes per idle connection");
+    // They are still served.
+    let mut last = idle.pop().unwrap();
+    last.write_all(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    last.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
 }
