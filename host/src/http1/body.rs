@@ -20,7 +20,7 @@ pub enum State {
     ChunkEnd,
     Trailers,
     UntilClose,
-    /// 101: the connection is waiting for [`BackendBody::into_upgraded`].
+    /// 101: the connection now belongs to an upgrade; the body reader stops.
     Upgraded,
     Done,
 }

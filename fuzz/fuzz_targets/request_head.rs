@@ -1,0 +1,39 @@
+//! Request heads as a client sends them: the codec never panics, agrees
+//! with httparse on where a head it serves ends, and serves only what it
+//! may (no body, no upgrade, no `Expect`; everything else handed over).
+#![no_main]
+
+use bytes::BytesMut;
+use gateway::http1::server::{Parsed, parse_request};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut buf = BytesMut::from(data);
+    let Ok(parsed) = parse_request(&mut buf, 8192) else {
+        return;
+    };
+    match parsed {
+        Parsed::Partial | Parsed::HandOver => assert_eq!(&buf[..], data, "untouched"),
+        Parsed::Request(head) => {
+            let consumed = data.len() - buf.len();
+            assert!(consumed <= 8192);
+            let mut fields = [httparse::EMPTY_HEADER; 100];
+            let mut reference = httparse::Request::new(&mut fields);
+            match reference.parse(data) {
+                Ok(httparse::Status::Complete(len)) => assert_eq!(len, consumed),
+                other => panic!("served a head httparse reads as {other:?}"),
+            }
+            assert_eq!(reference.version, Some(1));
+            let headers = head.request.headers();
+            assert!(headers.get("transfer-encoding").is_none());
+            assert!(headers.get("expect").is_none());
+            assert!(headers.get("upgrade").is_none());
+            assert!(
+                headers
+                    .get_all("content-length")
+                    .iter()
+                    .all(|v| v.as_bytes() == b"0")
+            );
+        }
+    }
+});
