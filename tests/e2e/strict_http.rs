@@ -497,7 +497,10 @@ async fn an_idle_keep_alive_connection_costs_under_4_kib() {
     // One request on each connection, then silence; 50 at a time.
     async fn one(addr: SocketAddr) -> TcpStream {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
         let mut buf = Vec::new();
         while !buf.ends_with(b"\r\n\r\nb") {
             let mut chunk = [0u8; 512];
@@ -531,7 +534,10 @@ async fn an_idle_keep_alive_connection_costs_under_4_kib() {
         }
     };
     eprintln!("{per_connection} bytes per idle connection");
-    assert!(per_connection <= 4096, "{per_connection} bytes per idle connection");
+    assert!(
+        per_connection <= 4096,
+        "{per_connection} bytes per idle connection"
+    );
     // They are still served.
     let mut last = idle.pop().unwrap();
     last.write_all(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
