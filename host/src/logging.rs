@@ -7,7 +7,9 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `log.level`.
 /// Keep the guard alive: dropping it flushes what is still buffered.
 pub fn init(config: &LogConfig) -> WorkerGuard {
-    let filter = EnvFilter::try_from_default_env()
+    let filter = std::env::var("RUST_LOG")
+        .map_err(|_| ())
+        .and_then(|env| EnvFilter::try_new(crate::config::filter_directives(&env)).map_err(|_| ()))
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());

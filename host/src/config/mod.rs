@@ -7,6 +7,21 @@ mod validate;
 
 pub use load::{LoadError, Overrides, load, parse};
 
+/// A log filter (`log.level`, `RUST_LOG`) with each comma-separated
+/// directive trimmed and the empty ones dropped. tracing-subscriber 0.3
+/// reads a directive's characters from its trimmed text but slices the
+/// untrimmed one with those positions, and panics on a directive that
+/// starts with blanks (found by the config fuzz target); trimmed first, the
+/// two agree.
+pub fn filter_directives(filter: &str) -> String {
+    filter
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 use crate::limiter::shared::OnSharedFailure;
 use crate::limiter::{KeySource, Limits, UnknownKeys};
 use hyper::Uri;
@@ -217,5 +232,29 @@ impl fmt::Display for Problem {
             }
             _ => write!(f, "{}: {}", self.path, self.message),
         }
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    #[test]
+    fn directives_with_blanks_are_trimmed_and_parse_without_panicking() {
+        assert_eq!(
+            filter_directives(" info ,\t gateway=debug,,"),
+            "info,gateway=debug"
+        );
+        let found = "iiiiii\t\t,\t\t0:fr~@\t\t\t,\t0:fr~@,he19\t0:fr~@,h\t,\t0:fr~@";
+        let _ = filter_directives(found).parse::<tracing_subscriber::EnvFilter>();
+        let parsed = parse(
+            &format!("backends: [http://127.0.0.1:1]\nlog:\n  level: \"{found}\"\n"),
+            &Overrides::default(),
+        );
+        let config = parsed.expect("blank-padded directives are a valid filter");
+        assert_eq!(
+            config.log.level,
+            "iiiiii,0:fr~@,0:fr~@,he19\t0:fr~@,h,0:fr~@"
+        );
     }
 }
