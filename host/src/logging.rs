@@ -1,6 +1,6 @@
 //! Log setup: one subscriber, pretty or JSON, written off the request path by a background thread.
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat, log_filter};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
@@ -9,8 +9,8 @@ use tracing_subscriber::EnvFilter;
 pub fn init(config: &LogConfig) -> WorkerGuard {
     let filter = std::env::var("RUST_LOG")
         .map_err(|_| ())
-        .and_then(|env| EnvFilter::try_new(crate::config::filter_directives(&env)).map_err(|_| ()))
-        .or_else(|_| EnvFilter::try_new(&config.level))
+        .and_then(|env| log_filter(&env).map_err(|_| ()))
+        .or_else(|_| log_filter(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()

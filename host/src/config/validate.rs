@@ -401,7 +401,7 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
         .or_else(|| lg.and_then(|l| l.level.as_ref()).map(|s| s.value.clone()))
         .unwrap_or_else(|| "info".to_owned());
     let level = super::filter_directives(&level);
-    if let Err(e) = level.parse::<tracing_subscriber::EnvFilter>() {
+    if let Err(e) = super::log_filter(&level) {
         let input = match lg.and_then(|l| l.level.as_ref()) {
             Some(s) if over.log_level.is_none() => spanned("log.level", s),
             _ => flag("GATEWAY_LOG_LEVEL", &level),
