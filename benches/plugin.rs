@@ -8,7 +8,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gateway::balancer::{Backend, Ctx, Tried, build};
-use gateway::config::Algorithm;
+use gateway::config::{Algorithm, PluginsConfig};
 use gateway::limiter::ClientKey;
 use gateway::plugin::{
     KeyRole, Outcomes, Plugin, RequestView, Sandbox, SelectRole, Shared, engine,
@@ -69,9 +69,8 @@ fn per_request(c: &mut Criterion) {
     let client: IpAddr = "203.0.113.7".parse().expect("ip");
     let engine = engine().expect("engine");
     let sandbox = Sandbox {
-        fuel: 5_000_000,
-        memory_limit: 16 << 20,
         cache_dir: None,
+        ..Sandbox::from_config(&PluginsConfig::default())
     };
     let shared = Arc::new(Shared::new(
         Default::default(),

@@ -54,6 +54,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(&backends, limiter.clone(), shared.clone()));
     let plugins = Plugins::load(&config, &|interface| metrics.plugin_outcomes(interface))
         .map_err(|e| anyhow::anyhow!("plugin: {e}"))?;
+    for line in plugins.describe() {
+        tracing::info!(event = "plugin_loaded", "{line}");
+    }
     if config.plugins.reload {
         plugins.spawn_reloader();
     }
@@ -119,7 +122,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         workers,
         admin = %admin_addr,
         backends = backends.len(),
-        algorithm = config.algorithm.name(),
+        algorithm = if plugins.select.is_some() { "plugin" } else { config.algorithm.name() },
         admin_token = config.admin.token.is_some(),
         "gateway started"
     );

@@ -33,10 +33,16 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum PluginAction {
-    /// Load a component and say which plugin interfaces it implements, or why it is rejected.
+    /// Load a component, call each plugin interface it implements once with
+    /// a synthetic request under the runtime's limits, and say what it
+    /// answered, or why it is rejected.
     Check {
         /// The component (.wasm).
         file: PathBuf,
+        /// Take the limits (`plugins.*`) and backends from this configuration
+        /// file instead of the defaults.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
     },
 }
 

@@ -34,17 +34,38 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo(args),
         Command::Clients(args) => clients(args),
         Command::Plugin {
-            action: PluginAction::Check { file },
-        } => match gateway::plugin::check(&file) {
-            Ok(summary) => {
-                println!("{summary}");
-                ExitCode::SUCCESS
+            action: PluginAction::Check { file, config },
+        } => plugin_check(&file, config),
+    }
+}
+
+fn plugin_check(file: &std::path::Path, config: Option<std::path::PathBuf>) -> ExitCode {
+    let (plugins, backends) = match config {
+        None => (config::PluginsConfig::default(), None),
+        Some(path) => {
+            let arg = gateway::cli::ConfigArg { config: Some(path) };
+            match load(&arg, &env_overrides()) {
+                Ok(c) => {
+                    let urls = c
+                        .backends
+                        .iter()
+                        .map(|b| b.url.to_string().trim_end_matches('/').to_owned())
+                        .collect();
+                    (c.plugins, Some(urls))
+                }
+                Err(code) => return code,
             }
-            Err(reason) => {
-                println!("{}: rejected — {reason}", file.display());
-                ExitCode::from(1)
-            }
-        },
+        }
+    };
+    match gateway::plugin::check(file, &plugins, backends) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            println!("{}: rejected — {reason}", file.display());
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -93,19 +114,29 @@ fn validate(args: &ConfigArg) -> ExitCode {
     };
     let parsed = config::parse(&text, &env_overrides()).and_then(|c| {
         gateway::plugin::Plugins::load(&c, &|_| gateway::plugin::Outcomes::default())
-            .map(|_| c)
+            .map(|plugins| (c, plugins))
             .map_err(|reason| vec![config::Problem::new("plugins", reason)])
     });
     match parsed {
-        Ok(c) => {
+        Ok((c, plugins)) => {
+            let balancer = match &c.balancer_plugin {
+                Some(plugin) => format!(
+                    "plugin {} (fallback {})",
+                    plugin.display(),
+                    c.algorithm.name()
+                ),
+                None => c.algorithm.name().to_owned(),
+            };
             println!(
-                "{}: ok — listen {}, {} backend(s), {}, admin {}",
+                "{}: ok — listen {}, {} backend(s), {balancer}, admin {}",
                 path.display(),
                 c.listen,
                 c.backends.len(),
-                c.algorithm.name(),
                 c.admin.listen
             );
+            for line in plugins.describe() {
+                println!("  {line}");
+            }
             ExitCode::SUCCESS
         }
         Err(problems) => {

@@ -229,6 +229,7 @@ impl Metrics {
         Outcomes {
             ok: counter("ok"),
             timeout: counter("timeout"),
+            panic: counter("panic"),
             trap: counter("trap"),
             invalid: counter("invalid"),
         }

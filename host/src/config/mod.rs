@@ -68,6 +68,11 @@ pub struct PluginsConfig {
     pub timeout: Duration,
     /// Linear memory cap per plugin instance, bytes.
     pub memory_limit: usize,
+    /// Core instances, tables and linear memories one plugin instance may
+    /// create (a componentize-py component has about 20 instances).
+    pub max_instances: usize,
+    pub max_tables: usize,
+    pub max_memories: usize,
     /// A failed plugin call answers 500 instead of falling back to the built-in behaviour.
     pub fail_closed: bool,
     /// Key/value settings readable by plugins through `host.config`.
@@ -76,6 +81,30 @@ pub struct PluginsConfig {
     pub cache_dir: PathBuf,
     /// Watch plugin files and load replacements.
     pub reload: bool,
+}
+
+impl PluginsConfig {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5);
+    pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
+    pub const DEFAULT_MAX_INSTANCES: usize = 64;
+    pub const DEFAULT_MAX_TABLES: usize = 64;
+    pub const DEFAULT_MAX_MEMORIES: usize = 16;
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            timeout: Self::DEFAULT_TIMEOUT,
+            memory_limit: Self::DEFAULT_MEMORY_LIMIT,
+            max_instances: Self::DEFAULT_MAX_INSTANCES,
+            max_tables: Self::DEFAULT_MAX_TABLES,
+            max_memories: Self::DEFAULT_MAX_MEMORIES,
+            fail_closed: false,
+            config: Default::default(),
+            cache_dir: crate::plugin::default_cache_dir(),
+            reload: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

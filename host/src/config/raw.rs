@@ -29,6 +29,9 @@ pub struct RawConfig {
 pub struct RawPlugins {
     pub timeout: Option<S<String>>,
     pub memory_limit: Option<S<String>>,
+    pub max_instances: Option<S<i64>>,
+    pub max_tables: Option<S<i64>>,
+    pub max_memories: Option<S<i64>>,
     pub fail_closed: Option<bool>,
     pub config: Option<std::collections::BTreeMap<String, String>>,
     pub cache_dir: Option<S<String>>,

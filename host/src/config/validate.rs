@@ -665,7 +665,7 @@ fn parse_size(text: &str) -> Option<usize> {
 
 fn plugins(c: &mut Checker, raw: Option<&super::raw::RawPlugins>) -> super::PluginsConfig {
     let memory_limit = match raw.and_then(|p| p.memory_limit.as_ref()) {
-        None => 16 << 20,
+        None => super::PluginsConfig::DEFAULT_MEMORY_LIMIT,
         Some(s) => {
             let input = spanned("plugins.memory_limit", s);
             match parse_size(input.value) {
@@ -675,7 +675,7 @@ fn plugins(c: &mut Checker, raw: Option<&super::raw::RawPlugins>) -> super::Plug
                         "invalid memory limit {:?}; allowed: 64KiB to 4GiB, e.g. 16MiB",
                         input.value
                     )));
-                    16 << 20
+                    super::PluginsConfig::DEFAULT_MEMORY_LIMIT
                 }
             }
         }
@@ -684,9 +684,30 @@ fn plugins(c: &mut Checker, raw: Option<&super::raw::RawPlugins>) -> super::Plug
         timeout: c.duration(
             raw.and_then(|p| p.timeout.as_ref())
                 .map(|s| spanned("plugins.timeout", s)),
-            Duration::from_millis(5),
+            super::PluginsConfig::DEFAULT_TIMEOUT,
         ),
         memory_limit,
+        max_instances: c.int(
+            raw.and_then(|p| p.max_instances.as_ref())
+                .map(|s| spanned("plugins.max_instances", s)),
+            1,
+            10_000,
+            super::PluginsConfig::DEFAULT_MAX_INSTANCES as i64,
+        ) as usize,
+        max_tables: c.int(
+            raw.and_then(|p| p.max_tables.as_ref())
+                .map(|s| spanned("plugins.max_tables", s)),
+            1,
+            10_000,
+            super::PluginsConfig::DEFAULT_MAX_TABLES as i64,
+        ) as usize,
+        max_memories: c.int(
+            raw.and_then(|p| p.max_memories.as_ref())
+                .map(|s| spanned("plugins.max_memories", s)),
+            1,
+            10_000,
+            super::PluginsConfig::DEFAULT_MAX_MEMORIES as i64,
+        ) as usize,
         fail_closed: raw.and_then(|p| p.fail_closed).unwrap_or(false),
         config: raw
             .and_then(|p| p.config.clone())

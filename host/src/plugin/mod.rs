@@ -2,11 +2,15 @@
 //!
 //! Components are compiled once (and cached on disk), instantiated through
 //! a pre-linked `InstancePre`, and reused from a small pool. Each call gets
-//! a fuel budget (work, not wall-clock time, so a busy machine never cuts a
-//! normal plugin short) and each instance a memory cap. A failed instance
-//! is dropped; the request falls back to the built-in behaviour.
+//! a fuel budget (work, so a busy machine never cuts a normal plugin short)
+//! and a wall-clock deadline (so host calls count too); each instance a
+//! memory cap. Plugins see WASI 0.2 deny-by-default: clocks, random, and
+//! stdout/stderr captured into the log. A failed instance is dropped; the
+//! request falls back to the built-in behaviour.
 
 pub mod bindings;
+mod capture;
+mod check;
 mod roles;
 mod runner;
 mod runtime;
@@ -17,7 +21,7 @@ pub use runner::{Outcomes, Plugin, PluginFailure, Sandbox, describe};
 pub use runtime::{Exports, default_cache_dir, engine, exports, load};
 pub use state::{RequestView, Shared};
 
-use crate::config::Config;
+use crate::config::{Config, PluginsConfig};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,13 +51,8 @@ impl Plugins {
         if !wants_key && config.balancer_plugin.is_none() {
             return Ok(Plugins::default());
         }
-        let engine = engine().map_err(|e| format!("cannot start the WebAssembly engine: {e}"))?;
-        let sandbox = Sandbox {
-            fuel: u64::try_from(config.plugins.timeout.as_nanos()).unwrap_or(u64::MAX)
-                * FUEL_PER_NANO,
-            memory_limit: config.plugins.memory_limit,
-            cache_dir: Some(config.plugins.cache_dir.clone()),
-        };
+        let engine = engine().map_err(|e| format!("cannot start the WebAssembly engine: {e:#}"))?;
+        let sandbox = Sandbox::from_config(&config.plugins);
         let shared = Arc::new(Shared::new(
             config.plugins.config.clone(),
             config
@@ -145,10 +144,55 @@ fn report(path: &Path, outcome: Result<bool, String>) {
     }
 }
 
-/// `gateway plugin check`: which interfaces a component implements, or why it is rejected.
-pub fn check(path: &Path) -> Result<String, String> {
-    let engine = engine().map_err(|e| format!("cannot start the WebAssembly engine: {e}"))?;
-    let component = load(&engine, path, None)?;
+impl Sandbox {
+    /// The limits `plugins.*` asks for.
+    pub fn from_config(plugins: &PluginsConfig) -> Sandbox {
+        Sandbox {
+            timeout: plugins.timeout,
+            fuel: u64::try_from(plugins.timeout.as_nanos())
+                .unwrap_or(u64::MAX)
+                .saturating_mul(FUEL_PER_NANO),
+            memory_limit: plugins.memory_limit,
+            max_instances: plugins.max_instances,
+            max_tables: plugins.max_tables,
+            max_memories: plugins.max_memories,
+            cache_dir: Some(plugins.cache_dir.clone()),
+        }
+    }
+}
+
+impl Plugins {
+    /// One line per loaded plugin: its role, file and check answer.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some(p) = &self.key {
+            lines.push(format!("key plugin {} ({})", p.path.display(), p.probe));
+        }
+        if let Some(p) = &self.select {
+            lines.push(format!("select plugin {} ({})", p.path.display(), p.probe));
+        }
+        lines
+    }
+}
+
+/// Stand-in backends for `plugin check` when there is no configuration.
+const CHECK_BACKENDS: [&str; 3] = [
+    "http://127.0.0.1:9001",
+    "http://127.0.0.1:9002",
+    "http://127.0.0.1:9003",
+];
+
+/// `gateway plugin check`: which interfaces a component implements and what
+/// each answered to a synthetic request under the runtime's limits (those
+/// of `plugins` and the backends `backend_urls`), or why it is rejected.
+pub fn check(
+    path: &Path,
+    plugins: &PluginsConfig,
+    backend_urls: Option<Vec<String>>,
+) -> Result<String, String> {
+    let engine = engine().map_err(|e| format!("cannot start the WebAssembly engine: {e:#}"))?;
+    let sandbox = Sandbox::from_config(plugins);
+    let component = load(&engine, path, sandbox.cache_dir.as_deref())?;
     let found = exports(&engine, &component);
     if !found.client_key && !found.backend_select {
         return Err(format!(
@@ -156,27 +200,29 @@ pub fn check(path: &Path) -> Result<String, String> {
             path.display()
         ));
     }
-    let shared = Arc::new(Shared::new(Default::default(), Vec::new()));
-    let sandbox = Sandbox {
-        fuel: 100_000_000,
-        memory_limit: 64 << 20,
-        cache_dir: None,
-    };
+    let urls =
+        backend_urls.unwrap_or_else(|| CHECK_BACKENDS.iter().map(|u| (*u).to_owned()).collect());
+    let shared = Arc::new(Shared::new(plugins.config.clone(), urls));
+    let mut answers = Vec::new();
     if found.client_key {
-        Plugin::<KeyRole>::load(
+        let plugin = Plugin::<KeyRole>::load(
             &engine,
             path,
             sandbox.clone(),
             Arc::clone(&shared),
             Outcomes::default(),
         )?;
+        answers.push(plugin.probe.clone());
     }
     if found.backend_select {
-        Plugin::<SelectRole>::load(&engine, path, sandbox, shared, Outcomes::default())?;
+        let plugin =
+            Plugin::<SelectRole>::load(&engine, path, sandbox, shared, Outcomes::default())?;
+        answers.push(plugin.probe.clone());
     }
     Ok(format!(
-        "{}: ok — implements {}",
+        "{}: ok — implements {}; {}",
         path.display(),
-        describe(found)
+        describe(found),
+        answers.join("; ")
     ))
 }

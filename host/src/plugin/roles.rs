@@ -6,6 +6,7 @@ use super::bindings::select::{SelectPlugin, SelectPluginPre};
 use super::runner::{Plugin, PluginFailure, Role};
 use super::state::{PluginState, RequestView};
 use crate::balancer::Backend;
+use std::future::Future;
 use std::sync::Arc;
 use wasmtime::Store;
 use wasmtime::component::{Component, Linker, Resource};
@@ -24,17 +25,34 @@ impl SelectRole {
 impl Role for KeyRole {
     type Pre = KeyPluginPre<PluginState>;
     type Bindings = KeyPlugin;
+    type Input<'a> = ();
+    type Output = Option<String>;
     const NAME: &'static str = "client-key";
 
     fn prepare(linker: &Linker<PluginState>, component: &Component) -> wasmtime::Result<Self::Pre> {
         KeyPluginPre::new(linker.instantiate_pre(component)?)
     }
 
-    fn instantiate(
-        pre: &Self::Pre,
-        store: &mut Store<PluginState>,
-    ) -> wasmtime::Result<Self::Bindings> {
-        pre.instantiate(store)
+    fn instantiate<'a>(
+        pre: &'a Self::Pre,
+        store: &'a mut Store<PluginState>,
+    ) -> impl Future<Output = wasmtime::Result<Self::Bindings>> + 'a {
+        pre.instantiate_async(store)
+    }
+
+    fn invoke<'a, 'i: 'a>(
+        bindings: &'a Self::Bindings,
+        store: &'a mut Store<PluginState>,
+        request: Resource<RequestView>,
+        (): (),
+    ) -> impl Future<Output = wasmtime::Result<Self::Output>> + 'a {
+        bindings
+            .gateway_plugin_client_key()
+            .call_client_key(store, request)
+    }
+
+    fn probe(plugin: &Plugin<Self>) -> Result<String, PluginFailure> {
+        super::check::probe_key(plugin)
     }
 }
 
@@ -44,38 +62,39 @@ pub struct SelectRole;
 impl Role for SelectRole {
     type Pre = SelectPluginPre<PluginState>;
     type Bindings = SelectPlugin;
+    type Input<'a> = &'a [BackendState];
+    type Output = Option<u32>;
     const NAME: &'static str = "backend-select";
 
     fn prepare(linker: &Linker<PluginState>, component: &Component) -> wasmtime::Result<Self::Pre> {
         SelectPluginPre::new(linker.instantiate_pre(component)?)
     }
 
-    fn instantiate(
-        pre: &Self::Pre,
-        store: &mut Store<PluginState>,
-    ) -> wasmtime::Result<Self::Bindings> {
-        pre.instantiate(store)
+    fn instantiate<'a>(
+        pre: &'a Self::Pre,
+        store: &'a mut Store<PluginState>,
+    ) -> impl Future<Output = wasmtime::Result<Self::Bindings>> + 'a {
+        pre.instantiate_async(store)
+    }
+
+    fn invoke<'a, 'i: 'a>(
+        bindings: &'a Self::Bindings,
+        store: &'a mut Store<PluginState>,
+        request: Resource<RequestView>,
+        backends: &'i [BackendState],
+    ) -> impl Future<Output = wasmtime::Result<Self::Output>> + 'a {
+        bindings
+            .gateway_plugin_backend_select()
+            .call_select_backend(store, request, backends)
+    }
+
+    fn probe(plugin: &Plugin<Self>) -> Result<String, PluginFailure> {
+        super::check::probe_select(plugin, &plugin.shared.backend_urls)
     }
 }
 
 /// Longest client key a plugin may return.
 const MAX_KEY_BYTES: usize = 512;
-
-/// Lends `view` to the guest as a `request` resource for one call, and takes it back.
-fn with_request<T>(
-    store: &mut Store<PluginState>,
-    view: &mut Option<RequestView>,
-    call: impl FnOnce(&mut Store<PluginState>, Resource<RequestView>) -> wasmtime::Result<T>,
-) -> wasmtime::Result<T> {
-    let lent = view
-        .take()
-        .ok_or_else(|| wasmtime::format_err!("request already lent"))?;
-    let own = store.data_mut().table.push(lent)?;
-    let borrowed = Resource::new_borrow(own.rep());
-    let result = call(store, borrowed);
-    *view = Some(store.data_mut().table.delete(own)?);
-    result
-}
 
 impl Plugin<KeyRole> {
     /// The key the plugin computes for the request (`None`: use the built-in key).
@@ -84,21 +103,17 @@ impl Plugin<KeyRole> {
         &self,
         view: &mut Option<RequestView>,
     ) -> Result<Option<String>, PluginFailure> {
-        let key = self.call(|store, bindings| {
-            with_request(store, view, |store, req| {
-                bindings
-                    .gateway_plugin_client_key()
-                    .call_client_key(store, req)
-            })
-        })?;
-        match key {
+        match self.call(view, ())? {
             Some(k) if k.is_empty() || k.len() > MAX_KEY_BYTES => {
                 Err(self.failed(PluginFailure::Invalid(format!(
                     "client key of {} bytes (allowed: 1 to {MAX_KEY_BYTES})",
                     k.len()
                 ))))
             }
-            other => Ok(other),
+            other => {
+                self.succeeded();
+                Ok(other)
+            }
         }
     }
 }
@@ -119,16 +134,14 @@ impl Plugin<SelectRole> {
                 weight: b.weight,
             })
             .collect();
-        let chosen = self.call(|store, bindings| {
-            with_request(store, view, |store, req| {
-                bindings
-                    .gateway_plugin_backend_select()
-                    .call_select_backend(store, req, &states)
-            })
-        })?;
+        let chosen = self.call(view, &states)?;
         match chosen {
-            None => Ok(None),
+            None => {
+                self.succeeded();
+                Ok(None)
+            }
             Some(i) if (i as usize) < backends.len() && backends[i as usize].is_healthy() => {
+                self.succeeded();
                 Ok(Some(i as usize))
             }
             Some(i) if (i as usize) < backends.len() => Err(self.failed(PluginFailure::Invalid(

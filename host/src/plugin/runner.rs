@@ -1,28 +1,53 @@
 //! A loaded plugin: its prepared component, a pool of ready instances, the
-//! per-call deadline and memory cap, failure isolation and hot reload.
+//! per-call budget and memory cap, failure isolation and hot reload.
+//!
+//! Exports are called asynchronously (WASI's host functions are async) but
+//! the runner polls each call exactly once with a no-op waker: a plugin
+//! answers from what it has, and one that would wait for a timer or I/O has
+//! failed. The call therefore runs on the request's thread, like a plain
+//! function call, with no executor hop.
 
+use super::capture::Stream;
 use super::runtime;
-use super::state::{PluginState, Shared};
+use super::state::{PluginState, RequestView, Shared};
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
-use wasmtime::component::{Component, Linker};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use wasmtime::component::{Component, Linker, Resource};
 use wasmtime::{Engine, Store, Trap};
 
 /// What a plugin is used for; each role has its own generated bindings.
 pub trait Role: Send + Sync + 'static {
     type Pre: Send + Sync + 'static;
     type Bindings: Send + 'static;
+    /// What the call takes besides the request.
+    type Input<'a>;
+    /// What the call answers.
+    type Output;
     /// Interface name, for logs and metrics.
     const NAME: &'static str;
     fn prepare(linker: &Linker<PluginState>, component: &Component) -> wasmtime::Result<Self::Pre>;
-    fn instantiate(
-        pre: &Self::Pre,
-        store: &mut Store<PluginState>,
-    ) -> wasmtime::Result<Self::Bindings>;
+    fn instantiate<'a>(
+        pre: &'a Self::Pre,
+        store: &'a mut Store<PluginState>,
+    ) -> impl Future<Output = wasmtime::Result<Self::Bindings>> + 'a;
+    fn invoke<'a, 'i: 'a>(
+        bindings: &'a Self::Bindings,
+        store: &'a mut Store<PluginState>,
+        request: Resource<RequestView>,
+        input: Self::Input<'i>,
+    ) -> impl Future<Output = wasmtime::Result<Self::Output>> + 'a;
+    /// Calls the export once with a synthetic request; says what it answered.
+    fn probe(plugin: &Plugin<Self>) -> Result<String, PluginFailure>
+    where
+        Self: Sized;
 }
 
 /// Why a call did not produce an answer.
@@ -30,6 +55,9 @@ pub trait Role: Send + Sync + 'static {
 pub enum PluginFailure {
     #[error("plugin ran out of its time budget")]
     Timeout,
+    /// Trapped after printing to stderr: a Rust panic, a Python exception.
+    #[error("plugin panicked: {0}")]
+    Panic(String),
     #[error("plugin trapped: {0}")]
     Trap(String),
     #[error("plugin answer rejected: {0}")]
@@ -41,6 +69,7 @@ pub enum PluginFailure {
 pub struct Outcomes {
     pub ok: Counter,
     pub timeout: Counter,
+    pub panic: Counter,
     pub trap: Counter,
     pub invalid: Counter,
 }
@@ -48,13 +77,23 @@ pub struct Outcomes {
 /// Limits applied to every call and instance.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
+    /// Wall-clock budget per call, host calls included (`plugins.timeout`).
+    pub timeout: Duration,
     /// Fuel per call (roughly one unit per WebAssembly instruction).
     pub fuel: u64,
     /// Linear memory cap per instance, bytes.
     pub memory_limit: usize,
+    /// Core instances, tables and memories one component may create.
+    pub max_instances: usize,
+    pub max_tables: usize,
+    pub max_memories: usize,
     /// Where compiled artifacts are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
 }
+
+/// Most bytes a plugin may hand the host in one call (a client key, a log
+/// message, a header name). Checked before anything is copied.
+const MAX_TRANSFER: usize = 64 * 1024;
 
 struct Loaded<R: Role> {
     pre: R::Pre,
@@ -75,9 +114,13 @@ pub struct Plugin<R: Role> {
     engine: Engine,
     /// The component file; watched for replacement.
     pub path: PathBuf,
+    /// `path` for logs.
+    name: String,
     sandbox: Sandbox,
-    shared: Arc<Shared>,
+    pub shared: Arc<Shared>,
     loaded: ArcSwap<Loaded<R>>,
+    /// What the check call answered when this version was loaded.
+    pub probe: String,
     /// Modification time of the file last looked at, to notice replacements.
     seen: Mutex<Option<SystemTime>>,
     /// Ready instances; a call pops one and pushes it back unless it failed.
@@ -109,9 +152,9 @@ fn prepare<R: Role>(engine: &Engine, path: &Path, sandbox: &Sandbox) -> Result<R
         ));
     }
     let linker =
-        runtime::linker(engine, &component).map_err(|e| format!("{}: {e}", path.display()))?;
+        runtime::linker(engine, &component).map_err(|e| format!("{}: {e:#}", path.display()))?;
     R::prepare(&linker, &component)
-        .map_err(|e| format!("{} does not fit the interface: {e}", path.display()))
+        .map_err(|e| format!("{} does not fit the interface: {e:#}", path.display()))
 }
 
 /// `client-key, backend-select` or `neither plugin interface`.
@@ -131,7 +174,9 @@ pub fn describe(exports: runtime::Exports) -> String {
 }
 
 impl<R: Role> Plugin<R> {
-    /// Loads and checks the component, and instantiates one instance to prove it starts.
+    /// Loads and checks the component, starts one instance and calls it once
+    /// with a synthetic request (see `check`): a component whose calls trap
+    /// is refused here, with the cause.
     pub fn load(
         engine: &Engine,
         path: &Path,
@@ -141,27 +186,39 @@ impl<R: Role> Plugin<R> {
     ) -> Result<Self, String> {
         let stamp = modified(path);
         let pre = prepare::<R>(engine, path, &sandbox)?;
-        let plugin = Plugin {
+        let mut plugin = Plugin {
             engine: engine.clone(),
             path: path.to_owned(),
+            name: path.display().to_string(),
             sandbox,
             shared,
             loaded: ArcSwap::from_pointee(Loaded { pre, generation: 0 }),
+            probe: String::new(),
             seen: Mutex::new(stamp),
             pool: Mutex::new(Vec::new()),
-            outcomes,
+            // The check call is not traffic: it is not counted.
+            outcomes: Outcomes::default(),
             last_logged: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
         };
-        let first = plugin
-            .instantiate(&plugin.loaded.load())
-            .map_err(|e| format!("{} does not start: {e}", path.display()))?;
+        let first = plugin.instantiate(&plugin.loaded.load()).map_err(|e| {
+            let printed = e.1;
+            format!(
+                "{} does not start: {}",
+                path.display(),
+                classify(e.0, &printed, &plugin.sandbox)
+            )
+        })?;
         plugin.give_back(first);
+        plugin.probe = R::probe(&plugin)
+            .map_err(|f| format!("{}: the check call failed: {f}", path.display()))?;
+        plugin.outcomes = outcomes;
         Ok(plugin)
     }
 
-    /// Loads the file again if it changed on disk (or `force`). A broken new
-    /// version is refused and the running one keeps serving.
+    /// Loads the file again if it changed on disk (or `force`). A new
+    /// version that does not load, start and pass the check call is refused
+    /// and the running one keeps serving.
     pub fn reload_if_changed(&self, force: bool) -> Result<bool, String> {
         let stamp = modified(&self.path);
         {
@@ -172,25 +229,50 @@ impl<R: Role> Plugin<R> {
             // Remembered even if the new file is broken, so it is reported once.
             *seen = stamp;
         }
-        let pre = prepare::<R>(&self.engine, &self.path, &self.sandbox)?;
+        let candidate = Plugin::<R>::load(
+            &self.engine,
+            &self.path,
+            self.sandbox.clone(),
+            Arc::clone(&self.shared),
+            Outcomes::default(),
+        )?;
+        let Ok(Loaded { pre, .. }) = Arc::try_unwrap(candidate.loaded.into_inner()) else {
+            return Err("the new version is still in use".to_owned());
+        };
         let generation = self.loaded.load().generation + 1;
         self.loaded.store(Arc::new(Loaded { pre, generation }));
         Ok(true)
     }
 
-    fn instantiate(&self, loaded: &Loaded<R>) -> wasmtime::Result<Instance<R>> {
+    /// A new instance, or why it did not start with what it printed meanwhile.
+    fn instantiate(
+        &self,
+        loaded: &Loaded<R>,
+    ) -> Result<Instance<R>, (wasmtime::Error, Printed)> {
         let mut store = Store::new(
             &self.engine,
-            PluginState::new(Arc::clone(&self.shared), self.sandbox.memory_limit),
+            PluginState::new(Arc::clone(&self.shared), &self.sandbox),
         );
         store.limiter(|state| &mut state.limits);
-        store.set_fuel(self.sandbox.fuel)?;
-        let bindings = R::instantiate(&loaded.pre, &mut store)?;
-        Ok(Instance {
-            store,
-            bindings,
-            generation: loaded.generation,
-        })
+        store.set_hostcall_fuel(MAX_TRANSFER);
+        let started = store
+            .set_fuel(self.sandbox.fuel)
+            .map(|()| store.set_epoch_deadline(self.sandbox_ticks()))
+            .and_then(|()| poll_once(R::instantiate(&loaded.pre, &mut store)));
+        let printed = store.data().output.drain();
+        self.shared.log_output(&self.name, &printed);
+        match started {
+            Ok(bindings) => Ok(Instance {
+                store,
+                bindings,
+                generation: loaded.generation,
+            }),
+            Err(e) => Err((e, printed)),
+        }
+    }
+
+    fn sandbox_ticks(&self) -> u64 {
+        runtime::epoch_ticks(self.sandbox.timeout)
     }
 
     fn give_back(&self, instance: Instance<R>) {
@@ -200,12 +282,15 @@ impl<R: Role> Plugin<R> {
         }
     }
 
-    /// Runs `f` on a pooled instance with a fresh fuel budget. An instance
-    /// that failed is dropped (a trapped instance must never be entered again).
-    pub fn call<T>(
+    /// Calls the plugin on a pooled instance with a fresh budget, lending it
+    /// the request. `view` is handed back in every case. An instance that
+    /// failed is dropped (a trapped instance must never be entered again).
+    /// Success is not counted here: the role checks the answer first.
+    pub fn call(
         &self,
-        f: impl FnOnce(&mut Store<PluginState>, &R::Bindings) -> wasmtime::Result<T>,
-    ) -> Result<T, PluginFailure> {
+        view: &mut Option<RequestView>,
+        input: R::Input<'_>,
+    ) -> Result<R::Output, PluginFailure> {
         let loaded = self.loaded.load();
         let pooled = {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
@@ -215,26 +300,54 @@ impl<R: Role> Plugin<R> {
             Some(instance) => instance,
             None => match self.instantiate(&loaded) {
                 Ok(instance) => instance,
-                Err(e) => return Err(self.failed(classify(e))),
+                Err((e, printed)) => {
+                    return Err(self.failed(classify(e, &printed, &self.sandbox)));
+                }
             },
         };
-        if let Err(e) = instance.store.set_fuel(self.sandbox.fuel) {
-            return Err(self.failed(classify(e)));
-        }
-        match f(&mut instance.store, &instance.bindings) {
+        let answer = self.run(&mut instance, view, input);
+        let printed = instance.store.data().output.drain();
+        self.shared.log_output(&self.name, &printed);
+        match answer {
             Ok(value) => {
-                self.outcomes.ok.inc();
                 self.give_back(instance);
                 Ok(value)
             }
-            Err(e) => Err(self.failed(classify(e))),
+            Err(e) => Err(self.failed(classify(e, &printed, &self.sandbox))),
         }
+    }
+
+    fn run(
+        &self,
+        instance: &mut Instance<R>,
+        view: &mut Option<RequestView>,
+        input: R::Input<'_>,
+    ) -> wasmtime::Result<R::Output> {
+        let Instance {
+            store, bindings, ..
+        } = instance;
+        store.set_fuel(self.sandbox.fuel)?;
+        store.set_epoch_deadline(self.sandbox_ticks());
+        let lent = view
+            .take()
+            .ok_or_else(|| wasmtime::format_err!("request already lent"))?;
+        let own = store.data_mut().table.push(lent)?;
+        let request = Resource::new_borrow(own.rep());
+        let answer = poll_once(R::invoke(bindings, store, request, input));
+        *view = Some(store.data_mut().table.delete(own)?);
+        answer
+    }
+
+    /// Counts an answer the role accepted.
+    pub fn succeeded(&self) {
+        self.outcomes.ok.inc();
     }
 
     /// Counts and (rate-limited) logs a failure.
     pub fn failed(&self, failure: PluginFailure) -> PluginFailure {
         match failure {
             PluginFailure::Timeout => self.outcomes.timeout.inc(),
+            PluginFailure::Panic(_) => self.outcomes.panic.inc(),
             PluginFailure::Trap(_) => self.outcomes.trap.inc(),
             PluginFailure::Invalid(_) => self.outcomes.invalid.inc(),
         };
@@ -258,9 +371,109 @@ impl<R: Role> Plugin<R> {
     }
 }
 
-fn classify(error: wasmtime::Error) -> PluginFailure {
-    match error.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => PluginFailure::Timeout,
-        _ => PluginFailure::Trap(format!("{error:#}")),
+/// What an instance printed during a call, line by line.
+type Printed = Vec<(Stream, String)>;
+
+/// What a call that waited on a pollable failed with.
+const BLOCKED: &str = "plugin waited for a timer or I/O; a plugin must answer without waiting";
+
+/// Polls `future` once: plugins run to completion without yielding, so a
+/// future that is not ready is one waiting on something that will not come
+/// in time. Dropping it unwinds the guest.
+///
+/// WASI's timers need a Tokio context to register with even when nobody
+/// waits for them; outside the gateway's runtimes (`plugin check`) a
+/// private, never-driven one is entered. A panic in a host function is
+/// caught here and becomes the call's error.
+fn poll_once<F: Future<Output = wasmtime::Result<T>>, T>(future: F) -> wasmtime::Result<T> {
+    static FALLBACK: LazyLock<Option<tokio::runtime::Runtime>> = LazyLock::new(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .ok()
+    });
+    let _context = match tokio::runtime::Handle::try_current() {
+        Ok(_) => None,
+        Err(_) => FALLBACK.as_ref().map(|rt| rt.enter()),
+    };
+    let mut future = pin!(future);
+    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        future
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+    }));
+    match polled {
+        Ok(Poll::Ready(answer)) => answer,
+        Ok(Poll::Pending) => Err(wasmtime::format_err!(BLOCKED)),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(wasmtime::format_err!("a host function failed: {what}"))
+        }
+    }
+}
+
+/// Tells a timeout from a panic from any other trap. A trap that follows
+/// output on stderr is a panic, named by what the plugin printed.
+fn classify(
+    error: wasmtime::Error,
+    printed: &[(Stream, String)],
+    sandbox: &Sandbox,
+) -> PluginFailure {
+    if matches!(
+        error.downcast_ref::<Trap>(),
+        Some(Trap::OutOfFuel | Trap::Interrupt)
+    ) {
+        return PluginFailure::Timeout;
+    }
+    let chain = format!("{error:#}")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if chain.contains("fuel allocated for hostcalls") {
+        return PluginFailure::Invalid(format!(
+            "the plugin handed the gateway a value of more than {MAX_TRANSFER} bytes (refused before copying)"
+        ));
+    }
+    let stderr: Vec<&str> = printed
+        .iter()
+        .filter(|(stream, _)| *stream == Stream::Stderr)
+        .map(|(_, line)| line.as_str())
+        .collect();
+    if !stderr.is_empty() && error.downcast_ref::<Trap>().is_some() {
+        let mut message = stderr.join(" / ");
+        if message.len() > 512 {
+            let mut cut = 512;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        return PluginFailure::Panic(format!("{message} ({chain})"));
+    }
+    match hint(&chain, sandbox) {
+        Some(hint) => PluginFailure::Trap(format!("{chain}; {hint}")),
+        None => PluginFailure::Trap(chain),
+    }
+}
+
+/// The setting to change when a plugin hits one of the sandbox's limits.
+fn hint(chain: &str, sandbox: &Sandbox) -> Option<String> {
+    let raise = |key: &str, now: String| Some(format!("raise plugins.{key} (now {now})"));
+    if chain.contains("instance count too high") {
+        raise("max_instances", sandbox.max_instances.to_string())
+    } else if chain.contains("table count too high") {
+        raise("max_tables", sandbox.max_tables.to_string())
+    } else if chain.contains("memory count too high") {
+        raise("max_memories", sandbox.max_memories.to_string())
+    } else if chain.contains("forcing trap when growing memory") {
+        raise("memory_limit", format!("{} bytes", sandbox.memory_limit))
+    } else if chain.contains("unknown import") {
+        Some("the gateway does not provide this import to plugins (they get WASI 0.2 with clocks, random, stdout and stderr, and no files, network or environment; see the README's Plugins section)".to_owned())
+    } else {
+        None
     }
 }

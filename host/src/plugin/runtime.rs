@@ -3,19 +3,53 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
-use wasmtime::component::{Component, Linker};
+use std::time::Duration;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker, LinkerInstance, ResourceType};
 use wasmtime::{Config, Engine};
 
 use super::bindings::key::KeyPlugin;
 use super::state::PluginState;
 
-/// One engine for every plugin: fuel metering on (a deadline that counts
-/// work, not wall-clock time), no WASI.
+/// How often the engine's epoch advances: the granularity of the wall-clock
+/// deadline that covers time spent in host calls.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// One engine for every plugin, with two budgets per call: fuel (work done
+/// in WebAssembly, so a busy machine never cuts a normal plugin short) and
+/// an epoch deadline (wall-clock time, so time spent in host calls counts
+/// too). A thread advances the epoch every `EPOCH_TICK` while the engine
+/// lives.
 pub fn engine() -> wasmtime::Result<Engine> {
     let mut config = Config::new();
     config.consume_fuel(true);
+    config.epoch_interruption(true);
     config.wasm_component_model(true);
-    Engine::new(&config)
+    // Plugins are stripped release builds: a backtrace of `<unknown>` frames
+    // helps nobody, and collecting one makes every trap dearer.
+    config.wasm_backtrace_max_frames(None);
+    let engine = Engine::new(&config)?;
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("plugin-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+    Ok(engine)
+}
+
+/// Epoch ticks that cover `timeout`: rounded up, plus one because the
+/// first tick may come at once.
+pub fn epoch_ticks(timeout: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    u64::try_from(timeout.as_nanos().div_ceil(tick))
+        .unwrap_or(u64::MAX - 1)
+        .max(1)
+        + 1
 }
 
 /// Reads, compiles (or loads from the cache) and checks a component file.
@@ -40,7 +74,7 @@ pub fn load(engine: &Engine, path: &Path, cache_dir: Option<&Path>) -> Result<Co
         }
     }
     let component = Component::new(engine, &bytes)
-        .map_err(|e| format!("{} does not compile: {e}", path.display()))?;
+        .map_err(|e| format!("{} does not compile: {e:#}", path.display()))?;
     if let Some(file) = cached {
         store_artifact(&component, &file);
     }
@@ -73,17 +107,88 @@ fn store_artifact(component: &Component, file: &PathBuf) {
     }
 }
 
-/// A linker with the host interfaces; WASI imports a Rust guest drags in
-/// (for its panic path) become traps, so the guest gets no filesystem,
-/// network, clock or environment.
+/// A linker with the host interfaces and WASI 0.2, deny by default (see
+/// `PluginState`): a filesystem with no directories, sockets that refuse
+/// every address, an empty environment. Any other import (`wasi:http`, say)
+/// is linked as a trap, so such a component loads and fails only if it
+/// really calls it, with the import's name in the error.
+///
+/// WASI is matched by semver (a guest built against `wasi:cli@0.2.6` links
+/// to the host's 0.2.12), so only imports the linker really cannot satisfy
+/// are stubbed: `define_unknown_imports_as_traps` would shadow those
+/// semver matches with traps.
 pub fn linker(engine: &Engine, component: &Component) -> wasmtime::Result<Linker<PluginState>> {
     let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     KeyPlugin::add_to_linker::<PluginState, wasmtime::component::HasSelf<PluginState>>(
         &mut linker,
         |s| s,
     )?;
-    linker.define_unknown_imports_as_traps(component)?;
+    let imports: Vec<(String, ComponentItem)> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, item)| (name.to_owned(), item.ty))
+        .collect();
+    // Each round finds one unsatisfied import; a component has few imports.
+    for _ in 0..=imports.len() {
+        let Err(error) = linker.instantiate_pre(component) else {
+            return Ok(linker);
+        };
+        let missing = unsatisfied_import(&error.to_string())
+            .and_then(|name| imports.iter().find(|(n, _)| *n == name));
+        match missing {
+            Some((name, item)) => stub(&mut linker, engine, name, item)?,
+            None => return Err(error),
+        }
+    }
     Ok(linker)
+}
+
+/// The import named in wasmtime's "component imports instance `NAME`, but a
+/// matching implementation was not found in the linker".
+fn unsatisfied_import(message: &str) -> Option<&str> {
+    if !message.contains("matching implementation was not found") {
+        return None;
+    }
+    let (_, rest) = message.split_once('`')?;
+    rest.split_once('`').map(|(name, _)| name)
+}
+
+/// Links `name` as functions that trap with a message naming the import.
+fn stub(
+    linker: &mut Linker<PluginState>,
+    engine: &Engine,
+    name: &str,
+    item: &ComponentItem,
+) -> wasmtime::Result<()> {
+    fn trap(
+        linker: &mut LinkerInstance<'_, PluginState>,
+        func: &str,
+        full: String,
+    ) -> wasmtime::Result<()> {
+        linker.func_new(func, move |_, _, _, _| {
+            wasmtime::bail!("unknown import: `{full}` has not been defined")
+        })
+    }
+    match item {
+        ComponentItem::ComponentFunc(_) => trap(&mut linker.root(), name, name.to_owned()),
+        ComponentItem::ComponentInstance(instance) => {
+            let mut stubbed = linker.instance(name)?;
+            for (export, item) in instance.exports(engine) {
+                match item.ty {
+                    ComponentItem::ComponentFunc(_) => {
+                        trap(&mut stubbed, export, format!("{name}#{export}"))?
+                    }
+                    ComponentItem::Resource(_) => {
+                        stubbed.resource(export, ResourceType::host::<()>(), |_, _| Ok(()))?
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+        _ => wasmtime::bail!("cannot link import `{name}`: the gateway does not provide it"),
+    }
 }
 
 /// Which plugin interfaces a component exports.

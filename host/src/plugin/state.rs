@@ -1,6 +1,8 @@
 //! What a plugin instance's store holds, and the host functions it may call.
 
 use super::bindings::key::gateway::plugin::{host, types};
+use super::capture::{Capture, Stream};
+use super::runner::Sandbox;
 use http::{HeaderMap, Method, Uri};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -9,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// The request as a plugin sees it. The headers are moved in for the call
 /// and moved back afterwards, so nothing is copied unless the guest asks.
@@ -44,41 +47,87 @@ impl Shared {
         }
     }
 
-    fn log(&self, message: &str) {
+    /// Whether one more plugin log line fits in this second's allowance.
+    fn may_log(&self) -> bool {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         if self.log_second.swap(now, Ordering::Relaxed) != now {
             self.log_count.store(0, Ordering::Relaxed);
         }
-        if self.log_count.fetch_add(1, Ordering::Relaxed) < LOG_LINES_PER_SECOND {
-            let message: String = message.chars().take(1024).collect();
+        self.log_count.fetch_add(1, Ordering::Relaxed) < LOG_LINES_PER_SECOND
+    }
+
+    fn log(&self, message: &str) {
+        if self.may_log() {
+            let message: String = message.chars().take(super::capture::MAX_LINE).collect();
             tracing::info!(target: "plugin", "{message}");
+        }
+    }
+
+    /// Logs what a plugin printed, under the same allowance as `host.log`.
+    pub fn log_output(&self, plugin: &str, lines: &[(Stream, String)]) {
+        for (stream, line) in lines {
+            if !self.may_log() {
+                return;
+            }
+            match stream {
+                Stream::Stdout => {
+                    tracing::info!(target: "plugin", plugin, stream = stream.name(), "{line}")
+                }
+                Stream::Stderr => {
+                    tracing::warn!(target: "plugin", plugin, stream = stream.name(), "{line}")
+                }
+            }
         }
     }
 }
 
 /// Store data of one plugin instance.
 pub struct PluginState {
-    /// Holds the request resource during a call.
+    /// Holds the request resource during a call, and the WASI resources.
     pub table: ResourceTable,
-    /// Memory cap for the instance.
+    /// Memory, table and instance caps for the instance.
     pub limits: StoreLimits,
     pub shared: Arc<Shared>,
+    /// WASI deny-by-default: clocks and random; stdout and stderr captured;
+    /// no environment, arguments, stdin, directories or network.
+    wasi: WasiCtx,
+    /// What the instance printed and nobody has logged yet.
+    pub output: Capture,
 }
 
 impl PluginState {
-    pub fn new(shared: Arc<Shared>, memory_limit: usize) -> Self {
+    pub fn new(shared: Arc<Shared>, sandbox: &Sandbox) -> Self {
+        let output = Capture::default();
+        let wasi = WasiCtxBuilder::new()
+            .stdout(output.writer(Stream::Stdout))
+            .stderr(output.writer(Stream::Stderr))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
         PluginState {
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
-                .memory_size(memory_limit)
-                .instances(16)
-                .tables(16)
-                .memories(4)
+                .memory_size(sandbox.memory_limit)
+                .instances(sandbox.max_instances)
+                .tables(sandbox.max_tables)
+                .memories(sandbox.max_memories)
                 .trap_on_grow_failure(true)
                 .build(),
             shared,
+            wasi,
+            output,
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
         }
     }
 }

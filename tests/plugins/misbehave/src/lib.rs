@@ -13,8 +13,14 @@
 //! | `alloc`     | allocates until it traps    | same             |
 //! | `bad-index` | `"misbehave"`               | `9999`           |
 //! | `log`       | logs 1,000 lines, then `ok` | same             |
+//! | `host-loop` | calls `host.log` with 60 KB messages for ever | same |
+//! | `big-key`   | a 10 MB key                 | `ok`             |
 //!
 //! An unknown mode behaves as `ok`. The configuration is read on every call.
+//! The gateway's own check call (`User-Agent: gateway-plugin-check`, made
+//! when the plugin is loaded) is answered as `ok` unless `misbehave.check`
+//! is `misbehave`, so the gateway starts and the tests see the misbehaviour
+//! on real requests.
 
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
@@ -50,6 +56,8 @@ enum Mode {
     Alloc,
     BadIndex,
     Log,
+    HostLoop,
+    BigKey,
 }
 
 impl Mode {
@@ -60,13 +68,19 @@ impl Mode {
             "alloc" => Mode::Alloc,
             "bad-index" => Mode::BadIndex,
             "log" => Mode::Log,
+            "host-loop" => Mode::HostLoop,
+            "big-key" => Mode::BigKey,
             _ => Mode::Ok,
         }
     }
 
     /// The mode for one export: its own key, else `misbehave.mode`.
-    fn read(own_key: &str) -> Mode {
+    fn read(own_key: &str, req: &Request) -> Mode {
         let set = |key: &str| host::config(key).filter(|v| !v.trim().is_empty());
+        let checking = req.header("user-agent").as_deref() == Some("gateway-plugin-check");
+        if checking && set("misbehave.check").as_deref() != Some("misbehave") {
+            return Mode::Ok;
+        }
         set(own_key)
             .or_else(|| set(MODE_KEY))
             .map_or(Mode::Ok, |v| Mode::parse(&v))
@@ -77,8 +91,10 @@ struct Misbehave;
 
 impl client_key::Guest for Misbehave {
     fn client_key(req: &Request) -> Option<String> {
-        match Mode::read(KEY_MODE_KEY) {
+        match Mode::read(KEY_MODE_KEY, req) {
             Mode::Ok => req.header("x-api-key"),
+            Mode::HostLoop => host_loop(),
+            Mode::BigKey => Some("k".repeat(10 << 20)),
             Mode::Log => {
                 flood_log("client-key");
                 req.header("x-api-key")
@@ -92,9 +108,10 @@ impl client_key::Guest for Misbehave {
 }
 
 impl backend_select::Guest for Misbehave {
-    fn select_backend(_req: &Request, _backends: Vec<Backend>) -> Option<u32> {
-        match Mode::read(SELECT_MODE_KEY) {
-            Mode::Ok => None,
+    fn select_backend(req: &Request, _backends: Vec<Backend>) -> Option<u32> {
+        match Mode::read(SELECT_MODE_KEY, req) {
+            Mode::Ok | Mode::BigKey => None,
+            Mode::HostLoop => host_loop(),
             Mode::Log => {
                 flood_log("select-backend");
                 None
@@ -113,6 +130,15 @@ export!(Misbehave);
 fn flood_log(export: &str) {
     for i in 0..1000 {
         host::log(&format!("misbehave: {export} log line {i}"));
+    }
+}
+
+/// Calls the host for ever: little WebAssembly work (fuel) per call, much
+/// host time (each 60 KB message is copied into the host).
+fn host_loop() -> ! {
+    let message = "x".repeat(60 * 1024);
+    loop {
+        host::log(black_box(&message));
     }
 }
 
@@ -152,6 +178,8 @@ mod tests {
         assert_eq!(Mode::parse("alloc"), Mode::Alloc);
         assert_eq!(Mode::parse("bad-index"), Mode::BadIndex);
         assert_eq!(Mode::parse("log"), Mode::Log);
+        assert_eq!(Mode::parse("host-loop"), Mode::HostLoop);
+        assert_eq!(Mode::parse("big-key"), Mode::BigKey);
         assert_eq!(Mode::parse("ok"), Mode::Ok);
         assert_eq!(Mode::parse("whatever"), Mode::Ok);
     }
