@@ -6,6 +6,7 @@ mod failures;
 mod http_behaviour;
 mod lifecycle;
 mod limiter_integrity;
+mod plugin_sandbox;
 mod plugins;
 mod rate_limit;
 mod scale_out;

@@ -245,10 +245,7 @@ impl<R: Role> Plugin<R> {
     }
 
     /// A new instance, or why it did not start with what it printed meanwhile.
-    fn instantiate(
-        &self,
-        loaded: &Loaded<R>,
-    ) -> Result<Instance<R>, (wasmtime::Error, Printed)> {
+    fn instantiate(&self, loaded: &Loaded<R>) -> Result<Instance<R>, (wasmtime::Error, Printed)> {
         let mut store = Store::new(
             &self.engine,
             PluginState::new(Arc::clone(&self.shared), &self.sandbox),

@@ -9,7 +9,10 @@
 //! | `reach`  | tries the environment, arguments, a file, a socket, the clock and random; the key says what it got |
 //! | `sleep`  | sleeps 1 ms (waits on a WASI pollable)                      |
 //!
-//! Without a mode it answers like `print` but prints nothing. Answers:
+//! Without a mode it answers like `print` but prints nothing. The gateway's
+//! own check call (`User-Agent: gateway-plugin-check`) gets no mode unless
+//! `guest.check` is `act`, so a gateway can start with a plugin that fails
+//! on real requests. Answers:
 //! `client-key` gives the `x-api-key` header (or a description, in
 //! `reach`), `select-backend` gives none.
 
@@ -55,7 +58,11 @@ fn reach() -> String {
 }
 
 /// Does what the mode says; `Some(answer)` replaces the usual answer.
-fn act() -> Option<String> {
+fn act(req: &Request) -> Option<String> {
+    let checking = req.header("user-agent").as_deref() == Some("gateway-plugin-check");
+    if checking && host::config("guest.check").as_deref() != Some("act") {
+        return None;
+    }
     match host::config("guest.mode").as_deref().map(str::trim) {
         Some("print") => {
             println!("wasi-guest: hello on stdout");
@@ -76,13 +83,13 @@ struct Guest;
 
 impl client_key::Guest for Guest {
     fn client_key(req: &Request) -> Option<String> {
-        act().or_else(|| req.header("x-api-key"))
+        act(req).or_else(|| req.header("x-api-key"))
     }
 }
 
 impl backend_select::Guest for Guest {
-    fn select_backend(_req: &Request, _backends: Vec<Backend>) -> Option<u32> {
-        act();
+    fn select_backend(req: &Request, _backends: Vec<Backend>) -> Option<u32> {
+        act(req);
         None
     }
 }
