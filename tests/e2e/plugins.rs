@@ -372,3 +372,82 @@ fn validate_loads_configured_plugins() {
         "{out}"
     );
 }
+
+/// The Python example (componentize-py) keys requests like the Rust one:
+/// each API key its own bucket, a JWT's `sub` claim, else the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_api_key_plugin_keys_requests() {
+    let b = TestBackend::start("b").await;
+    let db = tempfile::tempdir().unwrap();
+    let yaml = yaml_for(
+        &[&b],
+        &format!(
+            "rate_limit:\n  key: plugin\n  unknown_keys: own\n  key_plugin: {}\n  database: sqlite://{}\n  default:\n    capacity: 2\n    refill_per_second: 0.01\n",
+            python_plugin("api-key", "key-plugin").display(),
+            db.path().join("l.db").display()
+        ),
+    );
+    let gw = Gateway::start(&yaml);
+    let client = client();
+    let mut seen = Vec::new();
+    for key in ["alpha", "alpha", "alpha", "beta", "beta", "beta"] {
+        seen.push(get_as(&client, &gw.url("/"), &[("x-api-key", key)]).await.0);
+    }
+    assert_eq!(seen, vec![200, 200, 429, 200, 200, 429]);
+    // {"sub":"carol"}: its own bucket, apart from the address's.
+    let bearer = "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJjYXJvbCJ9.";
+    let mut carol = Vec::new();
+    for _ in 0..3 {
+        carol.push(
+            get_as(&client, &gw.url("/"), &[("authorization", bearer)])
+                .await
+                .0,
+        );
+    }
+    assert_eq!(carol, vec![200, 200, 429]);
+    assert_eq!(get_as(&client, &gw.url("/"), &[]).await.0, 200);
+    let (_, _, metrics) = get(&client, &gw.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains(r#"gateway_plugin_calls_total{interface="client-key",outcome="ok"} 10"#),
+        "{metrics}"
+    );
+}
+
+/// The JavaScript example (componentize-js) splits traffic like the Rust
+/// canary: `X-Canary: 1` to the canary, everyone else spread over the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_canary_plugin_splits_by_header() {
+    let stable1 = TestBackend::start("stable1").await;
+    let stable2 = TestBackend::start("stable2").await;
+    let canary = TestBackend::start("canary").await;
+    let yaml = yaml_for(
+        &[&stable1, &stable2, &canary],
+        &format!(
+            "balancer:\n  algorithm: plugin\n  plugin: {}\nplugins:\n  config:\n    canary.backend: \"{}\"\n",
+            javascript_plugin("canary", "select-plugin").display(),
+            canary.url()
+        ),
+    );
+    let gw = Gateway::start(&yaml);
+    let client = client();
+    for _ in 0..10 {
+        assert_eq!(
+            get_as(&client, &gw.url("/"), &[("x-canary", "1")]).await.1,
+            "canary"
+        );
+    }
+    let mut stable = HashSet::new();
+    for i in 0..20 {
+        let (status, body) = get_as(&client, &gw.url("/"), &[("x-user", &format!("u{i}"))]).await;
+        assert_eq!(status, 200);
+        assert_ne!(body, "canary", "unmarked traffic reached the canary");
+        stable.insert(body);
+    }
+    assert_eq!(stable.len(), 2, "{stable:?}");
+    let (_, _, metrics) = get(&client, &gw.admin_url("/metrics")).await;
+    assert!(
+        metrics
+            .contains(r#"gateway_plugin_calls_total{interface="backend-select",outcome="ok"} 30"#),
+        "{metrics}"
+    );
+}

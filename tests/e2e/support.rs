@@ -563,6 +563,86 @@ pub fn plugin(name: &str) -> std::path::PathBuf {
     root.join(format!("plugins/target/wasm32-wasip2/release/{name}.wasm"))
 }
 
+/// Builds a plugin written in another language once per test run, with
+/// `command` run in `dir` (relative to the repository) writing `out`.
+fn foreign_plugin(
+    out: &str,
+    dir: &str,
+    program: &str,
+    args: &[&str],
+    missing: &str,
+) -> std::path::PathBuf {
+    static BUILT: Mutex<Vec<(String, Result<(), String>)>> = Mutex::new(Vec::new());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join(out);
+    let mut built = BUILT.lock().unwrap();
+    if !built.iter().any(|(o, _)| o == out) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let result = match Command::new(program)
+            .args(args)
+            .arg(&path)
+            .current_dir(root.join(dir))
+            .output()
+        {
+            Err(e) => Err(format!("cannot run {program} ({e}); {missing}")),
+            // `plugin check` compiles the component into the gateway's
+            // cache, so a gateway started with it later is up at once.
+            Ok(o) if o.status.success() => match Command::new(BIN)
+                .args(["plugin", "check"])
+                .arg(&path)
+                .output()
+            {
+                Ok(c) if c.status.success() => Ok(()),
+                Ok(c) => Err(String::from_utf8_lossy(&c.stdout).into_owned()),
+                Err(e) => Err(format!("cannot run the gateway: {e}")),
+            },
+            Ok(o) => Err(format!(
+                "{program} failed:\n{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )),
+        };
+        built.push((out.to_owned(), result));
+    }
+    if let Some((_, Err(e))) = built.iter().find(|(o, _)| o == out) {
+        panic!("building {out} failed: {e}");
+    }
+    path
+}
+
+/// The Python example (`plugins/python/<name>/app.py`, world `world`),
+/// built with componentize-py.
+pub fn python_plugin(name: &str, world: &str) -> std::path::PathBuf {
+    foreign_plugin(
+        &format!("plugins/target/python/{name}.wasm"),
+        &format!("plugins/python/{name}"),
+        "componentize-py",
+        &[
+            "-d",
+            "../../../wit",
+            "-w",
+            world,
+            "componentize",
+            "app",
+            "-o",
+        ],
+        "install it with `pip install -r plugins/python/requirements.txt`",
+    )
+}
+
+/// The JavaScript example (`plugins/javascript/<name>/<name>.js`, world
+/// `world`), built with componentize-js.
+pub fn javascript_plugin(name: &str, world: &str) -> std::path::PathBuf {
+    let source = format!("{name}/{name}.js");
+    foreign_plugin(
+        &format!("plugins/target/javascript/{name}.wasm"),
+        "plugins/javascript",
+        "node_modules/.bin/componentize-js",
+        &[&source, "--wit", "../../wit", "--world-name", world, "-o"],
+        "install it with `npm ci --prefix plugins/javascript`",
+    )
+}
+
 /// Redis for tests from `GATEWAY_TEST_REDIS`; skips loudly without it (fails
 /// when `GATEWAY_TEST_REQUIRE_SERVICES` is set).
 pub fn redis_url() -> Option<String> {

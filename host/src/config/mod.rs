@@ -64,8 +64,12 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct PluginsConfig {
-    /// Work budget per call, expressed as time on an idle machine (converted to fuel).
+    /// Budget per call: wall-clock time (host calls included), and as much
+    /// work (fuel) as that time allows on an idle machine.
     pub timeout: Duration,
+    /// The same budget for starting a new instance (language runtimes
+    /// initialise their heap then).
+    pub start_timeout: Duration,
     /// Linear memory cap per plugin instance, bytes.
     pub memory_limit: usize,
     /// Core instances, tables and linear memories one plugin instance may
@@ -85,6 +89,7 @@ pub struct PluginsConfig {
 
 impl PluginsConfig {
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5);
+    pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(1);
     pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
     pub const DEFAULT_MAX_INSTANCES: usize = 64;
     pub const DEFAULT_MAX_TABLES: usize = 64;
@@ -95,6 +100,7 @@ impl Default for PluginsConfig {
     fn default() -> Self {
         PluginsConfig {
             timeout: Self::DEFAULT_TIMEOUT,
+            start_timeout: Self::DEFAULT_START_TIMEOUT,
             memory_limit: Self::DEFAULT_MEMORY_LIMIT,
             max_instances: Self::DEFAULT_MAX_INSTANCES,
             max_tables: Self::DEFAULT_MAX_TABLES,

@@ -28,6 +28,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawPlugins {
     pub timeout: Option<S<String>>,
+    pub start_timeout: Option<S<String>>,
     pub memory_limit: Option<S<String>>,
     pub max_instances: Option<S<i64>>,
     pub max_tables: Option<S<i64>>,

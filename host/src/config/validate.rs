@@ -686,6 +686,11 @@ fn plugins(c: &mut Checker, raw: Option<&super::raw::RawPlugins>) -> super::Plug
                 .map(|s| spanned("plugins.timeout", s)),
             super::PluginsConfig::DEFAULT_TIMEOUT,
         ),
+        start_timeout: c.duration(
+            raw.and_then(|p| p.start_timeout.as_ref())
+                .map(|s| spanned("plugins.start_timeout", s)),
+            super::PluginsConfig::DEFAULT_START_TIMEOUT,
+        ),
         memory_limit,
         max_instances: c.int(
             raw.and_then(|p| p.max_instances.as_ref())

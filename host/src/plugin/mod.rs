@@ -26,12 +26,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Fuel units per nanosecond of `plugins.timeout`: compiled WebAssembly runs
-/// more than one instruction per nanosecond, so a budget of one unit per
-/// nanosecond stops a runaway loop well inside the timeout on an idle
-/// machine, yet never depends on how busy the machine is.
-const FUEL_PER_NANO: u64 = 1;
-
 /// The plugins a configuration asks for, loaded and ready.
 #[derive(Default, Clone)]
 pub struct Plugins {
@@ -149,9 +143,8 @@ impl Sandbox {
     pub fn from_config(plugins: &PluginsConfig) -> Sandbox {
         Sandbox {
             timeout: plugins.timeout,
-            fuel: u64::try_from(plugins.timeout.as_nanos())
-                .unwrap_or(u64::MAX)
-                .saturating_mul(FUEL_PER_NANO),
+            fuel: runner::fuel_for(plugins.timeout),
+            start_timeout: plugins.start_timeout,
             memory_limit: plugins.memory_limit,
             max_instances: plugins.max_instances,
             max_tables: plugins.max_tables,

@@ -81,6 +81,8 @@ pub struct Sandbox {
     pub timeout: Duration,
     /// Fuel per call (roughly one unit per WebAssembly instruction).
     pub fuel: u64,
+    /// Wall-clock budget for starting an instance (`plugins.start_timeout`).
+    pub start_timeout: Duration,
     /// Linear memory cap per instance, bytes.
     pub memory_limit: usize,
     /// Core instances, tables and memories one component may create.
@@ -253,8 +255,8 @@ impl<R: Role> Plugin<R> {
         store.limiter(|state| &mut state.limits);
         store.set_hostcall_fuel(MAX_TRANSFER);
         let started = store
-            .set_fuel(self.sandbox.fuel)
-            .map(|()| store.set_epoch_deadline(self.sandbox_ticks()))
+            .set_fuel(fuel_for(self.sandbox.start_timeout))
+            .map(|()| store.set_epoch_deadline(runtime::epoch_ticks(self.sandbox.start_timeout)))
             .and_then(|()| poll_once(R::instantiate(&loaded.pre, &mut store)));
         let printed = store.data().output.drain();
         self.shared.log_output(&self.name, &printed);
@@ -366,6 +368,19 @@ impl<R: Role> Plugin<R> {
         }
         failure
     }
+}
+
+/// Fuel units per nanosecond of a time budget: compiled WebAssembly runs
+/// more than one instruction per nanosecond, so a budget of one unit per
+/// nanosecond stops a runaway loop well inside the time, yet never depends
+/// on how busy the machine is.
+const FUEL_PER_NANO: u64 = 1;
+
+/// The fuel a time budget allows.
+pub fn fuel_for(budget: Duration) -> u64 {
+    u64::try_from(budget.as_nanos())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(FUEL_PER_NANO)
 }
 
 /// What an instance printed during a call, line by line.

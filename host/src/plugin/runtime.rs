@@ -7,6 +7,7 @@ use std::time::Duration;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker, LinkerInstance, ResourceType};
 use wasmtime::{Config, Engine};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable};
 
 use super::bindings::key::KeyPlugin;
 use super::state::PluginState;
@@ -137,7 +138,7 @@ pub fn linker(engine: &Engine, component: &Component) -> wasmtime::Result<Linker
         let missing = unsatisfied_import(&error.to_string())
             .and_then(|name| imports.iter().find(|(n, _)| *n == name));
         match missing {
-            Some((name, item)) => stub(&mut linker, engine, name, item)?,
+            Some((name, item)) => stub(&mut linker, engine, &imports, name, item)?,
             None => return Err(error),
         }
     }
@@ -154,10 +155,44 @@ fn unsatisfied_import(message: &str) -> Option<&str> {
     rest.split_once('`').map(|(name, _)| name)
 }
 
+/// The host's type for a resource the component also imports from
+/// `wasi:io` (an unknown interface such as `wasi:http/types` re-exports
+/// `input-stream`, `output-stream`, `error` and `pollable`): the stub must
+/// use the very type the real `wasi:io` was linked with.
+fn wasi_io_resource(
+    engine: &Engine,
+    imports: &[(String, ComponentItem)],
+    resource: &ResourceType,
+) -> Option<ResourceType> {
+    for (name, item) in imports {
+        let ComponentItem::ComponentInstance(instance) = item else {
+            continue;
+        };
+        let Some(interface) = name.strip_prefix("wasi:io/") else {
+            continue;
+        };
+        let interface = interface.split('@').next().unwrap_or(interface);
+        for (export, item) in instance.exports(engine) {
+            if !matches!(&item.ty, ComponentItem::Resource(r) if r == resource) {
+                continue;
+            }
+            return match (interface, export) {
+                ("poll", "pollable") => Some(ResourceType::host::<DynPollable>()),
+                ("streams", "input-stream") => Some(ResourceType::host::<DynInputStream>()),
+                ("streams", "output-stream") => Some(ResourceType::host::<DynOutputStream>()),
+                ("error", "error") => Some(ResourceType::host::<wasmtime::Error>()),
+                _ => None,
+            };
+        }
+    }
+    None
+}
+
 /// Links `name` as functions that trap with a message naming the import.
 fn stub(
     linker: &mut Linker<PluginState>,
     engine: &Engine,
+    imports: &[(String, ComponentItem)],
     name: &str,
     item: &ComponentItem,
 ) -> wasmtime::Result<()> {
@@ -179,8 +214,10 @@ fn stub(
                     ComponentItem::ComponentFunc(_) => {
                         trap(&mut stubbed, export, format!("{name}#{export}"))?
                     }
-                    ComponentItem::Resource(_) => {
-                        stubbed.resource(export, ResourceType::host::<()>(), |_, _| Ok(()))?
+                    ComponentItem::Resource(resource) => {
+                        let ty = wasi_io_resource(engine, imports, &resource)
+                            .unwrap_or_else(ResourceType::host::<()>);
+                        stubbed.resource(export, ty, |_, _| Ok(()))?
                     }
                     _ => {}
                 }
