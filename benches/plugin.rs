@@ -5,6 +5,12 @@
 //! Built-in: IP key + round-robin. Plugins: the `api-key` example computes
 //! the key, the `sticky` example chooses the backend (rendezvous hashing).
 //! The example plugins are built from source first.
+//!
+//! `per_language`: the same key (api-key) and choice (canary) in each
+//! language the examples come in — Rust, Python (componentize-py) and
+//! JavaScript (componentize-js) — so users can choose. Needs the toolchains
+//! (`pip install -r plugins/python/requirements.txt`, `npm ci --prefix
+//! plugins/javascript`).
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gateway::balancer::{Backend, Ctx, Tried, build};
@@ -17,6 +23,7 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 fn build_plugins() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -33,6 +40,21 @@ fn build_plugins() -> PathBuf {
         .expect("run cargo");
     assert!(status.success(), "building the example plugins failed");
     root.join("plugins/target/wasm32-wasip2/release")
+}
+
+/// Builds `out` by running `program args… out` in `dir` (under the repository).
+fn build_foreign(dir: &str, program: &str, args: &[&str], out: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join(out);
+    std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+    let status = std::process::Command::new(program)
+        .args(args)
+        .arg(&path)
+        .current_dir(root.join(dir))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(status.success(), "{program} failed");
+    path
 }
 
 fn request_head() -> http::request::Parts {
@@ -139,5 +161,136 @@ fn per_request(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, per_request);
+/// One plugin instance pool for `wasm` in `role`, under the default limits
+/// but `timeout`.
+fn load<R: gateway::plugin::Role>(
+    wasm: &Path,
+    config: &[(&str, &str)],
+    timeout: Duration,
+) -> Plugin<R> {
+    let set = backends();
+    let shared = Arc::new(Shared::new(
+        config
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        set.iter().map(|b| b.name.clone()).collect(),
+    ));
+    let sandbox = Sandbox::from_config(&PluginsConfig {
+        timeout,
+        ..PluginsConfig::default()
+    });
+    Plugin::<R>::load(
+        &engine().expect("engine"),
+        wasm,
+        sandbox,
+        shared,
+        Outcomes::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn per_language(c: &mut Criterion) {
+    let rust = build_plugins();
+    let python = build_foreign(
+        "plugins/python/api-key",
+        "componentize-py",
+        &[
+            "-d",
+            "../../../wit",
+            "-w",
+            "key-plugin",
+            "componentize",
+            "app",
+            "-o",
+        ],
+        "plugins/target/python/api-key.wasm",
+    );
+    let javascript = build_foreign(
+        "plugins/javascript",
+        "node_modules/.bin/componentize-js",
+        &[
+            "canary/canary.js",
+            "--wit",
+            "../../wit",
+            "--world-name",
+            "select-plugin",
+            "-o",
+        ],
+        "plugins/target/javascript/canary.wasm",
+    );
+    let set = backends();
+    let canary = [("canary.backend", "http://10.0.0.7:8080")];
+    let client: IpAddr = "203.0.113.7".parse().expect("ip");
+    let mut head = request_head();
+    let mut group = c.benchmark_group("per_language");
+
+    group.bench_function("key/builtin", |b| {
+        b.iter(|| black_box(ClientKey::address(client, 64)))
+    });
+    // The timeouts the README recommends per language: a garbage-collected
+    // runtime's occasional collection takes milliseconds.
+    let fast = PluginsConfig::default().timeout;
+    let collected = Duration::from_millis(50);
+    for (name, wasm, timeout) in [
+        ("key/rust", rust.join("api_key.wasm"), fast),
+        ("key/python", python, collected),
+    ] {
+        let plugin = load::<KeyRole>(&wasm, &[], timeout);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut view = Some(RequestView {
+                    method: head.method.clone(),
+                    uri: head.uri.clone(),
+                    headers: std::mem::take(&mut head.headers),
+                    client,
+                });
+                let key = plugin.client_key(&mut view).expect("key");
+                if let Some(view) = view {
+                    head.headers = view.headers;
+                }
+                black_box(key)
+            })
+        });
+    }
+
+    let tried = Tried::default();
+    let builtin = build(Algorithm::RoundRobin, &set, None);
+    group.bench_function("select/builtin", |b| {
+        b.iter(|| {
+            let mut ctx = Ctx {
+                head: &mut head,
+                client,
+                plugin_failed: false,
+            };
+            black_box(builtin.pick(&set, &tried, &mut ctx))
+        })
+    });
+    for (name, wasm, timeout) in [
+        ("select/rust", rust.join("canary.wasm"), fast),
+        ("select/javascript", javascript, collected),
+    ] {
+        let plugin = load::<SelectRole>(&wasm, &canary, timeout);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut view = Some(RequestView {
+                    method: head.method.clone(),
+                    uri: head.uri.clone(),
+                    headers: std::mem::take(&mut head.headers),
+                    client,
+                });
+                let chosen = plugin
+                    .select(&mut view, &set)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                if let Some(view) = view {
+                    head.headers = view.headers;
+                }
+                black_box(chosen)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, per_request, per_language);
 criterion_main!(benches);

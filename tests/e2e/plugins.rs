@@ -382,7 +382,7 @@ async fn python_api_key_plugin_keys_requests() {
     let yaml = yaml_for(
         &[&b],
         &format!(
-            "rate_limit:\n  key: plugin\n  unknown_keys: own\n  key_plugin: {}\n  database: sqlite://{}\n  default:\n    capacity: 2\n    refill_per_second: 0.01\n",
+            "rate_limit:\n  key: plugin\n  unknown_keys: own\n  key_plugin: {}\n  database: sqlite://{}\n  default:\n    capacity: 2\n    refill_per_second: 0.01\nplugins:\n  timeout: 50ms\n",
             python_plugin("api-key", "key-plugin").display(),
             db.path().join("l.db").display()
         ),
@@ -423,7 +423,7 @@ async fn javascript_canary_plugin_splits_by_header() {
     let yaml = yaml_for(
         &[&stable1, &stable2, &canary],
         &format!(
-            "balancer:\n  algorithm: plugin\n  plugin: {}\nplugins:\n  config:\n    canary.backend: \"{}\"\n",
+            "balancer:\n  algorithm: plugin\n  plugin: {}\nplugins:\n  timeout: 50ms\n  config:\n    canary.backend: \"{}\"\n",
             javascript_plugin("canary", "select-plugin").display(),
             canary.url()
         ),

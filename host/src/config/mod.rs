@@ -90,7 +90,7 @@ pub struct PluginsConfig {
 impl PluginsConfig {
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5);
     pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(1);
-    pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
+    pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
     pub const DEFAULT_MAX_INSTANCES: usize = 64;
     pub const DEFAULT_MAX_TABLES: usize = 64;
     pub const DEFAULT_MAX_MEMORIES: usize = 16;

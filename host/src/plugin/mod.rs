@@ -17,7 +17,7 @@ mod runtime;
 pub mod state;
 
 pub use roles::{KeyRole, SelectRole};
-pub use runner::{Outcomes, Plugin, PluginFailure, Sandbox, describe};
+pub use runner::{Outcomes, Plugin, PluginFailure, Role, Sandbox, describe};
 pub use runtime::{Exports, default_cache_dir, engine, exports, load};
 pub use state::{RequestView, Shared};
 
@@ -143,7 +143,6 @@ impl Sandbox {
     pub fn from_config(plugins: &PluginsConfig) -> Sandbox {
         Sandbox {
             timeout: plugins.timeout,
-            fuel: runner::fuel_for(plugins.timeout),
             start_timeout: plugins.start_timeout,
             memory_limit: plugins.memory_limit,
             max_instances: plugins.max_instances,

@@ -16,7 +16,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -79,8 +79,6 @@ pub struct Outcomes {
 pub struct Sandbox {
     /// Wall-clock budget per call, host calls included (`plugins.timeout`).
     pub timeout: Duration,
-    /// Fuel per call (roughly one unit per WebAssembly instruction).
-    pub fuel: u64,
     /// Wall-clock budget for starting an instance (`plugins.start_timeout`).
     pub start_timeout: Duration,
     /// Linear memory cap per instance, bytes.
@@ -123,6 +121,10 @@ pub struct Plugin<R: Role> {
     loaded: ArcSwap<Loaded<R>>,
     /// What the check call answered when this version was loaded.
     pub probe: String,
+    /// The check call is running: it is the first call of a fresh instance,
+    /// where a language runtime finishes starting (lazy initialisation,
+    /// first touches of a large heap), so it gets the start budget.
+    probing: AtomicBool,
     /// Modification time of the file last looked at, to notice replacements.
     seen: Mutex<Option<SystemTime>>,
     /// Ready instances; a call pops one and pushes it back unless it failed.
@@ -196,6 +198,7 @@ impl<R: Role> Plugin<R> {
             shared,
             loaded: ArcSwap::from_pointee(Loaded { pre, generation: 0 }),
             probe: String::new(),
+            probing: AtomicBool::new(true),
             seen: Mutex::new(stamp),
             pool: Mutex::new(Vec::new()),
             // The check call is not traffic: it is not counted.
@@ -214,6 +217,7 @@ impl<R: Role> Plugin<R> {
         plugin.give_back(first);
         plugin.probe = R::probe(&plugin)
             .map_err(|f| format!("{}: the check call failed: {f}", path.display()))?;
+        plugin.probing.store(false, Ordering::Relaxed);
         plugin.outcomes = outcomes;
         Ok(plugin)
     }
@@ -270,10 +274,6 @@ impl<R: Role> Plugin<R> {
         }
     }
 
-    fn sandbox_ticks(&self) -> u64 {
-        runtime::epoch_ticks(self.sandbox.timeout)
-    }
-
     fn give_back(&self, instance: Instance<R>) {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < POOL_MAX {
@@ -309,7 +309,11 @@ impl<R: Role> Plugin<R> {
         self.shared.log_output(&self.name, &printed);
         match answer {
             Ok(value) => {
-                self.give_back(instance);
+                if instance.store.data().limits.nearly_full() {
+                    tracing::debug!(plugin = %self.name, "plugin instance retired near its memory limit");
+                } else {
+                    self.give_back(instance);
+                }
                 Ok(value)
             }
             Err(e) => Err(self.failed(classify(e, &printed, &self.sandbox))),
@@ -325,8 +329,13 @@ impl<R: Role> Plugin<R> {
         let Instance {
             store, bindings, ..
         } = instance;
-        store.set_fuel(self.sandbox.fuel)?;
-        store.set_epoch_deadline(self.sandbox_ticks());
+        let budget = if self.probing.load(Ordering::Relaxed) {
+            self.sandbox.start_timeout
+        } else {
+            self.sandbox.timeout
+        };
+        store.set_fuel(fuel_for(budget))?;
+        store.set_epoch_deadline(runtime::epoch_ticks(budget));
         let lent = view
             .take()
             .ok_or_else(|| wasmtime::format_err!("request already lent"))?;
@@ -377,7 +386,7 @@ impl<R: Role> Plugin<R> {
 const FUEL_PER_NANO: u64 = 1;
 
 /// The fuel a time budget allows.
-pub fn fuel_for(budget: Duration) -> u64 {
+fn fuel_for(budget: Duration) -> u64 {
     u64::try_from(budget.as_nanos())
         .unwrap_or(u64::MAX)
         .saturating_mul(FUEL_PER_NANO)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use wasmtime::component::{Resource, ResourceTable};
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// The request as a plugin sees it. The headers are moved in for the call
@@ -88,7 +88,7 @@ pub struct PluginState {
     /// Holds the request resource during a call, and the WASI resources.
     pub table: ResourceTable,
     /// Memory, table and instance caps for the instance.
-    pub limits: StoreLimits,
+    pub limits: Limits,
     pub shared: Arc<Shared>,
     /// WASI deny-by-default: clocks and random; stdout and stderr captured;
     /// no environment, arguments, stdin, directories or network.
@@ -109,17 +109,82 @@ impl PluginState {
             .build();
         PluginState {
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(sandbox.memory_limit)
-                .instances(sandbox.max_instances)
-                .tables(sandbox.max_tables)
-                .memories(sandbox.max_memories)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: Limits {
+                caps: StoreLimitsBuilder::new()
+                    .memory_size(sandbox.memory_limit)
+                    .instances(sandbox.max_instances)
+                    .tables(sandbox.max_tables)
+                    .memories(sandbox.max_memories)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                cap: sandbox.memory_limit,
+                largest: 0,
+            },
             shared,
             wasi,
             output,
         }
+    }
+}
+
+/// The instance's caps, and how large its largest memory has grown.
+pub struct Limits {
+    caps: StoreLimits,
+    cap: usize,
+    largest: usize,
+}
+
+impl Limits {
+    /// True when a memory has grown past three quarters of the cap. Garbage
+    /// collected runtimes (JavaScript, Python) grow their heap over many
+    /// calls; such an instance is retired after a successful call rather
+    /// than left to fail a later one at the cap.
+    pub fn nearly_full(&self) -> bool {
+        self.largest > self.cap / 4 * 3
+    }
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.caps.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.largest = self.largest.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.caps.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.caps.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.caps.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.caps.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.caps.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.caps.memories()
     }
 }
 
