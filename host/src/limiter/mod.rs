@@ -77,6 +77,7 @@ impl Limiter {
         }
     }
 
+    #[inline]
     fn hash(&self, key: &ClientKey) -> u64 {
         let mut state = self.hasher.build_hasher();
         key.hash_into(&mut state);
