@@ -40,6 +40,13 @@ fn main() -> ExitCode {
 }
 
 fn plugin_check(file: &std::path::Path, config: Option<std::path::PathBuf>) -> ExitCode {
+    // What the plugin prints (and logs with host.log) goes to stderr, so an
+    // author sees it next to the verdict.
+    let _log = gateway::logging::init(&config::LogConfig {
+        level: "off,plugin=info".to_owned(),
+        format: config::LogFormat::Pretty,
+        access: false,
+    });
     let (plugins, backends) = match config {
         None => (config::PluginsConfig::default(), None),
         Some(path) => {

@@ -209,6 +209,16 @@ fn plugin_check_runs_the_plugin_and_shows_what_it_can_reach() {
         "deny by default, clocks and random allowed: {out}"
     );
     assert!(out.contains("backend-select answered none"), "{out}");
+
+    // What the plugin prints is shown beside the verdict.
+    let cfg = check_config(
+        dir.path(),
+        "  config:\n    guest.mode: print\n    guest.check: act\n",
+    );
+    let (code, out) = run_cli(&["plugin", "check", "-c", cfg.to_str().unwrap(), wasm]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("wasi-guest: hello on stdout"), "{out}");
+    assert!(out.contains("wasi-guest: a warning on stderr"), "{out}");
 }
 
 #[test]

@@ -11,6 +11,7 @@
 pub mod bindings;
 mod capture;
 mod check;
+mod deadline;
 mod roles;
 mod runner;
 mod runtime;

@@ -8,6 +8,7 @@
 //! function call, with no executor hop.
 
 use super::capture::Stream;
+use super::deadline::CpuDeadline;
 use super::runtime;
 use super::state::{PluginState, RequestView, Shared};
 use arc_swap::ArcSwap;
@@ -258,9 +259,10 @@ impl<R: Role> Plugin<R> {
         );
         store.limiter(|state| &mut state.limits);
         store.set_hostcall_fuel(MAX_TRANSFER);
+        store.epoch_deadline_callback(|mut store| Ok(store.data_mut().deadline.tick()));
         let started = store
             .set_fuel(fuel_for(self.sandbox.start_timeout))
-            .map(|()| store.set_epoch_deadline(runtime::epoch_ticks(self.sandbox.start_timeout)))
+            .map(|()| arm(&mut store, self.sandbox.start_timeout))
             .and_then(|()| poll_once(R::instantiate(&loaded.pre, &mut store)));
         let printed = store.data().output.drain();
         self.shared.log_output(&self.name, &printed);
@@ -335,7 +337,7 @@ impl<R: Role> Plugin<R> {
             self.sandbox.timeout
         };
         store.set_fuel(fuel_for(budget))?;
-        store.set_epoch_deadline(runtime::epoch_ticks(budget));
+        arm(store, budget);
         let lent = view
             .take()
             .ok_or_else(|| wasmtime::format_err!("request already lent"))?;
@@ -390,6 +392,13 @@ fn fuel_for(budget: Duration) -> u64 {
     u64::try_from(budget.as_nanos())
         .unwrap_or(u64::MAX)
         .saturating_mul(FUEL_PER_NANO)
+}
+
+/// Starts a call's CPU-time budget: the epoch callback checks it from the
+/// next tick on.
+fn arm(store: &mut Store<PluginState>, budget: Duration) {
+    store.data_mut().deadline = CpuDeadline::new(budget);
+    store.set_epoch_deadline(1);
 }
 
 /// What an instance printed during a call, line by line.

@@ -17,10 +17,9 @@ use super::state::PluginState;
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// One engine for every plugin, with two budgets per call: fuel (work done
-/// in WebAssembly, so a busy machine never cuts a normal plugin short) and
-/// an epoch deadline (wall-clock time, so time spent in host calls counts
-/// too). A thread advances the epoch every `EPOCH_TICK` while the engine
-/// lives.
+/// in WebAssembly) and an epoch deadline that checks the worker thread's CPU
+/// time (so time spent in host calls counts too; see `deadline`). A thread
+/// advances the epoch every `EPOCH_TICK` while the engine lives.
 pub fn engine() -> wasmtime::Result<Engine> {
     let mut config = Config::new();
     config.consume_fuel(true);
@@ -41,16 +40,6 @@ pub fn engine() -> wasmtime::Result<Engine> {
             }
         })?;
     Ok(engine)
-}
-
-/// Epoch ticks that cover `timeout`: rounded up, plus one because the
-/// first tick may come at once.
-pub fn epoch_ticks(timeout: Duration) -> u64 {
-    let tick = EPOCH_TICK.as_nanos();
-    u64::try_from(timeout.as_nanos().div_ceil(tick))
-        .unwrap_or(u64::MAX - 1)
-        .max(1)
-        + 1
 }
 
 /// Reads, compiles (or loads from the cache) and checks a component file.

@@ -2,6 +2,7 @@
 
 use super::bindings::key::gateway::plugin::{host, types};
 use super::capture::{Capture, Stream};
+use super::deadline::CpuDeadline;
 use super::runner::Sandbox;
 use http::{HeaderMap, Method, Uri};
 use std::collections::HashMap;
@@ -95,6 +96,8 @@ pub struct PluginState {
     wasi: WasiCtx,
     /// What the instance printed and nobody has logged yet.
     pub output: Capture,
+    /// The running call's budget in CPU time (see `deadline`).
+    pub deadline: CpuDeadline,
 }
 
 impl PluginState {
@@ -123,6 +126,7 @@ impl PluginState {
             shared,
             wasi,
             output,
+            deadline: CpuDeadline::default(),
         }
     }
 }
