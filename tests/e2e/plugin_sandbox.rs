@@ -10,11 +10,14 @@ use std::time::{Duration, Instant};
 /// under `plugins:` (indented two spaces).
 fn with_plugin(b: &TestBackend, wasm: &str, settings: &str) -> String {
     let w = plugin(wasm);
+    // Each gateway its own database: tests run in parallel.
+    let db = std::env::temp_dir().join(format!("gw-sandbox-{}.db", fastrand::u64(..)));
     config(
         &[b],
         &format!(
-            "log:\n  access: false\nrate_limit:\n  key: plugin\n  key_plugin: {w}\n  unknown_keys: own\n  default:\n    capacity: 1000\n    refill_per_second: 1000\nbalancer:\n  algorithm: plugin\n  plugin: {w}\nplugins:\n{settings}",
-            w = w.display()
+            "log:\n  access: false\nrate_limit:\n  key: plugin\n  key_plugin: {w}\n  unknown_keys: own\n  database: sqlite://{db}\n  default:\n    capacity: 1000\n    refill_per_second: 1000\nbalancer:\n  algorithm: plugin\n  plugin: {w}\nplugins:\n{settings}",
+            w = w.display(),
+            db = db.display()
         ),
     )
 }

@@ -575,7 +575,7 @@ fn foreign_plugin(
     static BUILT: Mutex<Vec<(String, Result<(), String>)>> = Mutex::new(Vec::new());
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let path = root.join(out);
-    let mut built = BUILT.lock().unwrap();
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     if !built.iter().any(|(o, _)| o == out) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let result = match Command::new(program)
@@ -604,7 +604,12 @@ fn foreign_plugin(
         };
         built.push((out.to_owned(), result));
     }
-    if let Some((_, Err(e))) = built.iter().find(|(o, _)| o == out) {
+    let failed = built
+        .iter()
+        .find(|(o, _)| o == out)
+        .and_then(|(_, r)| r.clone().err());
+    drop(built);
+    if let Some(e) = failed {
         panic!("building {out} failed: {e}");
     }
     path
