@@ -57,6 +57,26 @@ fn build_foreign(dir: &str, program: &str, args: &[&str], out: &str) -> PathBuf 
     path
 }
 
+/// Runs `call` with the request lent as a plugin's view (the headers moved,
+/// not copied, as the proxy does), then takes the headers back.
+fn lent<T>(
+    head: &mut http::request::Parts,
+    client: IpAddr,
+    call: impl FnOnce(&mut Option<RequestView>) -> T,
+) -> T {
+    let mut view = Some(RequestView {
+        method: head.method.clone(),
+        uri: head.uri.clone(),
+        headers: std::mem::take(&mut head.headers),
+        client,
+    });
+    let answer = call(&mut view);
+    if let Some(view) = view {
+        head.headers = view.headers;
+    }
+    answer
+}
+
 fn request_head() -> http::request::Parts {
     let mut builder = http::Request::get("/api/v1/items?page=2");
     for (k, v) in [
@@ -135,19 +155,9 @@ fn per_request(c: &mut Criterion) {
     });
     group.bench_function("plugin_key_and_plugin_select", |b| {
         b.iter(|| {
-            let mut view = Some(RequestView {
-                method: head.method.clone(),
-                uri: head.uri.clone(),
-                headers: std::mem::take(&mut head.headers),
-                client,
+            let key = lent(&mut head, client, |view| {
+                key_plugin.client_key(view).expect("key").map(|k| k.len())
             });
-            let key = key_plugin
-                .client_key(&mut view)
-                .expect("key")
-                .map(|k| k.len());
-            if let Some(view) = view {
-                head.headers = view.headers;
-            }
             let mut ctx = Ctx {
                 head: &mut head,
                 client,
@@ -239,17 +249,9 @@ fn per_language(c: &mut Criterion) {
         let plugin = load::<KeyRole>(&wasm, &[], timeout);
         group.bench_function(name, |b| {
             b.iter(|| {
-                let mut view = Some(RequestView {
-                    method: head.method.clone(),
-                    uri: head.uri.clone(),
-                    headers: std::mem::take(&mut head.headers),
-                    client,
-                });
-                let key = plugin.client_key(&mut view).expect("key");
-                if let Some(view) = view {
-                    head.headers = view.headers;
-                }
-                black_box(key)
+                black_box(lent(&mut head, client, |view| {
+                    plugin.client_key(view).expect("key")
+                }))
             })
         });
     }
@@ -273,19 +275,11 @@ fn per_language(c: &mut Criterion) {
         let plugin = load::<SelectRole>(&wasm, &canary, timeout);
         group.bench_function(name, |b| {
             b.iter(|| {
-                let mut view = Some(RequestView {
-                    method: head.method.clone(),
-                    uri: head.uri.clone(),
-                    headers: std::mem::take(&mut head.headers),
-                    client,
-                });
-                let chosen = plugin
-                    .select(&mut view, &set)
-                    .unwrap_or_else(|e| panic!("{name}: {e}"));
-                if let Some(view) = view {
-                    head.headers = view.headers;
-                }
-                black_box(chosen)
+                black_box(lent(&mut head, client, |view| {
+                    plugin
+                        .select(view, &set)
+                        .unwrap_or_else(|e| panic!("{name}: {e}"))
+                }))
             })
         });
     }

@@ -84,27 +84,31 @@ async fn what_a_plugin_prints_reaches_the_log() {
     assert_eq!(outcome(&metrics, "client-key", "ok"), 1, "{metrics}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panic_is_logged_with_its_message_and_counted_as_a_panic() {
+/// A gateway with `wasm` (under `settings`) answering `n` keyed requests:
+/// each still gets the backend's 200. Returns the first `plugin_failure`
+/// log line and the metrics.
+async fn failing(wasm: &str, settings: &str, n: usize) -> (String, String) {
     let b = TestBackend::start("b").await;
-    let mut gw = Gateway::start(&with_plugin(
-        &b,
-        "wasi_guest",
-        "  config:\n    guest.mode: panic\n",
-    ));
+    let mut gw = Gateway::start(&with_plugin(&b, wasm, settings));
     let client = client();
-    for _ in 0..3 {
+    for _ in 0..n {
         assert_eq!(get_keyed(&client, &gw.url("/")).await, (200, "b".into()));
     }
     let line = gw.wait_log(
         |l| l.contains(r#""event":"plugin_failure""#),
         Duration::from_secs(5),
     );
+    let (_, _, metrics) = get(&client, &gw.admin_url("/metrics")).await;
+    (line, metrics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_is_logged_with_its_message_and_counted_as_a_panic() {
+    let (line, metrics) = failing("wasi_guest", "  config:\n    guest.mode: panic\n", 3).await;
     assert!(
         line.contains("plugin panicked") && line.contains("the configuration has no tenant table"),
         "{line}"
     );
-    let (_, _, metrics) = get(&client, &gw.admin_url("/metrics")).await;
     assert_eq!(outcome(&metrics, "client-key", "panic"), 3, "{metrics}");
     assert_eq!(outcome(&metrics, "backend-select", "panic"), 3, "{metrics}");
     assert_eq!(outcome(&metrics, "client-key", "trap"), 0, "{metrics}");
@@ -112,22 +116,8 @@ async fn a_panic_is_logged_with_its_message_and_counted_as_a_panic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_trap_is_a_trap_not_a_panic() {
-    let b = TestBackend::start("b").await;
     // `misbehave` is no_std: its panic handler traps without a word.
-    let mut gw = Gateway::start(&with_plugin(
-        &b,
-        "misbehave",
-        "  config:\n    misbehave.key-mode: panic\n",
-    ));
-    let client = client();
-    for _ in 0..3 {
-        assert_eq!(get_keyed(&client, &gw.url("/")).await, (200, "b".into()));
-    }
-    gw.wait_log(
-        |l| l.contains(r#""event":"plugin_failure""#),
-        Duration::from_secs(5),
-    );
-    let (_, _, metrics) = get(&client, &gw.admin_url("/metrics")).await;
+    let (_, metrics) = failing("misbehave", "  config:\n    misbehave.key-mode: panic\n", 3).await;
     assert_eq!(outcome(&metrics, "client-key", "trap"), 3, "{metrics}");
     assert_eq!(outcome(&metrics, "client-key", "panic"), 0, "{metrics}");
 }
@@ -165,22 +155,13 @@ async fn host_calls_count_against_the_time_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_key_is_refused_before_it_is_copied() {
-    let b = TestBackend::start("b").await;
-    let mut gw = Gateway::start(&with_plugin(
-        &b,
+    let (line, metrics) = failing(
         "misbehave",
         "  memory_limit: 64MiB\n  timeout: 200ms\n  config:\n    misbehave.key-mode: big-key\n",
-    ));
-    let client = client();
-    for _ in 0..3 {
-        assert_eq!(get_keyed(&client, &gw.url("/")).await, (200, "b".into()));
-    }
-    let line = gw.wait_log(
-        |l| l.contains(r#""event":"plugin_failure""#),
-        Duration::from_secs(5),
-    );
+        3,
+    )
+    .await;
     assert!(line.contains("refused before copying"), "{line}");
-    let (_, _, metrics) = get(&client, &gw.admin_url("/metrics")).await;
     assert_eq!(outcome(&metrics, "client-key", "invalid"), 3, "{metrics}");
     assert_eq!(outcome(&metrics, "client-key", "ok"), 0, "{metrics}");
 }

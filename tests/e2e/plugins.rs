@@ -130,16 +130,19 @@ async fn sticky_plugin_keeps_a_user_on_one_backend_until_it_dies() {
     drop((b, c));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn canary_plugin_splits_by_header() {
+/// A canary plugin (`wasm`, under `settings` in `plugins:`) in front of two
+/// stable backends and a canary: `X-Canary: 1` always reaches the canary,
+/// unmarked users are spread over both stable backends and never reach it.
+/// Returns the gateway's metrics.
+async fn canary_splits_by_header(wasm: &std::path::Path, settings: &str) -> String {
     let stable1 = TestBackend::start("stable1").await;
     let stable2 = TestBackend::start("stable2").await;
     let canary = TestBackend::start("canary").await;
     let yaml = yaml_for(
         &[&stable1, &stable2, &canary],
         &format!(
-            "balancer:\n  algorithm: plugin\n  plugin: {}\nplugins:\n  config:\n    canary.backend: \"{}\"\n",
-            plugin("canary").display(),
+            "balancer:\n  algorithm: plugin\n  plugin: {}\nplugins:\n{settings}  config:\n    canary.backend: \"{}\"\n",
+            wasm.display(),
             canary.url()
         ),
     );
@@ -159,6 +162,12 @@ async fn canary_plugin_splits_by_header() {
         stable.insert(body);
     }
     assert_eq!(stable.len(), 2, "{stable:?}");
+    get(&client, &gw.admin_url("/metrics")).await.2
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_plugin_splits_by_header() {
+    canary_splits_by_header(&plugin("canary"), "").await;
 }
 
 /// A gateway whose key and selection plugin misbehaves in `mode`.
@@ -417,34 +426,8 @@ async fn python_api_key_plugin_keys_requests() {
 /// canary: `X-Canary: 1` to the canary, everyone else spread over the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_canary_plugin_splits_by_header() {
-    let stable1 = TestBackend::start("stable1").await;
-    let stable2 = TestBackend::start("stable2").await;
-    let canary = TestBackend::start("canary").await;
-    let yaml = yaml_for(
-        &[&stable1, &stable2, &canary],
-        &format!(
-            "balancer:\n  algorithm: plugin\n  plugin: {}\nplugins:\n  timeout: 50ms\n  config:\n    canary.backend: \"{}\"\n",
-            javascript_plugin("canary", "select-plugin").display(),
-            canary.url()
-        ),
-    );
-    let gw = Gateway::start(&yaml);
-    let client = client();
-    for _ in 0..10 {
-        assert_eq!(
-            get_as(&client, &gw.url("/"), &[("x-canary", "1")]).await.1,
-            "canary"
-        );
-    }
-    let mut stable = HashSet::new();
-    for i in 0..20 {
-        let (status, body) = get_as(&client, &gw.url("/"), &[("x-user", &format!("u{i}"))]).await;
-        assert_eq!(status, 200);
-        assert_ne!(body, "canary", "unmarked traffic reached the canary");
-        stable.insert(body);
-    }
-    assert_eq!(stable.len(), 2, "{stable:?}");
-    let (_, _, metrics) = get(&client, &gw.admin_url("/metrics")).await;
+    let wasm = javascript_plugin("canary", "select-plugin");
+    let metrics = canary_splits_by_header(&wasm, "  timeout: 50ms\n").await;
     assert!(
         metrics
             .contains(r#"gateway_plugin_calls_total{interface="backend-select",outcome="ok"} 30"#),
