@@ -201,11 +201,28 @@ async fn terminated() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
+        // SIGHUP must never stop the gateway (operators send it out of
+        // habit to reload): it reloads plugins (see `Plugins::spawn_reloader`);
+        // here it is only taken and said to change nothing else.
+        let mut hangup = signal(SignalKind::hangup()).ok();
+        let hangups = async {
+            match hangup.as_mut() {
+                Some(hangup) => loop {
+                    hangup.recv().await;
+                    tracing::warn!(
+                        event = "sighup",
+                        "SIGHUP: plugins are reloaded; the configuration file is not (restart to apply it)"
+                    );
+                },
+                None => std::future::pending().await,
+            }
+        };
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = tokio::signal::ctrl_c() => {}
+                    () = hangups => {}
                 }
             }
             Err(_) => {

@@ -38,6 +38,26 @@ fn validate_reports_every_problem_with_line_and_column() {
 }
 
 #[test]
+fn validate_refuses_bad_ports_clashing_listeners_and_a_backend_that_loops() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("loops.yaml");
+    std::fs::write(
+        &file,
+        "listen: 0.0.0.0:8080\nadmin:\n  listen: 127.0.0.1:8080\nbackends:\n  - http://127.0.0.1:99999\n  - http://localhost:8080\n",
+    )
+    .unwrap();
+    let (code, text) = run(&["validate", "-c", file.to_str().unwrap()], dir.path());
+    assert_eq!(code, Some(1), "{text}");
+    for expected in [
+        "loops.yaml:5:5: backends[0].url: backend URL \"http://127.0.0.1:99999\" has an invalid port",
+        "loops.yaml:6:5: backends[1].url: backend URL \"http://localhost:8080\" is the gateway's own listener",
+        "admin.listen: admin.listen 127.0.0.1:8080 takes the same port as listen 0.0.0.0:8080",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
+
+#[test]
 fn validate_names_the_unknown_key_and_its_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("typo.yaml");

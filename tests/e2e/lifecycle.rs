@@ -41,3 +41,28 @@ async fn drain_is_bounded_by_the_drain_timeout() {
     assert_eq!(gw.wait_exit(Duration::from_secs(5)), Some(0));
     assert!(gw.log_text().contains(r#""event":"drain_timeout""#));
 }
+
+/// `kill -HUP`, sent out of habit to reload, never stops the gateway (it
+/// used to exit 129 when no plugin was configured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_does_not_stop_the_gateway() {
+    let b = TestBackend::start("b").await;
+    let gw = Gateway::start(&config(&[&b], ""));
+    for sent in 1..=3 {
+        gw.signal("HUP");
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while gw.count_log(|l| l.contains(r#""event":"sighup""#)) < sent {
+            assert!(
+                std::time::Instant::now() < until,
+                "SIGHUP {sent} not logged"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (status, _, body) = get(&client(), &gw.url("/")).await;
+    assert_eq!(
+        (status.as_u16(), body.as_str()),
+        (200, "b"),
+        "still serving"
+    );
+}

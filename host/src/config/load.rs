@@ -116,6 +116,45 @@ mod tests {
     }
 
     #[test]
+    fn ports_listener_clashes_and_loops_are_refused() {
+        let p = problems("backends: [http://127.0.0.1:99999]\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].message.contains("invalid port"), "{p:?}");
+        assert_eq!(p[0].line, Some(1));
+
+        let p = problems(
+            "listen: 127.0.0.1:8080\nadmin:\n  listen: 127.0.0.1:8080\nbackends: [http://127.0.0.1:9001]\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].message.contains("same port as listen"), "{p:?}");
+        let p = problems(
+            "listen: 0.0.0.0:9091\nadmin:\n  listen: 127.0.0.1:9091\nbackends: [http://127.0.0.1:9001]\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+
+        for backend in [
+            "http://127.0.0.1:8080",
+            "http://localhost:8080/api",
+            "http://[::1]:8080",
+        ] {
+            let p = problems(&format!(
+                "listen: 0.0.0.0:8080\nbackends: [\"{backend}\"]\n"
+            ));
+            assert!(
+                p.len() == 1 && p[0].message.contains("the gateway's own listener"),
+                "{backend}: {p:?}"
+            );
+        }
+        // Other ports, other addresses and ephemeral ports are fine.
+        ok(
+            "listen: 127.0.0.1:8080\nbackends: [http://127.0.0.1:8081, http://127.0.0.2:8080, http://b.example:8080]\n",
+        );
+        ok(
+            "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nbackends: [http://127.0.0.1:9001]\n",
+        );
+    }
+
+    #[test]
     fn workers_default_to_per_cpu_and_are_bounded() {
         let c = ok("backends: [http://a:1]\n");
         assert_eq!(c.proxy.workers, 0);

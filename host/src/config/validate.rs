@@ -117,7 +117,7 @@ impl Checker {
         v
     }
 
-    fn backend_url(&mut self, input: &Input<'_, String>) -> Option<Uri> {
+    fn backend_url(&mut self, input: &Input<'_, String>, listen: SocketAddr) -> Option<Uri> {
         let text = input.value.trim();
         let uri: Uri = match text.parse() {
             Ok(uri) => uri,
@@ -142,6 +142,20 @@ impl Checker {
         if uri.query().is_some() {
             self.problems
                 .push(input.problem(format!("backend URL {text:?} must not have a query")));
+            return None;
+        }
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        if port_out_of_range(authority) {
+            self.problems.push(input.problem(format!(
+                "backend URL {text:?} has an invalid port; allowed: 1 to 65535"
+            )));
+            return None;
+        }
+        let port = uri.port_u16().unwrap_or(80);
+        if reaches_listener(listen, uri.host().unwrap_or(""), port) {
+            self.problems.push(input.problem(format!(
+                "backend URL {text:?} is the gateway's own listener ({listen}): every request would loop back into the gateway"
+            )));
             return None;
         }
         Some(uri)
@@ -179,7 +193,7 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
     if !over.backends.is_empty() {
         for url in &over.backends {
             let input = flag("--backend", url);
-            if let Some(url) = c.backend_url(&input) {
+            if let Some(url) = c.backend_url(&input, listen) {
                 backends.push(BackendConfig { url, weight: 1 });
             }
         }
@@ -192,7 +206,7 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
                 line: at.line,
                 column: at.column,
             };
-            let url = c.backend_url(&url_input);
+            let url = c.backend_url(&url_input, listen);
             let weight = match entry.value.weight {
                 Some(w) if !(1..=1000).contains(&w) => {
                     c.problems.push(Problem {
@@ -434,6 +448,16 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
         access: lg.and_then(|l| l.access).unwrap_or(true),
     };
 
+    if listeners_clash(listen, admin.listen) {
+        c.problems.push(Problem::new(
+            "admin.listen",
+            format!(
+                "admin.listen {} takes the same port as listen {listen}; give the admin API its own port",
+                admin.listen
+            ),
+        ));
+    }
+
     let rate_limit = rate_limit(&mut c, raw.rate_limit.as_ref());
     let plugins = plugins(&mut c, raw.plugins.as_ref());
 
@@ -454,6 +478,48 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
         let mut problems = c.problems;
         problems.sort_by_key(|p| (p.line.is_none(), p.line, p.column));
         Err(problems)
+    }
+}
+
+/// True when an authority (`host:port`) names a port that is not 1–65535
+/// (`http::Uri` parses `:99999` and then reports no port at all).
+fn port_out_of_range(authority: &str) -> bool {
+    let Some((_, port)) = authority.rsplit_once(':') else {
+        return false;
+    };
+    if port.contains(']') {
+        return false; // the colon was inside a bracketed IPv6 address
+    }
+    !matches!(port.parse::<u16>(), Ok(p) if p > 0)
+}
+
+/// True when two listeners would take the same port on a shared address.
+/// Port 0 (an ephemeral port) clashes with nothing.
+fn listeners_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// True when a backend at `host:port` is the gateway's own listener: the
+/// same port on the listen address, or on loopback (`localhost` too) when
+/// the gateway listens on loopback or on every address.
+fn reaches_listener(listen: SocketAddr, host: &str, port: u16) -> bool {
+    if listen.port() == 0 || port != listen.port() {
+        return false;
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = if host.eq_ignore_ascii_case("localhost") {
+        Some(IpAddr::from([127, 0, 0, 1]))
+    } else {
+        host.parse::<IpAddr>().ok()
+    };
+    match ip {
+        Some(ip) => {
+            ip == listen.ip()
+                || (listen.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified()))
+        }
+        None => false,
     }
 }
 
