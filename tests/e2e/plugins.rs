@@ -21,15 +21,21 @@ async fn get_as(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> (u1
     (status.as_u16(), body)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_key_plugin_gives_each_key_its_own_bucket() {
+/// A gateway keyed by the api-key plugin `wasm` (`plugins:` gets
+/// `settings`), capacity 2: two requests per API key pass, the third is
+/// 429, for each key apart. Returns the gateway and a client, with the
+/// backend and the database directory to keep while the gateway runs.
+async fn keys_get_their_own_buckets(
+    wasm: &std::path::Path,
+    settings: &str,
+) -> (Gateway, HttpClient, (TestBackend, tempfile::TempDir)) {
     let b = TestBackend::start("b").await;
     let db = tempfile::tempdir().unwrap();
     let yaml = yaml_for(
         &[&b],
         &format!(
-            "rate_limit:\n  key: plugin\n  unknown_keys: own\n  key_plugin: {}\n  database: sqlite://{}\n  default:\n    capacity: 2\n    refill_per_second: 0.01\n",
-            plugin("api_key").display(),
+            "rate_limit:\n  key: plugin\n  unknown_keys: own\n  key_plugin: {}\n  database: sqlite://{}\n  default:\n    capacity: 2\n    refill_per_second: 0.01\nplugins:\n{settings}",
+            wasm.display(),
             db.path().join("l.db").display()
         ),
     );
@@ -40,6 +46,12 @@ async fn api_key_plugin_gives_each_key_its_own_bucket() {
         seen.push(get_as(&client, &gw.url("/"), &[("x-api-key", key)]).await.0);
     }
     assert_eq!(seen, vec![200, 200, 429, 200, 200, 429]);
+    (gw, client, (b, db))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_plugin_gives_each_key_its_own_bucket() {
+    let (gw, client, _keep) = keys_get_their_own_buckets(&plugin("api_key"), "").await;
     // Without the header the plugin declines and the client IP is the key.
     assert_eq!(get_as(&client, &gw.url("/"), &[]).await.0, 200);
     let (_, _, metrics) = get(&client, &gw.admin_url("/metrics")).await;
@@ -386,23 +398,8 @@ fn validate_loads_configured_plugins() {
 /// each API key its own bucket, a JWT's `sub` claim, else the address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_api_key_plugin_keys_requests() {
-    let b = TestBackend::start("b").await;
-    let db = tempfile::tempdir().unwrap();
-    let yaml = yaml_for(
-        &[&b],
-        &format!(
-            "rate_limit:\n  key: plugin\n  unknown_keys: own\n  key_plugin: {}\n  database: sqlite://{}\n  default:\n    capacity: 2\n    refill_per_second: 0.01\nplugins:\n  timeout: 50ms\n",
-            python_plugin("api-key", "key-plugin").display(),
-            db.path().join("l.db").display()
-        ),
-    );
-    let gw = Gateway::start(&yaml);
-    let client = client();
-    let mut seen = Vec::new();
-    for key in ["alpha", "alpha", "alpha", "beta", "beta", "beta"] {
-        seen.push(get_as(&client, &gw.url("/"), &[("x-api-key", key)]).await.0);
-    }
-    assert_eq!(seen, vec![200, 200, 429, 200, 200, 429]);
+    let wasm = python_plugin("api-key", "key-plugin");
+    let (gw, client, _keep) = keys_get_their_own_buckets(&wasm, "  timeout: 50ms\n").await;
     // {"sub":"carol"}: its own bucket, apart from the address's.
     let bearer = "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJjYXJvbCJ9.";
     let mut carol = Vec::new();
