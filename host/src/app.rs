@@ -2,16 +2,15 @@
 //! background tasks, and drain on SIGTERM/SIGINT.
 
 use crate::admin::{Admin, Clients};
-use crate::balancer::{self, Backend};
 use crate::config::Config;
-use crate::health::HealthChecker;
 use crate::limiter::shared::{Budget, SharedLimiter};
 use crate::limiter::sync::load_overrides;
 use crate::limiter::{Limiter, canonical_client_id, spawn_sync};
 use crate::listen;
 use crate::metrics::Metrics;
-use crate::plugin::Plugins;
 use crate::proxy::Proxy;
+use crate::reload::{Reloader, Source};
+use crate::routing::{Buckets, Env, Routing};
 use crate::server::{self, ConnLimits, Shutdown};
 use crate::store::Store;
 use crate::workers;
@@ -21,13 +20,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// Runs the gateway until a termination signal, then drains and returns.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let backends: Arc<[Arc<Backend>]> = config
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| Arc::new(Backend::new(i, b.url.clone(), b.weight)))
-        .collect();
+/// `source` is where a reload reads the configuration again.
+pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
     let limiting = rate_limiting(&config).await?;
     let limiter = limiting.as_ref().map(|(_, limiter)| Arc::clone(limiter));
     let shared = match (&config.rate_limit.shared, config.rate_limit.enabled) {
@@ -42,46 +36,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )),
         _ => None,
     };
-    let budget = limiter.as_ref().map(|local| {
-        Arc::new(match &shared {
+    let top_level = limiter.as_ref().map(|local| {
+        Arc::new(Buckets::top_level(match &shared {
             Some(redis) => Budget::Shared {
                 redis: Arc::clone(redis),
                 local: Arc::clone(local),
             },
             None => Budget::Local(Arc::clone(local)),
-        })
+        }))
     });
-    let metrics = Arc::new(Metrics::new(&backends, limiter.clone(), shared.clone()));
-    let plugins = Plugins::load(&config, &|interface| metrics.plugin_outcomes(interface))
-        .map_err(|e| anyhow::anyhow!("plugin: {e}"))?;
-    for line in plugins.describe() {
+    let metrics = Arc::new(Metrics::new(limiter.clone(), shared.clone()));
+    let env = Env {
+        metrics: Arc::clone(&metrics),
+        top_level,
+        shared: shared.clone(),
+    };
+    let routing =
+        Arc::new(Routing::build(&config, None, &env).map_err(|e| anyhow::anyhow!("plugin: {e}"))?);
+    for line in routing.plugins.describe() {
         tracing::info!(event = "plugin_loaded", "{line}");
     }
-    if config.plugins.reload {
-        plugins.spawn_reloader();
+    let reloader = Arc::new(Reloader::new(source, env, Arc::clone(&routing)));
+    reloader.spawn_plugin_watch();
+    if config.reload.watch {
+        reloader.spawn_watch(Duration::from_secs(1));
     }
-    let selection = balancer::build(config.algorithm, &backends, plugins.select.clone());
     let workers = workers::count(config.proxy.workers);
-    // Each worker has its own pool, so each gets its share of the cap.
-    let connections = config.proxy.max_backend_connections.div_ceil(workers);
-    let make_proxy = || {
-        Proxy::new(
-            &config,
-            connections,
-            Arc::clone(&backends),
-            Arc::clone(&selection),
-            Arc::clone(&metrics),
-            budget.clone(),
-            &plugins,
-        )
-    };
+    let make_proxy = || Proxy::new(Arc::clone(&routing), Arc::clone(&metrics), workers);
     let clients = limiting.map(|(store, limiter)| Clients {
         store,
         limiter: Some(limiter),
         source: config.rate_limit.key.clone(),
     });
     let admin = Arc::new(Admin::new(
-        Arc::clone(&backends),
+        Arc::clone(&reloader),
         Arc::clone(&metrics),
         config.admin.token.clone(),
         clients,
@@ -95,8 +83,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (stop, signal) = watch::channel(false);
     let (done, mut drained) = mpsc::channel::<()>(1);
     let shutdown = Shutdown { signal, done };
-    HealthChecker::new(Arc::clone(&backends), config.health_check.clone())
-        .spawn(shutdown.signal.clone());
 
     let limits = ConnLimits {
         max_header_bytes: config.proxy.max_header_bytes,
@@ -104,8 +90,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let proxy_addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    workers::spawn(workers, listener.into_std()?, make_proxy, limits, &shutdown)
+    let proxies = workers::spawn(workers, listener.into_std()?, make_proxy, limits, &shutdown)
         .context("cannot start the proxy workers")?;
+    reloader.serve(proxies);
     tokio::spawn(server::serve(
         admin_listener,
         move |request, _peer| {
@@ -116,21 +103,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     drop(shutdown);
+    let backends: usize = routing.pools.iter().map(|p| p.core.backends.len()).sum();
+    let algorithm = match routing.pools.as_slice() {
+        [pool] if pool.core.config.balancer_plugin.is_some() => "plugin",
+        [pool] => pool.core.config.algorithm.name(),
+        _ => "per pool",
+    };
     tracing::info!(
         event = "listening",
         proxy = %proxy_addr,
         workers,
         admin = %admin_addr,
-        backends = backends.len(),
-        algorithm = if plugins.select.is_some() { "plugin" } else { config.algorithm.name() },
+        pools = routing.pools.len(),
+        routes = routing.routes.len(),
+        backends,
+        algorithm,
         admin_token = config.admin.token.is_some(),
         "gateway started"
     );
     if config.admin.token.is_none() {
         tracing::warn!("admin.token is not set: protected admin routes answer 401");
     }
+    drop(routing);
 
-    terminated().await;
+    terminated(&reloader).await;
     tracing::info!(event = "shutdown", drain_timeout = ?config.proxy.drain_timeout, "stopping: no new connections, draining in-flight requests");
     let _ = stop.send(true);
     match tokio::time::timeout(config.proxy.drain_timeout, drained.recv()).await {
@@ -196,23 +192,21 @@ async fn rate_limiting(config: &Config) -> anyhow::Result<Option<(Arc<Store>, Ar
     Ok(Some((store, limiter)))
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn terminated() {
+/// Resolves on SIGTERM or SIGINT; reloads the configuration on SIGHUP
+/// (which never stops the gateway).
+async fn terminated(reloader: &Arc<Reloader>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        // SIGHUP must never stop the gateway (operators send it out of
-        // habit to reload): it reloads plugins (see `Plugins::spawn_reloader`);
-        // here it is only taken and said to change nothing else.
         let mut hangup = signal(SignalKind::hangup()).ok();
         let hangups = async {
             match hangup.as_mut() {
                 Some(hangup) => loop {
                     hangup.recv().await;
-                    tracing::warn!(
-                        event = "sighup",
-                        "SIGHUP: plugins are reloaded; the configuration file is not (restart to apply it)"
-                    );
+                    tracing::info!(event = "sighup", "SIGHUP: reloading the configuration");
+                    // Reloads run one at a time; a failed one is logged by `reload`.
+                    let reloader = Arc::clone(reloader);
+                    tokio::spawn(async move { reloader.reload("sighup").await });
                 },
                 None => std::future::pending().await,
             }
@@ -232,6 +226,7 @@ async fn terminated() {
     }
     #[cfg(not(unix))]
     {
+        let _ = reloader;
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -10,7 +10,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::sync::Arc;
-use tokio::sync::watch;
 
 /// Takes a backend out of rotation after a failed request (passive check).
 pub fn mark_down(backends: &[Arc<Backend>], index: usize, reason: &str) {
@@ -53,18 +52,16 @@ impl HealthChecker {
         }
     }
 
-    pub fn spawn(self, shutdown: watch::Receiver<bool>) {
+    /// Starts one probing task per backend; they run until aborted (when
+    /// the pool is dropped, after a reload that removed or changed it).
+    pub fn spawn(self) -> Vec<tokio::task::JoinHandle<()>> {
         let checker = Arc::new(self);
-        for index in 0..checker.backends.len() {
-            let checker = Arc::clone(&checker);
-            let mut shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = checker.watch(index) => {}
-                    _ = shutdown.changed() => {}
-                }
-            });
-        }
+        (0..checker.backends.len())
+            .map(|index| {
+                let checker = Arc::clone(&checker);
+                tokio::spawn(async move { checker.watch(index).await })
+            })
+            .collect()
     }
 
     async fn watch(&self, index: usize) {

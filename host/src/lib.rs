@@ -16,6 +16,9 @@ pub mod logging;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;
+pub mod reload;
+pub mod routes;
+pub mod routing;
 pub mod server;
 pub mod store;
 #[cfg(test)]

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
                 ..env_overrides()
             };
             match load(&args.config, &over) {
-                Ok(config) => serve(config, None),
+                Ok(config) => serve(config, None, source(&args.config, over)),
                 Err(code) => code,
             }
         }
@@ -53,12 +53,14 @@ fn plugin_check(file: &std::path::Path, config: Option<std::path::PathBuf>) -> E
             let arg = gateway::cli::ConfigArg { config: Some(path) };
             match load(&arg, &env_overrides()) {
                 Ok(c) => {
-                    let urls = c
-                        .backends
-                        .iter()
-                        .map(|b| b.url.to_string().trim_end_matches('/').to_owned())
-                        .collect();
-                    (c.plugins, Some(urls))
+                    // A selection plugin sees its pool's backends: those of the first pool.
+                    let urls = c.pools.first().map(|pool| {
+                        pool.backends
+                            .iter()
+                            .map(|b| b.url.to_string().trim_end_matches('/').to_owned())
+                            .collect()
+                    });
+                    (c.plugins, urls)
                 }
                 Err(code) => return code,
             }
@@ -120,25 +122,23 @@ fn validate(args: &ConfigArg) -> ExitCode {
         }
     };
     let parsed = config::parse(&text, &env_overrides()).and_then(|c| {
-        gateway::plugin::Plugins::load(&c, &|_| gateway::plugin::Outcomes::default())
+        gateway::routing::load_plugins(&c)
             .map(|plugins| (c, plugins))
             .map_err(|reason| vec![config::Problem::new("plugins", reason)])
     });
     match parsed {
         Ok((c, plugins)) => {
-            let balancer = match &c.balancer_plugin {
-                Some(plugin) => format!(
-                    "plugin {} (fallback {})",
-                    plugin.display(),
-                    c.algorithm.name()
-                ),
-                None => c.algorithm.name().to_owned(),
+            let backends: usize = c.pools.iter().map(|p| p.backends.len()).sum();
+            let pools = match c.pools.as_slice() {
+                [pool] => format!("pool {}", pool.name),
+                all => format!("{} pools", all.len()),
             };
             println!(
-                "{}: ok — listen {}, {} backend(s), {balancer}, admin {}",
+                "{}: ok — listen {}, {} backend(s) in {pools}, {} route(s), admin {}",
                 path.display(),
                 c.listen,
-                c.backends.len(),
+                backends,
+                c.routes.len(),
                 c.admin.listen
             );
             for line in plugins.describe() {
@@ -178,7 +178,20 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn serve(config: Config, before: Option<DemoBackends>) -> ExitCode {
+/// Where a reload reads the configuration again.
+fn source(args: &ConfigArg, overrides: Overrides) -> gateway::reload::Source {
+    gateway::reload::Source {
+        path: args.path(),
+        explicit: args.explicit(),
+        overrides,
+    }
+}
+
+fn serve(
+    config: Config,
+    before: Option<DemoBackends>,
+    source: gateway::reload::Source,
+) -> ExitCode {
     let _log = gateway::logging::init(&config.log);
     let runtime = match runtime() {
         Ok(runtime) => runtime,
@@ -191,7 +204,7 @@ fn serve(config: Config, before: Option<DemoBackends>) -> ExitCode {
         if let Some(backends) = before {
             backends.start().await?;
         }
-        gateway::app::run(config).await
+        gateway::app::run(config, source).await
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -273,5 +286,5 @@ fn demo(args: DemoArgs) -> ExitCode {
         };
     }
     config.admin.token.get_or_insert_with(|| "demo".to_owned());
-    serve(config, Some(backends))
+    serve(config, Some(backends), source(&args.config, over))
 }

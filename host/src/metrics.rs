@@ -1,5 +1,6 @@
-//! Prometheus metrics. Handles for every backend are created up front so the
-//! request path touches only atomics, never a label lookup.
+//! Prometheus metrics. Handles for every route and backend are created when
+//! the routes are built (at start and on reload) so the request path touches
+//! only atomics, never a label lookup.
 
 use crate::balancer::Backend;
 use crate::limiter::shared::SharedLimiter;
@@ -12,17 +13,28 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
+    route: String,
+    pool: String,
     backend: String,
     class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BackendLabel {
+struct RouteLabels {
+    route: String,
+    pool: String,
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    pool: String,
     backend: String,
 }
 
@@ -31,24 +43,66 @@ struct OutcomeLabel {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    interface: &'static str,
+    outcome: &'static str,
+}
+
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// Per-backend handles; index `backends.len()` is "answered by the gateway itself".
+/// Handles for one (route, backend) pair.
 struct Handles {
     /// Responses by status class.
     responses: [Counter; 5],
     latency: Histogram,
+    /// Shared by every route to the backend's pool.
     failures: Counter,
+}
+
+/// One route's counters, created when the route is built so the request
+/// path touches only atomics, never a label lookup. Index `backends.len()`
+/// is "answered by the gateway itself".
+pub struct RouteMetrics {
+    handles: Box<[Handles]>,
+}
+
+impl RouteMetrics {
+    fn handles(&self, backend: Option<usize>) -> &Handles {
+        let last = self.handles.len() - 1;
+        &self.handles[backend.unwrap_or(last).min(last)]
+    }
+
+    /// Counts one finished request.
+    pub fn record(&self, backend: Option<usize>, status: StatusCode, elapsed: Duration) {
+        let handles = self.handles(backend);
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        handles.responses[class].inc();
+        handles.latency.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn record_failure(&self, backend: usize) {
+        self.handles(Some(backend)).failures.inc();
+    }
+}
+
+/// A backend's live state for the gauges, sampled when `/metrics` is read.
+pub struct BackendState<'a> {
+    pub pool: &'a str,
+    pub backend: &'a Backend,
 }
 
 pub struct Metrics {
     registry: Registry,
-    handles: Vec<Handles>,
-    healthy: Vec<Gauge>,
-    in_flight: Vec<Gauge>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    failures: Family<BackendLabels, Counter>,
+    healthy: Family<BackendLabels, Gauge>,
+    in_flight: Family<BackendLabels, Gauge>,
+    /// Label sets in use, so a reload can drop those of removed routes and backends.
+    live: Mutex<HashSet<RouteLabels>>,
     /// Times a request moved on to another backend after a failed attempt.
     pub failovers: Counter,
-    backends: Vec<Arc<Backend>>,
     /// Rate-limit decisions: allowed, limited, overflow (client not tracked:
     /// `max_clients` reached), unknown_key (refused under `unknown_keys: reject`).
     decisions: [Counter; 4],
@@ -60,26 +114,16 @@ pub struct Metrics {
     plugin_calls: Family<PluginLabels, Counter>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PluginLabels {
-    interface: &'static str,
-    outcome: &'static str,
-}
-
 impl Metrics {
-    pub fn new(
-        backends: &[Arc<Backend>],
-        limiter: Option<Arc<Limiter>>,
-        shared: Option<Arc<SharedLimiter>>,
-    ) -> Self {
+    pub fn new(limiter: Option<Arc<Limiter>>, shared: Option<Arc<SharedLimiter>>) -> Self {
         let mut registry = Registry::with_prefix("gateway");
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<BackendLabel, Histogram>::new_with_constructor(|| {
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
-        let failures = Family::<BackendLabel, Counter>::default();
-        let healthy = Family::<BackendLabel, Gauge>::default();
-        let in_flight = Family::<BackendLabel, Gauge>::default();
+        let failures = Family::<BackendLabels, Counter>::default();
+        let healthy = Family::<BackendLabels, Gauge>::default();
+        let in_flight = Family::<BackendLabels, Gauge>::default();
         let failovers = Counter::default();
         let decisions = Family::<OutcomeLabel, Counter>::default();
         let tracked_clients = Gauge::default();
@@ -95,7 +139,7 @@ impl Metrics {
         );
         registry.register(
             "requests",
-            "Requests answered, by backend (\"none\": answered by the gateway) and status class",
+            "Requests answered, by route, pool, backend (\"none\": answered by the gateway) and status class",
             requests.clone(),
         );
         registry.register(
@@ -123,43 +167,6 @@ impl Metrics {
             "Requests retried on another backend",
             failovers.clone(),
         );
-
-        let names = backends
-            .iter()
-            .map(|b| b.name.clone())
-            .chain(std::iter::once("none".to_owned()));
-        let handles = names
-            .map(|name| Handles {
-                responses: CLASSES.map(|class| {
-                    requests
-                        .get_or_create(&RequestLabels {
-                            backend: name.clone(),
-                            class,
-                        })
-                        .clone()
-                }),
-                latency: latency
-                    .get_or_create(&BackendLabel {
-                        backend: name.clone(),
-                    })
-                    .clone(),
-                failures: failures
-                    .get_or_create(&BackendLabel { backend: name })
-                    .clone(),
-            })
-            .collect();
-        let gauge = |family: &Family<BackendLabel, Gauge>| -> Vec<Gauge> {
-            backends
-                .iter()
-                .map(|b| {
-                    family
-                        .get_or_create(&BackendLabel {
-                            backend: b.name.clone(),
-                        })
-                        .clone()
-                })
-                .collect()
-        };
         let shared_up = Gauge::default();
         if shared.is_some() {
             registry.register(
@@ -177,32 +184,99 @@ impl Metrics {
         let decisions = ["allowed", "limited", "overflow", "unknown_key"]
             .map(|outcome| decisions.get_or_create(&OutcomeLabel { outcome }).clone());
         Metrics {
-            shared_up,
-            shared,
-            plugin_calls,
+            registry,
+            requests,
+            latency,
+            failures,
+            healthy,
+            in_flight,
+            live: Mutex::new(HashSet::new()),
+            failovers,
             decisions,
             tracked_clients,
             limiter,
-            healthy: gauge(&healthy),
-            in_flight: gauge(&in_flight),
-            registry,
-            handles,
-            failovers,
-            backends: backends.to_vec(),
+            shared_up,
+            shared,
+            plugin_calls,
         }
     }
 
-    fn handles(&self, backend: Option<usize>) -> &Handles {
-        let index = backend.unwrap_or(self.handles.len() - 1);
-        &self.handles[index.min(self.handles.len() - 1)]
+    /// Counters for `route`, which sends to `backends` of `pool` (route and
+    /// pool `none`: requests no route took).
+    pub fn route(&self, route: &str, pool: &str, backends: &[Arc<Backend>]) -> RouteMetrics {
+        let names = backends
+            .iter()
+            .map(|b| b.name.as_str())
+            .chain(std::iter::once("none"));
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let handles = names
+            .map(|backend| {
+                let labels = RouteLabels {
+                    route: route.to_owned(),
+                    pool: pool.to_owned(),
+                    backend: backend.to_owned(),
+                };
+                let handles = Handles {
+                    responses: CLASSES.map(|class| {
+                        self.requests
+                            .get_or_create(&RequestLabels {
+                                route: labels.route.clone(),
+                                pool: labels.pool.clone(),
+                                backend: labels.backend.clone(),
+                                class,
+                            })
+                            .clone()
+                    }),
+                    latency: self.latency.get_or_create(&labels).clone(),
+                    failures: self
+                        .failures
+                        .get_or_create(&BackendLabels {
+                            pool: labels.pool.clone(),
+                            backend: labels.backend.clone(),
+                        })
+                        .clone(),
+                };
+                live.insert(labels);
+                handles
+            })
+            .collect();
+        RouteMetrics { handles }
     }
 
-    /// Counts one finished request.
-    pub fn record(&self, backend: Option<usize>, status: StatusCode, elapsed: Duration) {
-        let handles = self.handles(backend);
-        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        handles.responses[class].inc();
-        handles.latency.observe(elapsed.as_secs_f64());
+    /// Drops the series of routes and backends a reload removed: every label
+    /// set not in `keep` (those of the routes now served).
+    pub fn retain(&self, keep: &HashSet<(String, String, String)>) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let pools: HashSet<(&str, &str)> = keep
+            .iter()
+            .map(|(_, pool, backend)| (pool.as_str(), backend.as_str()))
+            .collect();
+        live.retain(|labels| {
+            let key = (
+                labels.route.clone(),
+                labels.pool.clone(),
+                labels.backend.clone(),
+            );
+            if keep.contains(&key) {
+                return true;
+            }
+            for class in CLASSES {
+                self.requests.remove(&RequestLabels {
+                    route: labels.route.clone(),
+                    pool: labels.pool.clone(),
+                    backend: labels.backend.clone(),
+                    class,
+                });
+            }
+            self.latency.remove(labels);
+            if !pools.contains(&(labels.pool.as_str(), labels.backend.as_str())) {
+                self.failures.remove(&BackendLabels {
+                    pool: labels.pool.clone(),
+                    backend: labels.backend.clone(),
+                });
+            }
+            false
+        });
     }
 
     pub fn record_decision(&self, decision: &Decision) {
@@ -235,15 +309,21 @@ impl Metrics {
         }
     }
 
-    pub fn record_failure(&self, backend: usize) {
-        self.handles(Some(backend)).failures.inc();
-    }
-
-    /// Prometheus text exposition, with live backend state sampled now.
-    pub fn render(&self) -> String {
-        for (i, b) in self.backends.iter().enumerate() {
-            self.healthy[i].set(i64::from(b.is_healthy()));
-            self.in_flight[i].set(b.in_flight() as i64);
+    /// Prometheus text exposition, with the state of `backends` sampled now.
+    pub fn render(&self, backends: &[BackendState<'_>]) -> String {
+        self.healthy.clear();
+        self.in_flight.clear();
+        for state in backends {
+            let labels = BackendLabels {
+                pool: state.pool.to_owned(),
+                backend: state.backend.name.clone(),
+            };
+            self.healthy
+                .get_or_create(&labels)
+                .set(i64::from(state.backend.is_healthy()));
+            self.in_flight
+                .get_or_create(&labels)
+                .set(state.backend.in_flight() as i64);
         }
         if let Some(limiter) = &self.limiter {
             self.tracked_clients.set(limiter.tracked() as i64);
@@ -265,30 +345,48 @@ mod tests {
     use crate::balancer::test_support::backends;
 
     #[test]
-    fn renders_counts_per_backend_and_class() {
+    fn renders_counts_per_route_backend_and_class_and_forgets_removed_routes() {
         let set = backends(&[1, 1]);
-        let m = Metrics::new(&set, None, None);
-        m.record(Some(1), StatusCode::OK, Duration::from_millis(3));
-        m.record(
+        let m = Metrics::new(None, None);
+        let api = m.route("api", "web", &set);
+        let none = m.route("none", "none", &[]);
+        api.record(Some(1), StatusCode::OK, Duration::from_millis(3));
+        none.record(
             None,
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_millis(1),
         );
         set[0].set_healthy(false);
-        let text = m.render();
+        let states: Vec<BackendState> = set
+            .iter()
+            .map(|b| BackendState {
+                pool: "web",
+                backend: b,
+            })
+            .collect();
+        let text = m.render(&states);
         assert!(
             text.contains(
-                r#"gateway_requests_total{backend="http://127.0.0.1:9001",class="2xx"} 1"#
+                r#"gateway_requests_total{route="api",pool="web",backend="http://127.0.0.1:9001",class="2xx"} 1"#
             ),
             "{text}"
         );
         assert!(
-            text.contains(r#"gateway_requests_total{backend="none",class="5xx"} 1"#),
+            text.contains(
+                r#"gateway_requests_total{route="none",pool="none",backend="none",class="5xx"} 1"#
+            ),
             "{text}"
         );
         assert!(
-            text.contains(r#"gateway_backend_healthy{backend="http://127.0.0.1:9000"} 0"#),
+            text.contains(
+                r#"gateway_backend_healthy{pool="web",backend="http://127.0.0.1:9000"} 0"#
+            ),
             "{text}"
         );
+        let keep = HashSet::from([("none".to_owned(), "none".to_owned(), "none".to_owned())]);
+        m.retain(&keep);
+        let text = m.render(&[]);
+        assert!(!text.contains(r#"route="api""#), "{text}");
+        assert!(text.contains(r#"route="none""#), "{text}");
     }
 }

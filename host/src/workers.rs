@@ -24,19 +24,21 @@ pub fn count(configured: usize) -> usize {
 }
 
 /// Starts `count` workers serving `listener`; each builds its proxy with
-/// `make_proxy`. Returns once every worker is accepting, or with the first
-/// worker's startup error.
+/// `make_proxy`. Returns the proxies (a reload installs new routing in each)
+/// once every worker is accepting, or the first worker's startup error.
 pub fn spawn(
     count: usize,
     listener: TcpListener,
     make_proxy: impl Fn() -> Proxy,
     limits: ConnLimits,
     shutdown: &Shutdown,
-) -> std::io::Result<()> {
+) -> std::io::Result<Vec<Arc<Proxy>>> {
     let (started, outcomes) = mpsc::channel::<std::io::Result<()>>();
+    let mut proxies = Vec::with_capacity(count);
     for id in 0..count {
         let listener = listener.try_clone()?;
         let proxy = Arc::new(make_proxy());
+        proxies.push(Arc::clone(&proxy));
         let shutdown = shutdown.clone();
         let started = started.clone();
         std::thread::Builder::new()
@@ -47,7 +49,7 @@ pub fn spawn(
     for outcome in outcomes {
         outcome?;
     }
-    Ok(())
+    Ok(proxies)
 }
 
 /// A worker's thread: serve until shutdown, then keep driving the runtime so

@@ -237,7 +237,7 @@ async fn admin_requires_the_token_except_for_probes_and_metrics() {
     let (status, _, metrics) = get(&client, &gw.admin_url("/metrics")).await;
     assert_eq!(status, 200);
     let line = format!(
-        r#"gateway_requests_total{{backend="{}",class="2xx"}} 1"#,
+        r#"gateway_requests_total{{route="default",pool="default",backend="{}",class="2xx"}} 1"#,
         b.url()
     );
     assert!(metrics.contains(&line), "{metrics}");

@@ -9,6 +9,8 @@ mod limiter_integrity;
 mod plugin_sandbox;
 mod plugins;
 mod rate_limit;
+mod reload;
+mod routing;
 mod scale_out;
 mod strict_http;
 mod support;

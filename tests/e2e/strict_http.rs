@@ -396,7 +396,7 @@ async fn a_client_gone_before_its_answer_is_logged_499_with_its_backend() {
     let (_, _, metrics) = get(&client(), &gw.admin_url("/metrics")).await;
     assert!(
         metrics.contains(&format!(
-            r#"gateway_requests_total{{backend="{}",class="4xx"}} 1"#,
+            r#"gateway_requests_total{{route="default",pool="default",backend="{}",class="4xx"}} 1"#,
             backend.url()
         )),
         "{metrics}"

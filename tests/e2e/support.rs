@@ -119,6 +119,11 @@ impl Gateway {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The configuration file the gateway was started with (a reload reads it again).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("gateway.yaml")
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin, path)
     }
@@ -335,8 +340,11 @@ async fn route(name: &str, mut req: Request<Incoming>) -> Response<TestBody> {
             r
         }
         _ => {
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let path = http::HeaderValue::from_str(path).unwrap();
             let mut r = text(name.to_owned());
             r.headers_mut().insert("x-backend", name.parse().unwrap());
+            r.headers_mut().insert("x-path", path);
             r.headers_mut()
                 .insert("connection", "x-internal".parse().unwrap());
             r.headers_mut()

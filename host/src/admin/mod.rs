@@ -1,14 +1,16 @@
-//! The admin listener: health, readiness, metrics (open); backend state and
-//! per-client limits (bearer token).
+//! The admin listener: health, readiness, metrics (open); backends, routes,
+//! reload and per-client limits (bearer token).
 
 mod clients;
 
 pub use clients::{ClientView, Clients};
 
-use crate::balancer::Backend;
+mod routes;
+
 use crate::json_error::json_error;
 use crate::limiter::shared::SharedLimiter;
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -18,7 +20,8 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 pub struct Admin {
-    backends: Arc<[Arc<Backend>]>,
+    /// The routing being served, and reloads.
+    reloader: Arc<Reloader>,
     metrics: Arc<Metrics>,
     /// Expected bearer token; `None` closes every protected route.
     token: Option<String>,
@@ -28,26 +31,16 @@ pub struct Admin {
     shared: Option<Arc<SharedLimiter>>,
 }
 
-#[derive(Serialize)]
-struct BackendView<'a> {
-    url: &'a str,
-    weight: u32,
-    healthy: bool,
-    in_flight: u64,
-    requests: u64,
-    failures: u64,
-}
-
 impl Admin {
     pub fn new(
-        backends: Arc<[Arc<Backend>]>,
+        reloader: Arc<Reloader>,
         metrics: Arc<Metrics>,
         token: Option<String>,
         clients: Option<Clients>,
         shared: Option<Arc<SharedLimiter>>,
     ) -> Self {
         Admin {
-            backends,
+            reloader,
             metrics,
             token,
             clients,
@@ -63,7 +56,9 @@ impl Admin {
             }
             (&Method::GET, "/readyz") => self.readiness(),
             (&Method::GET, "/metrics") => {
-                let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                let routing = self.reloader.current();
+                let text = self.metrics.render(&routing.backend_states());
+                let mut response = Response::new(Full::new(Bytes::from(text)));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -79,20 +74,18 @@ impl Admin {
                 response
             }
             (&Method::GET, "/backends") => {
-                let view: Vec<BackendView> = self
-                    .backends
-                    .iter()
-                    .map(|b| BackendView {
-                        url: &b.name,
-                        weight: b.weight,
-                        healthy: b.is_healthy(),
-                        in_flight: b.in_flight(),
-                        requests: b.requests(),
-                        failures: b.failures(),
-                    })
-                    .collect();
-                json(StatusCode::OK, &view)
+                json(StatusCode::OK, &routes::backends(&self.reloader.current()))
             }
+            (&Method::GET, "/routes") => {
+                json(StatusCode::OK, &routes::routes(&self.reloader.current()))
+            }
+            (&Method::POST, "/reload") => match self.reloader.reload("admin").await {
+                Ok(reloaded) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({"status": "reloaded", "reloaded": reloaded}),
+                ),
+                Err(problems) => json(StatusCode::BAD_REQUEST, &routes::problems(&problems)),
+            },
             (_, "/clients") => self.clients(request, None).await,
             (_, p) if p.starts_with("/clients/") => {
                 let raw = &p["/clients/".len()..];
@@ -101,7 +94,7 @@ impl Admin {
                     .into_owned();
                 self.clients(request, Some(key)).await
             }
-            (_, "/healthz" | "/readyz" | "/metrics" | "/backends") => {
+            (_, "/healthz" | "/readyz" | "/metrics" | "/backends" | "/routes" | "/reload") => {
                 json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
             }
             _ => json_error(StatusCode::NOT_FOUND, "Not found"),
@@ -123,7 +116,9 @@ impl Admin {
     }
 
     fn readiness(&self) -> Response<Full<Bytes>> {
-        let healthy = self.backends.iter().filter(|b| b.is_healthy()).count();
+        let routing = self.reloader.current();
+        let backends = routing.backend_states();
+        let healthy = backends.iter().filter(|b| b.backend.is_healthy()).count();
         let status = if healthy > 0 {
             StatusCode::OK
         } else {
@@ -132,7 +127,7 @@ impl Admin {
         let mut body = serde_json::json!({
             "ready": healthy > 0,
             "healthy_backends": healthy,
-            "backends": self.backends.len(),
+            "backends": backends.len(),
         });
         if let Some(shared) = &self.shared {
             body["shared_limiter"] = serde_json::json!({

@@ -106,11 +106,11 @@ mod tests {
         let c = ok(
             "listen: 0.0.0.0:8080\nbackends:\n  - http://127.0.0.1:9001\n  - url: http://127.0.0.1:9002\n    weight: 2\n",
         );
-        assert_eq!(c.backends.len(), 2);
-        assert_eq!(c.backends[1].weight, 2);
-        assert_eq!(c.algorithm, Algorithm::RoundRobin);
+        assert_eq!(c.pools[0].backends.len(), 2);
+        assert_eq!(c.pools[0].backends[1].weight, 2);
+        assert_eq!(c.pools[0].algorithm, Algorithm::RoundRobin);
         assert_eq!(c.proxy.retries, 2);
-        assert_eq!(c.health_check.interval, Duration::from_secs(5));
+        assert_eq!(c.pools[0].health_check.interval, Duration::from_secs(5));
         assert_eq!(c.admin.listen.port(), 9091);
         assert_eq!(c.log.format, LogFormat::Pretty);
     }
@@ -214,8 +214,8 @@ mod tests {
         };
         let c = parse("listen: 0.0.0.0:8080\nbackends: [http://x:9]\n", &over).unwrap();
         assert_eq!(c.listen.port(), 1);
-        assert_eq!(c.backends.len(), 1);
-        assert_eq!(c.backends[0].url.port_u16(), Some(2));
+        assert_eq!(c.pools[0].backends.len(), 1);
+        assert_eq!(c.pools[0].backends[0].url.port_u16(), Some(2));
         assert_eq!(c.log.format, LogFormat::Json);
     }
 

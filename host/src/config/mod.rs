@@ -3,6 +3,7 @@
 mod env;
 mod load;
 mod raw;
+mod routes;
 mod validate;
 
 pub use load::{LoadError, Overrides, load, parse};
@@ -48,6 +49,28 @@ use std::time::Duration;
 pub struct Config {
     /// Address of the proxy listener.
     pub listen: SocketAddr,
+    /// Backend pools by name (`default`: the top-level `backends`).
+    pub pools: Vec<PoolConfig>,
+    /// Routes in the order written; the first that matches wins.
+    pub routes: Vec<RouteConfig>,
+    pub reload: ReloadConfig,
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub rate_limit: RateLimitConfig,
+    pub plugins: PluginsConfig,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReloadConfig {
+    /// Reload when the configuration file changes.
+    pub watch: bool,
+}
+
+/// One backend pool: its backends and how they are balanced, probed and reached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
     /// Upstream servers, in the order written.
     pub backends: Vec<BackendConfig>,
     /// How a backend is chosen for each request.
@@ -55,11 +78,61 @@ pub struct Config {
     /// The backend-selection plugin (`balancer.algorithm: plugin`); `algorithm` is then its fallback.
     pub balancer_plugin: Option<PathBuf>,
     pub health_check: HealthCheckConfig,
-    pub proxy: ProxyConfig,
-    pub admin: AdminConfig,
-    pub log: LogConfig,
-    pub rate_limit: RateLimitConfig,
-    pub plugins: PluginsConfig,
+    pub connect_timeout: Duration,
+    /// Time allowed from sending the request until the response headers arrive.
+    pub request_timeout: Duration,
+    /// Further backends tried after a failed attempt.
+    pub retries: u32,
+    /// Connections (open or opening) to one backend, over all workers.
+    pub max_connections: usize,
+}
+
+impl Config {
+    /// The pool a route sends to.
+    pub fn pool(&self, route: &RouteConfig) -> &PoolConfig {
+        &self.pools[route.pool]
+    }
+}
+
+/// One route: what it matches and what it does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// For logs, metrics and `/routes` (`name:`, else made from the match).
+    pub name: String,
+    pub matcher: crate::routes::Match,
+    /// Index into [`Config::pools`].
+    pub pool: usize,
+    /// The path prefix taken off before forwarding (`strip_prefix: true`).
+    pub strip_prefix: Option<String>,
+    /// Overrides the pool's request timeout.
+    pub request_timeout: Option<Duration>,
+    /// Largest request body; `None`: unlimited.
+    pub max_body_bytes: Option<u64>,
+    pub limit: RouteLimit,
+    /// Tokens one request takes.
+    pub cost: u32,
+    /// Chooses the backend for this route's requests instead of the pool's balancer.
+    pub select_plugin: Option<PathBuf>,
+}
+
+/// Which rate-limit policy a route's requests are charged to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteLimit {
+    /// The top-level `rate_limit` (none when it is off).
+    Default,
+    Off,
+    Own(PolicyConfig),
+}
+
+/// A route's own rate-limit policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyConfig {
+    /// Named in `RateLimit-Policy` and in Redis keys.
+    pub name: String,
+    pub key: KeySource,
+    pub unknown_keys: UnknownKeys,
+    pub key_plugin: Option<PathBuf>,
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -150,7 +223,7 @@ pub struct SharedConfig {
     pub on_failure: OnSharedFailure,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackendConfig {
     /// `http://host:port` plus an optional path prefix.
     pub url: Uri,
@@ -177,7 +250,7 @@ impl Algorithm {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheckConfig {
     /// Active probes on; when off, a passively failed backend is retried after `interval`.
     pub enabled: bool,

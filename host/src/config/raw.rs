@@ -22,6 +22,73 @@ pub struct RawConfig {
     pub log: Option<RawLog>,
     pub rate_limit: Option<RawRateLimit>,
     pub plugins: Option<RawPlugins>,
+    /// Named backend pools (ordered by name).
+    pub pools: Option<std::collections::BTreeMap<String, RawPool>>,
+    pub routes: Option<Vec<S<RawRoute>>>,
+    pub reload: Option<RawReload>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReload {
+    pub watch: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub backends: Option<Vec<S<RawBackend>>>,
+    pub balancer: Option<RawBalancer>,
+    pub health_check: Option<RawHealthCheck>,
+    pub connect_timeout: Option<S<String>>,
+    pub request_timeout: Option<S<String>>,
+    pub retries: Option<S<i64>>,
+    pub max_connections: Option<S<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<S<String>>,
+    #[serde(rename = "match")]
+    pub matcher: Option<RawMatch>,
+    pub pool: Option<S<String>>,
+    pub strip_prefix: Option<bool>,
+    pub request_timeout: Option<S<String>>,
+    pub max_body_bytes: Option<S<i64>>,
+    pub rate_limit: Option<RawRouteLimit>,
+    pub cost: Option<S<i64>>,
+    pub key_plugin: Option<S<String>>,
+    pub select_plugin: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub host: Option<S<String>>,
+    pub path_prefix: Option<S<String>>,
+    pub path: Option<S<String>>,
+    pub methods: Option<Vec<S<String>>>,
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A route's `rate_limit`: `off` (or `false`), or a policy of its own.
+#[derive(Debug)]
+pub enum RawRouteLimit {
+    Off,
+    Policy(Box<RawPolicy>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub name: Option<S<String>>,
+    pub key: Option<S<String>>,
+    pub key_plugin: Option<S<String>>,
+    pub unknown_keys: Option<S<String>>,
+    pub ipv6_prefix: Option<S<i64>>,
+    pub capacity: Option<S<i64>>,
+    pub refill_per_second: Option<S<f64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,5 +226,41 @@ impl<'de> Deserialize<'de> for RawBackend {
         }
 
         deserializer.deserialize_any(BackendVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawRouteLimit {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LimitVisitor;
+
+        impl<'de> Visitor<'de> for LimitVisitor {
+            type Value = RawRouteLimit;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("off, or a map {key, capacity, refill_per_second}")
+            }
+
+            fn visit_str<E: de::Error>(self, word: &str) -> Result<RawRouteLimit, E> {
+                match word.trim() {
+                    "off" => Ok(RawRouteLimit::Off),
+                    other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
+                }
+            }
+
+            fn visit_bool<E: de::Error>(self, on: bool) -> Result<RawRouteLimit, E> {
+                if on {
+                    Err(E::invalid_value(de::Unexpected::Bool(true), &self))
+                } else {
+                    Ok(RawRouteLimit::Off)
+                }
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawRouteLimit, A::Error> {
+                RawPolicy::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|policy| RawRouteLimit::Policy(Box::new(policy)))
+            }
+        }
+
+        deserializer.deserialize_any(LimitVisitor)
     }
 }

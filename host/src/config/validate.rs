@@ -2,10 +2,10 @@
 //! [`Config`], collecting every problem instead of stopping at the first.
 
 use super::load::Overrides;
-use super::raw::{RawConfig, RawRateLimit, S};
+use super::raw::{RawBackend, RawBalancer, RawConfig, RawHealthCheck, RawRateLimit, S};
 use super::{
     AdminConfig, Algorithm, BackendConfig, Config, HealthCheckConfig, LogConfig, LogFormat,
-    Problem, ProxyConfig, RateLimitConfig,
+    PoolConfig, Problem, ProxyConfig, RateLimitConfig, ReloadConfig,
 };
 use crate::limiter::shared::OnSharedFailure;
 use crate::limiter::{KeyKind, KeySource, Limits, UnknownKeys};
@@ -15,15 +15,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// A value to check: where it came from and what it says.
-struct Input<'a, T> {
-    path: String,
-    value: &'a T,
-    line: Option<usize>,
-    column: Option<usize>,
+pub(super) struct Input<'a, T> {
+    pub(super) path: String,
+    pub(super) value: &'a T,
+    pub(super) line: Option<usize>,
+    pub(super) column: Option<usize>,
 }
 
 impl<T> Input<'_, T> {
-    fn problem(&self, message: impl Into<String>) -> Problem {
+    pub(super) fn problem(&self, message: impl Into<String>) -> Problem {
         Problem {
             path: self.path.clone(),
             line: self.line,
@@ -33,7 +33,7 @@ impl<T> Input<'_, T> {
     }
 }
 
-fn spanned<'a, T>(path: impl Into<String>, s: &'a S<T>) -> Input<'a, T> {
+pub(super) fn spanned<'a, T>(path: impl Into<String>, s: &'a S<T>) -> Input<'a, T> {
     let line = s.referenced.line() as usize;
     let column = s.referenced.column() as usize;
     Input {
@@ -68,12 +68,16 @@ fn pick<'a, T>(
 }
 
 #[derive(Default)]
-struct Checker {
-    problems: Vec<Problem>,
+pub(super) struct Checker {
+    pub(super) problems: Vec<Problem>,
 }
 
 impl Checker {
-    fn duration(&mut self, input: Option<Input<'_, String>>, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        input: Option<Input<'_, String>>,
+        default: Duration,
+    ) -> Duration {
         let Some(input) = input else { return default };
         match humantime::parse_duration(input.value.trim()) {
             Ok(d) if !d.is_zero() => d,
@@ -106,7 +110,13 @@ impl Checker {
         }
     }
 
-    fn int(&mut self, input: Option<Input<'_, i64>>, min: i64, max: i64, default: i64) -> i64 {
+    pub(super) fn int(
+        &mut self,
+        input: Option<Input<'_, i64>>,
+        min: i64,
+        max: i64,
+        default: i64,
+    ) -> i64 {
         let Some(input) = input else { return default };
         let v = *input.value;
         if v < min || v > max {
@@ -117,7 +127,11 @@ impl Checker {
         v
     }
 
-    fn backend_url(&mut self, input: &Input<'_, String>, listen: SocketAddr) -> Option<Uri> {
+    pub(super) fn backend_url(
+        &mut self,
+        input: &Input<'_, String>,
+        listen: SocketAddr,
+    ) -> Option<Uri> {
         let text = input.value.trim();
         let uri: Uri = match text.parse() {
             Ok(uri) => uri,
@@ -198,122 +212,10 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
             }
         }
     } else if let Some(list) = &raw.backends {
-        for (i, entry) in list.iter().enumerate() {
-            let at = spanned(format!("backends[{i}]"), entry);
-            let url_input = Input {
-                path: format!("backends[{i}].url"),
-                value: &entry.value.url,
-                line: at.line,
-                column: at.column,
-            };
-            let url = c.backend_url(&url_input, listen);
-            let weight = match entry.value.weight {
-                Some(w) if !(1..=1000).contains(&w) => {
-                    c.problems.push(Problem {
-                        path: format!("backends[{i}].weight"),
-                        ..at.problem(format!("weight {w} is out of range; allowed: 1 to 1000"))
-                    });
-                    1
-                }
-                Some(w) => w as u32,
-                None => 1,
-            };
-            if let Some(url) = url {
-                backends.push(BackendConfig { url, weight });
-            }
-        }
+        backends = backend_list(&mut c, list, "", listen);
     }
-    if backends.is_empty() && c.problems.iter().all(|p| !p.path.starts_with("backends")) {
-        c.problems.push(Problem::new(
-            "backends",
-            "no backends configured; list at least one http://host:port (or pass --backend)",
-        ));
-    }
-
-    let balancer = raw.balancer.as_ref();
-    let builtin =
-        |c: &mut Checker, input: Input<'_, String>, plugin_ok: bool| -> Option<Algorithm> {
-            match input.value.as_str() {
-                "round_robin" => Some(Algorithm::RoundRobin),
-                "least_requests" => Some(Algorithm::LeastRequests),
-                "random" => Some(Algorithm::Random),
-                "plugin" if plugin_ok => None,
-                other => {
-                    let plugin = if plugin_ok { ", plugin" } else { "" };
-                    c.problems.push(input.problem(format!(
-                        "unknown algorithm {other:?}; allowed: {}{plugin}",
-                        Algorithm::NAMES
-                    )));
-                    Some(Algorithm::RoundRobin)
-                }
-            }
-        };
-    let chosen = balancer
-        .and_then(|b| b.algorithm.as_ref())
-        .map(|s| builtin(&mut c, spanned("balancer.algorithm", s), true));
-    let fallback = balancer
-        .and_then(|b| b.fallback.as_ref())
-        .and_then(|s| builtin(&mut c, spanned("balancer.fallback", s), false))
-        .unwrap_or(Algorithm::RoundRobin);
-    let (algorithm, balancer_plugin) = match chosen {
-        None => (Algorithm::RoundRobin, None),
-        Some(Some(algorithm)) => (algorithm, None),
-        Some(None) => match balancer.and_then(|b| b.plugin.as_ref()) {
-            Some(path) => (fallback, Some(std::path::PathBuf::from(path.value.trim()))),
-            None => {
-                c.problems.push(Problem::new(
-                    "balancer.plugin",
-                    "balancer.algorithm is plugin but balancer.plugin (path to a .wasm component) is missing",
-                ));
-                (fallback, None)
-            }
-        },
-    };
-
-    let hc = raw.health_check.as_ref();
-    let hc_path = match hc.and_then(|h| h.path.as_ref()) {
-        None => "/".to_owned(),
-        Some(s) => {
-            let input = spanned("health_check.path", s);
-            if input.value.starts_with('/') && input.value.parse::<Uri>().is_ok() {
-                input.value.clone()
-            } else {
-                c.problems.push(input.problem(format!(
-                    "invalid health check path {:?}; allowed: an absolute path such as /healthz",
-                    input.value
-                )));
-                "/".to_owned()
-            }
-        }
-    };
-    let health_check = HealthCheckConfig {
-        enabled: hc.and_then(|h| h.enabled).unwrap_or(true),
-        path: hc_path,
-        interval: c.duration(
-            hc.and_then(|h| h.interval.as_ref())
-                .map(|s| spanned("health_check.interval", s)),
-            Duration::from_secs(5),
-        ),
-        timeout: c.duration(
-            hc.and_then(|h| h.timeout.as_ref())
-                .map(|s| spanned("health_check.timeout", s)),
-            Duration::from_secs(1),
-        ),
-        unhealthy_threshold: c.int(
-            hc.and_then(|h| h.unhealthy_threshold.as_ref())
-                .map(|s| spanned("health_check.unhealthy_threshold", s)),
-            1,
-            100,
-            3,
-        ) as u32,
-        healthy_threshold: c.int(
-            hc.and_then(|h| h.healthy_threshold.as_ref())
-                .map(|s| spanned("health_check.healthy_threshold", s)),
-            1,
-            100,
-            2,
-        ) as u32,
-    };
+    let (algorithm, balancer_plugin) = balancer(&mut c, raw.balancer.as_ref(), "");
+    let health_check = health_check(&mut c, raw.health_check.as_ref(), "");
 
     let px = raw.proxy.as_ref();
     let trusted_proxies = px
@@ -460,16 +362,40 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
 
     let rate_limit = rate_limit(&mut c, raw.rate_limit.as_ref());
     let plugins = plugins(&mut c, raw.plugins.as_ref());
+    let default_pool = (!backends.is_empty()).then(|| PoolConfig {
+        name: "default".to_owned(),
+        backends,
+        algorithm,
+        balancer_plugin,
+        health_check: health_check.clone(),
+        connect_timeout: proxy.connect_timeout,
+        request_timeout: proxy.request_timeout,
+        retries: proxy.retries,
+        max_connections: proxy.max_backend_connections,
+    });
+    let (pools, routes) = super::routes::pools_and_routes(
+        &mut c,
+        raw,
+        super::routes::Defaults {
+            pool: default_pool,
+            health_check: &health_check,
+            proxy: &proxy,
+            rate_limit: &rate_limit,
+            listen,
+        },
+    );
+    let reload = ReloadConfig {
+        watch: raw.reload.as_ref().and_then(|r| r.watch).unwrap_or(false),
+    };
 
     if c.problems.is_empty() {
         Ok(Config {
             rate_limit,
             plugins,
-            balancer_plugin,
             listen,
-            backends,
-            algorithm,
-            health_check,
+            pools,
+            routes,
+            reload,
             proxy,
             admin,
             log,
@@ -478,6 +404,138 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
         let mut problems = c.problems;
         problems.sort_by_key(|p| (p.line.is_none(), p.line, p.column));
         Err(problems)
+    }
+}
+
+/// A pool's `backends` list; `at` is the key path before `backends`.
+pub(super) fn backend_list(
+    c: &mut Checker,
+    list: &[S<RawBackend>],
+    at: &str,
+    listen: SocketAddr,
+) -> Vec<BackendConfig> {
+    let mut backends = Vec::new();
+    for (i, entry) in list.iter().enumerate() {
+        let here = spanned(format!("{at}backends[{i}]"), entry);
+        let url_input = Input {
+            path: format!("{at}backends[{i}].url"),
+            value: &entry.value.url,
+            line: here.line,
+            column: here.column,
+        };
+        let url = c.backend_url(&url_input, listen);
+        let weight = match entry.value.weight {
+            Some(w) if !(1..=1000).contains(&w) => {
+                c.problems.push(Problem {
+                    path: format!("{at}backends[{i}].weight"),
+                    ..here.problem(format!("weight {w} is out of range; allowed: 1 to 1000"))
+                });
+                1
+            }
+            Some(w) => w as u32,
+            None => 1,
+        };
+        if let Some(url) = url {
+            backends.push(BackendConfig { url, weight });
+        }
+    }
+    backends
+}
+
+/// A `balancer` section: the algorithm and, for `plugin`, the component.
+pub(super) fn balancer(
+    c: &mut Checker,
+    balancer: Option<&RawBalancer>,
+    at: &str,
+) -> (Algorithm, Option<std::path::PathBuf>) {
+    let builtin =
+        |c: &mut Checker, input: Input<'_, String>, plugin_ok: bool| -> Option<Algorithm> {
+            match input.value.as_str() {
+                "round_robin" => Some(Algorithm::RoundRobin),
+                "least_requests" => Some(Algorithm::LeastRequests),
+                "random" => Some(Algorithm::Random),
+                "plugin" if plugin_ok => None,
+                other => {
+                    let plugin = if plugin_ok { ", plugin" } else { "" };
+                    c.problems.push(input.problem(format!(
+                        "unknown algorithm {other:?}; allowed: {}{plugin}",
+                        Algorithm::NAMES
+                    )));
+                    Some(Algorithm::RoundRobin)
+                }
+            }
+        };
+    let chosen = balancer
+        .and_then(|b| b.algorithm.as_ref())
+        .map(|s| builtin(c, spanned(format!("{at}balancer.algorithm"), s), true));
+    let fallback = balancer
+        .and_then(|b| b.fallback.as_ref())
+        .and_then(|s| builtin(c, spanned(format!("{at}balancer.fallback"), s), false))
+        .unwrap_or(Algorithm::RoundRobin);
+    match chosen {
+        None => (Algorithm::RoundRobin, None),
+        Some(Some(algorithm)) => (algorithm, None),
+        Some(None) => match balancer.and_then(|b| b.plugin.as_ref()) {
+            Some(path) => (fallback, Some(std::path::PathBuf::from(path.value.trim()))),
+            None => {
+                c.problems.push(Problem::new(
+                    format!("{at}balancer.plugin"),
+                    format!("{at}balancer.algorithm is plugin but {at}balancer.plugin (path to a .wasm component) is missing"),
+                ));
+                (fallback, None)
+            }
+        },
+    }
+}
+
+/// A `health_check` section with its defaults.
+pub(super) fn health_check(
+    c: &mut Checker,
+    hc: Option<&RawHealthCheck>,
+    at: &str,
+) -> HealthCheckConfig {
+    let hc_path = match hc.and_then(|h| h.path.as_ref()) {
+        None => "/".to_owned(),
+        Some(s) => {
+            let input = spanned(format!("{at}health_check.path"), s);
+            if input.value.starts_with('/') && input.value.parse::<Uri>().is_ok() {
+                input.value.clone()
+            } else {
+                c.problems.push(input.problem(format!(
+                    "invalid health check path {:?}; allowed: an absolute path such as /healthz",
+                    input.value
+                )));
+                "/".to_owned()
+            }
+        }
+    };
+    HealthCheckConfig {
+        enabled: hc.and_then(|h| h.enabled).unwrap_or(true),
+        path: hc_path,
+        interval: c.duration(
+            hc.and_then(|h| h.interval.as_ref())
+                .map(|s| spanned(format!("{at}health_check.interval"), s)),
+            Duration::from_secs(5),
+        ),
+        timeout: c.duration(
+            hc.and_then(|h| h.timeout.as_ref())
+                .map(|s| spanned(format!("{at}health_check.timeout"), s)),
+            Duration::from_secs(1),
+        ),
+        unhealthy_threshold: c.int(
+            hc.and_then(|h| h.unhealthy_threshold.as_ref())
+                .map(|s| spanned(format!("{at}health_check.unhealthy_threshold"), s)),
+            1,
+            100,
+            3,
+        ) as u32,
+        healthy_threshold: c.int(
+            hc.and_then(|h| h.healthy_threshold.as_ref())
+                .map(|s| spanned(format!("{at}health_check.healthy_threshold"), s)),
+            1,
+            100,
+            2,
+        ) as u32,
     }
 }
 
@@ -523,6 +581,52 @@ fn reaches_listener(listen: SocketAddr, host: &str, port: u16) -> bool {
     }
 }
 
+/// `rate_limit.key`: `ip`, `header:NAME` or `plugin` (default `ip`).
+pub(super) fn key_kind(c: &mut Checker, raw: Option<&S<String>>, at: &str) -> KeyKind {
+    let Some(s) = raw else {
+        return KeyKind::Ip;
+    };
+    let input = spanned(at, s);
+    let text = input.value.trim();
+    match text.strip_prefix("header:") {
+        _ if text == "ip" => KeyKind::Ip,
+        _ if text == "plugin" => KeyKind::Plugin,
+        Some(name) => match http::HeaderName::from_bytes(name.trim().as_bytes()) {
+            Ok(name) => KeyKind::Header(name),
+            Err(_) => {
+                c.problems
+                    .push(input.problem(format!("{name:?} is not a valid header name")));
+                KeyKind::Ip
+            }
+        },
+        None => {
+            c.problems.push(input.problem(format!(
+                "unknown key source {text:?}; allowed: ip, header:NAME, plugin"
+            )));
+            KeyKind::Ip
+        }
+    }
+}
+
+/// `rate_limit.unknown_keys`: `ip`, `own` or `reject` (default `ip`).
+pub(super) fn unknown_keys(c: &mut Checker, raw: Option<&S<String>>, at: &str) -> UnknownKeys {
+    let Some(s) = raw else {
+        return UnknownKeys::Ip;
+    };
+    let input = spanned(at, s);
+    match input.value.trim() {
+        "ip" => UnknownKeys::Ip,
+        "own" => UnknownKeys::Own,
+        "reject" => UnknownKeys::Reject,
+        other => {
+            c.problems.push(input.problem(format!(
+                "unknown policy {other:?}; allowed: ip, own, reject"
+            )));
+            UnknownKeys::Ip
+        }
+    }
+}
+
 fn rate_limit(c: &mut Checker, raw: Option<&RawRateLimit>) -> RateLimitConfig {
     let ipv6_prefix = c.int(
         raw.and_then(|r| r.ipv6_prefix.as_ref())
@@ -531,49 +635,13 @@ fn rate_limit(c: &mut Checker, raw: Option<&RawRateLimit>) -> RateLimitConfig {
         128,
         64,
     ) as u8;
-    let kind = match raw.and_then(|r| r.key.as_ref()) {
-        None => KeyKind::Ip,
-        Some(s) => {
-            let input = spanned("rate_limit.key", s);
-            let text = input.value.trim();
-            match text.strip_prefix("header:") {
-                _ if text == "ip" => KeyKind::Ip,
-                _ if text == "plugin" => KeyKind::Plugin,
-                Some(name) => match http::HeaderName::from_bytes(name.trim().as_bytes()) {
-                    Ok(name) => KeyKind::Header(name),
-                    Err(_) => {
-                        c.problems
-                            .push(input.problem(format!("{name:?} is not a valid header name")));
-                        KeyKind::Ip
-                    }
-                },
-                None => {
-                    c.problems.push(input.problem(format!(
-                        "unknown key source {text:?}; allowed: ip, header:NAME, plugin"
-                    )));
-                    KeyKind::Ip
-                }
-            }
-        }
-    };
+    let kind = key_kind(c, raw.and_then(|r| r.key.as_ref()), "rate_limit.key");
     let key = KeySource { kind, ipv6_prefix };
-    let unknown_keys = match raw.and_then(|r| r.unknown_keys.as_ref()) {
-        None => UnknownKeys::Ip,
-        Some(s) => {
-            let input = spanned("rate_limit.unknown_keys", s);
-            match input.value.trim() {
-                "ip" => UnknownKeys::Ip,
-                "own" => UnknownKeys::Own,
-                "reject" => UnknownKeys::Reject,
-                other => {
-                    c.problems.push(input.problem(format!(
-                        "unknown policy {other:?}; allowed: ip, own, reject"
-                    )));
-                    UnknownKeys::Ip
-                }
-            }
-        }
-    };
+    let unknown_keys = unknown_keys(
+        c,
+        raw.and_then(|r| r.unknown_keys.as_ref()),
+        "rate_limit.unknown_keys",
+    );
     let fallback = Limits::new(100, 10.0).unwrap_or(Limits {
         capacity: 100,
         refill_milli: 10_000,

@@ -192,17 +192,25 @@ impl<W: Word> Bucket<W> {
         (now, (tokens + added).min(limits.capacity_milli()))
     }
 
-    /// Takes one token if there is one: refill, check and take in one CAS.
-    /// The clock is read after the state, inside the loop, so the tick used
-    /// is never older than the one the observed state was settled at.
+    /// Takes one token if there is one (see [`Bucket::take_n`]).
     pub fn take(&self, clock: &W, tick_micros: u64) -> Taken {
+        self.take_n(clock, tick_micros, 1)
+    }
+
+    /// Takes `cost` tokens if there are that many: refill, check and take
+    /// in one CAS. The clock is read after the state, inside the loop, so
+    /// the tick used is never older than the one the observed state was
+    /// settled at.
+    #[inline]
+    pub fn take_n(&self, clock: &W, tick_micros: u64, cost: u32) -> Taken {
         let limits = self.limits();
+        let need = u64::from(cost) * MILLI;
         let mut state = self.state.load(Ordering::Acquire);
         loop {
             let now = clock.load(Ordering::Acquire);
             let (tick, tokens) = Self::current(state, now, &limits, tick_micros);
-            let allowed = tokens >= MILLI;
-            let remaining = if allowed { tokens - MILLI } else { tokens };
+            let allowed = tokens >= need;
+            let remaining = if allowed { tokens - need } else { tokens };
             let taken = Taken {
                 allowed,
                 remaining_milli: remaining,

@@ -6,11 +6,13 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-fn policy_name(decision: &Decision) -> &'static str {
+/// The policy named in the fields: `client` for a per-client override of
+/// the top-level policy, else the policy's own name.
+fn policy_name<'a>(decision: &Decision, policy: &'a str) -> &'a str {
     if decision.limits.is_override {
         "client"
     } else {
-        "default"
+        policy
     }
 }
 
@@ -19,8 +21,8 @@ fn policy_name(decision: &Decision) -> &'static str {
 /// `q` is the capacity, `w` the seconds an empty bucket takes to fill; `r`
 /// the tokens left; `t` the seconds until the bucket is full again, or, when
 /// nothing is left, until the next token (the same as `Retry-After`).
-pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision) {
-    let name = policy_name(decision);
+pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision, policy: &str) {
+    let name = policy_name(decision, policy);
     let window = decision
         .limits
         .seconds_for(u64::from(decision.limits.capacity) * 1000);
@@ -40,9 +42,9 @@ pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision) {
 }
 
 /// The 429 answer: exact JSON body, `Retry-After` and the RateLimit fields.
-pub fn rejection(decision: &Decision) -> Response<Full<Bytes>> {
+pub fn rejection(decision: &Decision, policy: &str) -> Response<Full<Bytes>> {
     let mut response = json_error(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded");
-    apply_headers(response.headers_mut(), decision);
+    apply_headers(response.headers_mut(), decision, policy);
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(decision.retry_after));
@@ -65,7 +67,7 @@ mod tests {
             limits: Limits::new(100, 10.0).unwrap(),
             overflow: false,
         };
-        let response = rejection(&decision);
+        let response = rejection(&decision, "default");
         assert_eq!(response.status(), 429);
         assert_eq!(response.headers()["retry-after"], "1");
         assert_eq!(

@@ -113,9 +113,15 @@ impl Limiter {
 
     /// Takes a token for `key`, or says why not.
     pub fn check(&self, key: &ClientKey) -> Decision {
+        self.check_cost(key, 1)
+    }
+
+    /// Takes `cost` tokens for `key`, or says why not.
+    #[inline]
+    pub fn check_cost(&self, key: &ClientKey, cost: u32) -> Decision {
         let hash = self.hash(key);
         if let Some(bucket) = self.buckets.get(&hash) {
-            return self.decide(bucket.take(&self.tick, self.tick_micros));
+            return self.decide(bucket.take_n(&self.tick, self.tick_micros, cost), cost);
         }
         if self.tracked.load(Ordering::Relaxed) >= self.max_clients {
             return Decision {
@@ -132,13 +138,13 @@ impl Limiter {
             self.tracked.fetch_add(1, Ordering::Relaxed);
             Bucket::new(limits, self.tick.load(Ordering::Acquire))
         });
-        self.decide(bucket.take(&self.tick, self.tick_micros))
+        self.decide(bucket.take_n(&self.tick, self.tick_micros, cost), cost)
     }
 
-    fn decide(&self, taken: bucket::Taken) -> Decision {
+    fn decide(&self, taken: bucket::Taken, cost: u32) -> Decision {
         let limits = taken.limits;
         let full = u64::from(limits.capacity) * bucket::MILLI;
-        let next = bucket::MILLI.saturating_sub(taken.remaining_milli);
+        let next = (u64::from(cost) * bucket::MILLI).saturating_sub(taken.remaining_milli);
         Decision {
             allowed: taken.allowed,
             remaining: taken.remaining_milli / bucket::MILLI,

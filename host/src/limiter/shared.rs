@@ -34,7 +34,8 @@ impl OnSharedFailure {
     }
 }
 
-/// KEYS[1] bucket; ARGV: capacity (tokens), refill (milli-tokens per second).
+/// KEYS[1] bucket; ARGV: capacity (tokens), refill (milli-tokens per
+/// second), cost (milli-tokens one request takes).
 /// Returns {allowed (0/1), milli-tokens left}.
 const SCRIPT: &str = r"
 local cap = tonumber(ARGV[1]) * 1000
@@ -63,9 +64,10 @@ elseif now > ts then
     ts = math.min(now, ts + math.ceil(added * 1000000 / rate))
   end
 end
+local need = tonumber(ARGV[3])
 local allowed = 0
-if tokens >= 1000 then
-  tokens = tokens - 1000
+if tokens >= need then
+  tokens = tokens - need
   allowed = 1
 end
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.0f', tokens), 'ts', string.format('%.0f', ts))
@@ -115,6 +117,21 @@ impl SharedLimiter {
         })
     }
 
+    /// The same Redis and settings for a route's own policy: its buckets
+    /// under `gateway:{prefix}:policy:{name}:bucket:`.
+    pub fn for_policy(&self, name: &str) -> SharedLimiter {
+        let base = self.namespace.trim_end_matches("bucket:");
+        SharedLimiter {
+            connection: self.connection.clone(),
+            script: redis::Script::new(SCRIPT),
+            namespace: format!("{base}policy:{name}:bucket:"),
+            timeout: self.timeout,
+            policy: self.policy,
+            up: AtomicBool::new(self.is_up()),
+            display: self.display.clone(),
+        }
+    }
+
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
@@ -125,7 +142,12 @@ impl SharedLimiter {
 
     /// One decision for `key` under `limits`, from Redis; `Err` when Redis
     /// did not answer in time (the caller applies the failure policy).
-    pub async fn check(&self, key: &ClientKey<'_>, limits: Limits) -> Result<Decision, String> {
+    pub async fn check(
+        &self,
+        key: &ClientKey<'_>,
+        limits: Limits,
+        cost: u32,
+    ) -> Result<Decision, String> {
         let mut connection = self.connection.clone();
         let mut name = Vec::with_capacity(self.namespace.len() + 64);
         name.extend_from_slice(self.namespace.as_bytes());
@@ -133,11 +155,12 @@ impl SharedLimiter {
         let mut invocation = self.script.key(name);
         invocation
             .arg(limits.capacity)
-            .arg(limits.refill_milli.max(1));
+            .arg(limits.refill_milli.max(1))
+            .arg(u64::from(cost) * MILLI);
         let answer: Result<Result<(i64, i64), redis::RedisError>, _> =
             tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection)).await;
         let outcome = match answer {
-            Ok(Ok((allowed, left))) => Ok(decision(allowed == 1, left.max(0) as u64, limits)),
+            Ok(Ok((allowed, left))) => Ok(decision(allowed == 1, left.max(0) as u64, limits, cost)),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         };
@@ -160,12 +183,12 @@ impl SharedLimiter {
     }
 }
 
-fn decision(allowed: bool, remaining_milli: u64, limits: Limits) -> Decision {
+fn decision(allowed: bool, remaining_milli: u64, limits: Limits, cost: u32) -> Decision {
     let full = u64::from(limits.capacity) * MILLI;
     Decision {
         allowed,
         remaining: remaining_milli / MILLI,
-        retry_after: limits.seconds_for(MILLI.saturating_sub(remaining_milli)),
+        retry_after: limits.seconds_for((u64::from(cost) * MILLI).saturating_sub(remaining_milli)),
         reset: if remaining_milli >= full {
             0
         } else {
@@ -199,21 +222,23 @@ impl Budget {
         }
     }
 
-    pub async fn check(&self, key: &ClientKey<'_>) -> Verdict {
+    /// Takes `cost` tokens for `key`.
+    pub async fn check(&self, key: &ClientKey<'_>, cost: u32) -> Verdict {
         match self {
-            Budget::Local(limiter) => Verdict::Decided(limiter.check(key)),
+            Budget::Local(limiter) => Verdict::Decided(limiter.check_cost(key, cost)),
             Budget::Shared { redis, local } => {
                 let limits = local.limits_for(key);
                 // Boxed: the Redis round trip's future is kilobytes, and
                 // every request's future would otherwise carry (and move) it.
-                match Box::pin(redis.check(key, limits)).await {
+                match Box::pin(redis.check(key, limits, cost)).await {
                     Ok(decision) => Verdict::Decided(decision),
                     Err(_) => match redis.policy() {
-                        OnSharedFailure::Local => Verdict::Decided(local.check(key)),
+                        OnSharedFailure::Local => Verdict::Decided(local.check_cost(key, cost)),
                         OnSharedFailure::Allow => Verdict::Decided(decision(
                             true,
                             u64::from(limits.capacity) * MILLI,
                             limits,
+                            cost,
                         )),
                         OnSharedFailure::Deny => Verdict::Unavailable,
                     },

@@ -22,108 +22,120 @@ pub use runner::{Outcomes, Plugin, PluginFailure, Role, Sandbox, describe};
 pub use runtime::{Exports, default_cache_dir, engine, exports, load};
 pub use state::{RequestView, Shared};
 
-use crate::config::{Config, PluginsConfig};
+use crate::config::PluginsConfig;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-/// The plugins a configuration asks for, loaded and ready.
+/// The plugins a configuration uses, loaded and ready.
 #[derive(Default, Clone)]
 pub struct Plugins {
-    pub key: Option<Arc<Plugin<KeyRole>>>,
-    pub select: Option<Arc<Plugin<SelectRole>>>,
-    /// Answer 500 instead of falling back when a plugin fails.
-    pub fail_closed: bool,
+    pub key: Vec<Arc<Plugin<KeyRole>>>,
+    pub select: Vec<Arc<Plugin<SelectRole>>>,
 }
 
 /// Counters for one plugin role, registered in the metrics.
 pub type OutcomeFor<'a> = dyn Fn(&'static str) -> Outcomes + 'a;
 
-impl Plugins {
-    /// Loads every plugin the configuration names; the error says which and why.
-    pub fn load(config: &Config, outcomes: &OutcomeFor<'_>) -> Result<Plugins, String> {
-        let wants_key = config.rate_limit.enabled && config.rate_limit.key_plugin.is_some();
-        if !wants_key && config.balancer_plugin.is_none() {
-            return Ok(Plugins::default());
+/// Loads the plugins a configuration names, each file once per role (and a
+/// selection plugin once per pool: it sees that pool's backends).
+pub struct Loader<'a> {
+    settings: &'a PluginsConfig,
+    outcomes: &'a OutcomeFor<'a>,
+    engine: Option<wasmtime::Engine>,
+    keys: Vec<Arc<Plugin<KeyRole>>>,
+    selects: Vec<(String, Arc<Plugin<SelectRole>>)>,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(settings: &'a PluginsConfig, outcomes: &'a OutcomeFor<'a>) -> Self {
+        Loader {
+            settings,
+            outcomes,
+            engine: None,
+            keys: Vec::new(),
+            selects: Vec::new(),
         }
-        let engine = engine().map_err(|e| format!("cannot start the WebAssembly engine: {e:#}"))?;
-        let sandbox = Sandbox::from_config(&config.plugins);
-        let shared = Arc::new(Shared::new(
-            config.plugins.config.clone(),
-            config
-                .backends
-                .iter()
-                .map(|b| b.url.to_string().trim_end_matches('/').to_owned())
-                .collect(),
-        ));
-        let key = match (&config.rate_limit.key_plugin, wants_key) {
-            (Some(path), true) => Some(Arc::new(Plugin::<KeyRole>::load(
-                &engine,
-                path,
-                sandbox.clone(),
-                Arc::clone(&shared),
-                outcomes(KeyRole::NAME_STR),
-            )?)),
-            _ => None,
-        };
-        let select = match &config.balancer_plugin {
-            Some(path) => Some(Arc::new(Plugin::<SelectRole>::load(
-                &engine,
-                path,
-                sandbox,
-                shared,
-                outcomes(SelectRole::NAME_STR),
-            )?)),
-            None => None,
-        };
-        Ok(Plugins {
-            key,
-            select,
-            fail_closed: config.plugins.fail_closed,
-        })
     }
 
-    /// Polls the plugin files every second (and reloads at once on SIGHUP).
-    pub fn spawn_reloader(&self) {
-        if self.key.is_none() && self.select.is_none() {
-            return;
+    fn engine(&mut self) -> Result<wasmtime::Engine, String> {
+        if let Some(engine) = &self.engine {
+            return Ok(engine.clone());
         }
-        let plugins = self.clone();
-        tokio::spawn(async move {
-            #[cfg(unix)]
-            let mut hangup =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-            let mut ticker = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                #[cfg(unix)]
-                let forced = match hangup.as_mut() {
-                    Some(signal) => tokio::select! {
-                        _ = ticker.tick() => false,
-                        _ = signal.recv() => true,
-                    },
-                    None => {
-                        ticker.tick().await;
-                        false
-                    }
-                };
-                #[cfg(not(unix))]
-                let forced = {
-                    ticker.tick().await;
-                    false
-                };
-                let plugins = plugins.clone();
-                // Compiling a component is CPU work: keep it off the request threads.
-                let _ = tokio::task::spawn_blocking(move || {
-                    if let Some(p) = &plugins.key {
-                        report(&p.path, p.reload_if_changed(forced));
-                    }
-                    if let Some(p) = &plugins.select {
-                        report(&p.path, p.reload_if_changed(forced));
-                    }
-                })
-                .await;
-            }
-        });
+        let engine = engine().map_err(|e| format!("cannot start the WebAssembly engine: {e:#}"))?;
+        self.engine = Some(engine.clone());
+        Ok(engine)
+    }
+
+    fn shared(&self, backend_urls: Vec<String>) -> Arc<Shared> {
+        Arc::new(Shared::new(self.settings.config.clone(), backend_urls))
+    }
+
+    /// The client-key plugin at `path`.
+    pub fn key(&mut self, path: &Path) -> Result<Arc<Plugin<KeyRole>>, String> {
+        if let Some(found) = self.keys.iter().find(|p| p.path == path) {
+            return Ok(Arc::clone(found));
+        }
+        let engine = self.engine()?;
+        let plugin = Arc::new(Plugin::<KeyRole>::load(
+            &engine,
+            path,
+            Sandbox::from_config(self.settings),
+            self.shared(Vec::new()),
+            (self.outcomes)(KeyRole::NAME_STR),
+        )?);
+        self.keys.push(Arc::clone(&plugin));
+        Ok(plugin)
+    }
+
+    /// The backend-selection plugin at `path` for the pool `pool`, whose
+    /// backends are `backend_urls`.
+    pub fn select(
+        &mut self,
+        path: &Path,
+        pool: &str,
+        backend_urls: Vec<String>,
+    ) -> Result<Arc<Plugin<SelectRole>>, String> {
+        if let Some((_, found)) = self
+            .selects
+            .iter()
+            .find(|(p, plugin)| p == pool && plugin.path == path)
+        {
+            return Ok(Arc::clone(found));
+        }
+        let engine = self.engine()?;
+        let plugin = Arc::new(Plugin::<SelectRole>::load(
+            &engine,
+            path,
+            Sandbox::from_config(self.settings),
+            self.shared(backend_urls),
+            (self.outcomes)(SelectRole::NAME_STR),
+        )?);
+        self.selects.push((pool.to_owned(), Arc::clone(&plugin)));
+        Ok(plugin)
+    }
+
+    pub fn finish(self) -> Plugins {
+        Plugins {
+            key: self.keys,
+            select: self.selects.into_iter().map(|(_, p)| p).collect(),
+        }
+    }
+}
+
+impl Plugins {
+    pub fn is_empty(&self) -> bool {
+        self.key.is_empty() && self.select.is_empty()
+    }
+
+    /// Loads the files that changed on disk (all of them when `force`).
+    /// Compiling is CPU work: call this off the request threads.
+    pub fn reload_changed(&self, force: bool) {
+        for p in &self.key {
+            report(&p.path, p.reload_if_changed(force));
+        }
+        for p in &self.select {
+            report(&p.path, p.reload_if_changed(force));
+        }
     }
 }
 
@@ -157,14 +169,15 @@ impl Sandbox {
 impl Plugins {
     /// One line per loaded plugin: its role, file and check answer.
     pub fn describe(&self) -> Vec<String> {
-        let mut lines = Vec::new();
-        if let Some(p) = &self.key {
-            lines.push(format!("key plugin {} ({})", p.path.display(), p.probe));
-        }
-        if let Some(p) = &self.select {
-            lines.push(format!("select plugin {} ({})", p.path.display(), p.probe));
-        }
-        lines
+        let keys = self
+            .key
+            .iter()
+            .map(|p| format!("key plugin {} ({})", p.path.display(), p.probe));
+        let selects = self
+            .select
+            .iter()
+            .map(|p| format!("select plugin {} ({})", p.path.display(), p.probe));
+        keys.chain(selects).collect()
     }
 }
 

@@ -42,6 +42,9 @@ pub enum ProxyError {
     /// A plugin failed and `plugins.fail_closed` is set.
     #[error("Plugin failed")]
     PluginFailed,
+    /// No route matches the request.
+    #[error("No route")]
+    NoRoute,
 }
 
 /// nginx's status for a client that closed its connection before the answer.
@@ -63,6 +66,7 @@ impl ProxyError {
             ProxyError::PluginFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::UnknownApiKey => StatusCode::UNAUTHORIZED,
             ProxyError::LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
         }
     }
 
@@ -83,5 +87,8 @@ mod tests {
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], br#"{"code":503,"message":"No healthy backend"}"#);
+        let body = ProxyError::NoRoute.into_response().into_body();
+        let body = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], br#"{"code":404,"message":"No route"}"#);
     }
 }

@@ -3,7 +3,7 @@
 
 use super::body::Finish;
 use crate::balancer::InFlight;
-use crate::metrics::Metrics;
+use crate::metrics::RouteMetrics;
 use http::{Method, StatusCode, Uri};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,7 +19,8 @@ pub struct Exchange {
     /// Keeps the backend's in-flight count up until the response body is done.
     pub backend: Option<InFlight>,
     pub bytes: u64,
-    pub metrics: Arc<Metrics>,
+    /// The route's counters (or those for requests no route took).
+    pub metrics: Arc<RouteMetrics>,
 }
 
 impl Finish for Exchange {

@@ -1,7 +1,6 @@
 //! Sending a request to a backend, moving on to the next candidate when an
 //! attempt fails in a way that is safe to retry.
 
-use super::Proxy;
 use super::backend_body::BackendBody;
 use super::body::BodySlot;
 use super::conn::SendError;
@@ -9,11 +8,21 @@ use super::error::ProxyError;
 use super::headers::{self, Forwarding};
 use super::pool::Sending;
 use super::upload::{self, Upload};
+use super::{Proxy, WorkerPool};
 use crate::balancer::{Ctx, InFlight, Tried};
 use crate::health;
 use crate::http1::client::{self as wire, RequestFraming};
+use crate::routing::Route;
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, Uri, header};
+
+/// Where a request goes: the route's pool in this worker.
+pub(super) struct Target<'a> {
+    pub pool: &'a WorkerPool,
+    pub route: &'a Route,
+    /// A failed plugin answers 500 instead of falling back.
+    pub fail_closed: bool,
+}
 
 impl Proxy {
     /// Walks the balancer's candidates until one answers with response
@@ -21,6 +30,7 @@ impl Proxy {
     /// one that answered), so a request that ends early is logged with it.
     pub(super) async fn forward(
         &self,
+        target: &Target<'_>,
         parts: &mut Parts,
         client: std::net::IpAddr,
         body: BodySlot<Upload>,
@@ -35,26 +45,28 @@ impl Proxy {
             body.exact_len(),
         );
         let idempotent = is_idempotent(&parts.method);
-        for attempt in 0..=self.settings.retries {
+        let backends = &target.pool.core.backends;
+        let route = target.route;
+        for attempt in 0..=target.pool.core.config.retries {
             let mut ctx = Ctx {
                 head: parts,
                 client,
                 plugin_failed: false,
             };
-            let picked = self.selection.pick(&self.backends, &tried, &mut ctx);
-            if ctx.plugin_failed && self.plugin_fail_closed {
+            let picked = route.selection.pick(backends, &tried, &mut ctx);
+            if ctx.plugin_failed && target.fail_closed {
                 return Err(ProxyError::PluginFailed);
             }
             let Some(index) = picked else {
                 return Err(last_error);
             };
-            let backend = &self.backends[index];
+            let backend = &backends[index];
             if attempt > 0 {
                 self.metrics.failovers.inc();
                 tracing::debug!(backend = %backend.name, attempt, "retrying on next backend");
             }
             let request = Sending {
-                head: self.upstreams[index].encode(parts, framing, forwarding),
+                head: target.pool.upstreams[index].encode(parts, framing, forwarding),
                 body: &body,
                 framing,
                 head_request: parts.method == Method::HEAD,
@@ -62,8 +74,8 @@ impl Proxy {
             };
             *in_flight = Some(backend.start());
             let sent = tokio::time::timeout(
-                self.settings.request_timeout,
-                self.pool.send(index, request),
+                route.request_timeout,
+                target.pool.conns.send(index, request),
             )
             .await;
             let error = match sent {
@@ -71,8 +83,8 @@ impl Proxy {
                 Ok(Err(error)) => error,
                 Err(_elapsed) => {
                     backend.record_failure();
-                    self.metrics.record_failure(index);
-                    tracing::warn!(backend = %backend.name, timeout = ?self.settings.request_timeout, "backend timed out");
+                    route.metrics.record_failure(index);
+                    tracing::warn!(backend = %backend.name, timeout = ?route.request_timeout, "backend timed out");
                     return Err(ProxyError::GatewayTimeout);
                 }
             };
@@ -91,11 +103,11 @@ impl Proxy {
                 _ => {}
             }
             backend.record_failure();
-            self.metrics.record_failure(index);
+            route.metrics.record_failure(index);
             tried.insert(index);
             let connect_failed = error.is_connect();
             if connect_failed {
-                health::mark_down(&self.backends, index, &chain(&error));
+                health::mark_down(backends, index, &chain(&error));
                 last_error = ProxyError::NoHealthyBackend;
             } else {
                 tracing::warn!(backend = %backend.name, error = %chain(&error), "backend failed mid-request");

@@ -1,4 +1,5 @@
-//! The request path: client address → backend choice → forward with retries → response and log.
+//! The request path: route → client address and rate limit → backend
+//! choice → forward with retries → response and log.
 
 mod backend_body;
 mod body;
@@ -16,89 +17,77 @@ mod upload;
 pub use client_addr::client_ip;
 pub use error::{ProxyError, client_closed};
 
-use crate::balancer::{Backend, BackendSelection};
-use crate::config::{Config, ProxyConfig};
-use crate::limiter::shared::{Budget, Verdict};
-use crate::limiter::{self, ClientKey, KeyKind, KeySource, UnknownKeys};
+use crate::limiter::shared::Verdict;
+use crate::limiter::{self, ClientKey, KeyKind};
 use crate::metrics::Metrics;
-use crate::plugin::{KeyRole, Plugin, Plugins, RequestView};
+use crate::plugin::{KeyRole, Plugin, RequestView};
+use crate::routes;
+use crate::routing::{PoolCore, Routing};
 use crate::server::ClientBody;
+use arc_swap::ArcSwap;
 use backend_body::BackendBody;
 use body::{BodySlot, ObservedBody};
 use bytes::Bytes;
 use exchange::Exchange;
 use forward::Upstream;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{Either, Full};
 use hyper::body::Body;
 use pool::Pool;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use upload::Upload;
 
 /// What the client receives: a backend's streamed body or the gateway's own answer.
 pub type ResponseBody = Either<ObservedBody<BackendBody, Exchange>, Full<Bytes>>;
 
-/// Shared by every connection; cheap to reach through an `Arc`.
+/// One worker's proxy: the routing it serves with and its own connections
+/// to the backends. Shared by the worker's connections through an `Arc`.
 pub struct Proxy {
-    /// The configured backends, in order; indices are stable.
-    backends: Arc<[Arc<Backend>]>,
-    /// The balancing algorithm.
-    selection: Arc<dyn BackendSelection>,
-    /// Pooled keep-alive HTTP/1.1 connections to all backends.
-    pool: Pool,
+    current: ArcSwap<Generation>,
+    metrics: Arc<Metrics>,
+    /// Workers sharing each pool's connection cap.
+    workers: usize,
+}
+
+/// A routing and this worker's connections for its pools.
+struct Generation {
+    routing: Arc<Routing>,
+    /// Indexed like `routing.pools`.
+    pools: Vec<WorkerPool>,
+}
+
+/// One pool's connections in one worker, and how each backend is addressed.
+struct WorkerPool {
+    core: Arc<PoolCore>,
+    conns: Pool,
     /// Precomputed scheme/authority/prefix per backend.
     upstreams: Vec<Upstream>,
-    settings: ProxyConfig,
-    metrics: Arc<Metrics>,
-    access_log: bool,
-    /// Per-client token buckets (local or in Redis), when `rate_limit` is on.
-    limiter: Option<Arc<Budget>>,
-    /// What a client is, for the limiter.
-    key_source: KeySource,
-    /// What a header or plugin key without a per-client row is charged to.
-    unknown_keys: UnknownKeys,
-    /// Computes client keys (`rate_limit.key: plugin`).
-    key_plugin: Option<Arc<Plugin<KeyRole>>>,
-    /// A failed plugin answers 500 instead of falling back.
-    plugin_fail_closed: bool,
 }
 
 impl Proxy {
-    /// A proxy with its own backend pool of at most `connections` per backend.
-    pub fn new(
-        config: &Config,
-        connections: usize,
-        backends: Arc<[Arc<Backend>]>,
-        selection: Arc<dyn BackendSelection>,
-        metrics: Arc<Metrics>,
-        limiter: Option<Arc<Budget>>,
-        plugins: &Plugins,
-    ) -> Self {
-        let pool = Pool::new(
-            backends.iter().map(|b| b.url.clone()),
-            config.proxy.connect_timeout,
-            std::time::Duration::from_secs(60),
-            connections,
-        );
+    /// A worker's proxy serving `routing`; it shares each pool's connection
+    /// cap with `workers - 1` others.
+    pub fn new(routing: Arc<Routing>, metrics: Arc<Metrics>, workers: usize) -> Self {
+        let generation = Generation::new(routing, None, workers);
         Proxy {
-            upstreams: backends.iter().map(|b| Upstream::new(&b.url)).collect(),
-            backends,
-            selection,
-            pool,
-            settings: config.proxy.clone(),
+            current: ArcSwap::from_pointee(generation),
             metrics,
-            access_log: config.log.access,
-            limiter,
-            key_source: config.rate_limit.key.clone(),
-            unknown_keys: config.rate_limit.unknown_keys,
-            key_plugin: plugins.key.clone(),
-            plugin_fail_closed: plugins.fail_closed,
+            workers,
         }
     }
 
-    /// Serves one client request: who is it, may it pass, then forward.
+    /// Serves new requests with `routing`; requests in flight finish on the
+    /// one they started with. Pools that stayed keep their connections.
+    pub fn install(&self, routing: Arc<Routing>) {
+        let previous = self.current.load_full();
+        let next = Generation::new(routing, Some(&previous), self.workers);
+        self.current.store(Arc::new(next));
+    }
+
+    /// Serves one client request: which route, who is it, may it pass, then forward.
     /// The future owns its `Arc` (no wrapper future around it to hold one,
     /// which cost a copy of this large future per request).
     pub async fn handle(
@@ -107,16 +96,20 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
+        let generation = self.current.load_full();
+        let routing = &*generation.routing;
+        let settings = &routing.proxy;
         let peer_ip = peer.ip().to_canonical();
-        let trusted = self
-            .settings
+        let trusted = settings
             .trusted_proxies
             .iter()
             .any(|n| n.contains(&peer_ip));
-        let client = client_ip(peer_ip, request.headers(), &self.settings.trusted_proxies);
+        let client = client_ip(peer_ip, request.headers(), &settings.trusted_proxies);
+        let found = find_route(routing, &mut request);
+        let route = found.map(|index| &routing.routes[index]);
         let mut exchange = Exchange {
             start,
-            logged: self
+            logged: routing
                 .access_log
                 .then(|| (request.method().clone(), request.uri().clone())),
             client,
@@ -125,32 +118,40 @@ impl Proxy {
             status: client_closed(),
             backend: None,
             bytes: 0,
-            metrics: Arc::clone(&self.metrics),
+            metrics: Arc::clone(route.map_or(&routing.unrouted, |r| &r.metrics)),
+        };
+        let Some(route) = route else {
+            let error = match admissible(&request, None) {
+                Err(error) => error,
+                Ok(()) => ProxyError::NoRoute,
+            };
+            return local(error, exchange);
         };
 
-        let decision = match &self.limiter {
-            Some(limiter) => {
-                let from_plugin = match &self.key_plugin {
+        let decision = match &route.policy {
+            Some(policy) => {
+                let from_plugin = match &policy.key_plugin {
                     Some(plugin) => match plugin_key(plugin, &mut request, client) {
                         Ok(key) => key,
-                        Err(_) if self.plugin_fail_closed => {
+                        Err(_) if routing.fail_closed => {
                             return local(ProxyError::PluginFailed, exchange);
                         }
                         Err(_) => None,
                     },
                     None => None,
                 };
-                let claimed = match (&from_plugin, &self.key_source.kind) {
+                let claimed = match (&from_plugin, &policy.key.kind) {
                     (Some(key), _) => Some(ClientKey::Plugin(key.as_bytes())),
                     (None, KeyKind::Header(name)) => ClientKey::header(name, request.headers()),
                     (None, _) => None,
                 };
-                let address = ClientKey::address(client, self.key_source.ipv6_prefix);
-                let Some(key) = limiter.local().charge(claimed, address, self.unknown_keys) else {
+                let budget = &policy.buckets.budget;
+                let address = ClientKey::address(client, policy.key.ipv6_prefix);
+                let Some(key) = budget.local().charge(claimed, address, policy.unknown_keys) else {
                     self.metrics.record_unknown_key();
                     return local(ProxyError::UnknownApiKey, exchange);
                 };
-                let decision = match limiter.check(&key).await {
+                let decision = match budget.check(&key, route.config.cost).await {
                     Verdict::Decided(decision) => decision,
                     Verdict::Unavailable => {
                         return local(ProxyError::LimiterUnavailable, exchange);
@@ -158,12 +159,12 @@ impl Proxy {
                 };
                 self.metrics.record_decision(&decision);
                 if !decision.allowed {
-                    tracing::debug!(client = %key, overflow = decision.overflow, "rate limited");
+                    tracing::debug!(client = %key, policy = %policy.name, overflow = decision.overflow, "rate limited");
                     exchange.status = StatusCode::TOO_MANY_REQUESTS;
                     drop(exchange);
-                    return limiter::rejection(&decision).map(Either::Right);
+                    return limiter::rejection(&decision, &policy.name).map(Either::Right);
                 }
-                Some(decision)
+                Some((decision, &policy.name))
             }
             None => None,
         };
@@ -172,8 +173,13 @@ impl Proxy {
         // this one (it holds the whole backend exchange) cost about 800
         // instructions a request in copies.
         let mut response = 'routed: {
-            if let Err(error) = self.admissible(&request) {
+            if let Err(error) = admissible(&request, route.config.max_body_bytes) {
                 break 'routed local(error, exchange);
+            }
+            if let Some(prefix) = &route.config.strip_prefix
+                && let Some(uri) = strip_prefix(request.uri(), prefix)
+            {
+                *request.uri_mut() = uri;
             }
             let http11 = request.version() == Version::HTTP_11;
             let upgrade = headers::strip_request(request.headers_mut(), http11);
@@ -193,8 +199,8 @@ impl Proxy {
             } else {
                 match Upload::prepare(
                     body,
-                    self.settings.max_body_bytes.unwrap_or(u64::MAX),
-                    self.settings.client_body_timeout,
+                    route.config.max_body_bytes.unwrap_or(u64::MAX),
+                    settings.client_body_timeout,
                 )
                 .await
                 {
@@ -203,8 +209,20 @@ impl Proxy {
                 }
             };
 
+            let target = forward::Target {
+                pool: &generation.pools[route.pool],
+                route,
+                fail_closed: routing.fail_closed,
+            };
             let forwarded = self
-                .forward(&mut parts, client, body, &forwarding, &mut exchange.backend)
+                .forward(
+                    &target,
+                    &mut parts,
+                    client,
+                    body,
+                    &forwarding,
+                    &mut exchange.backend,
+                )
                 .await;
             let response = match forwarded {
                 Ok(response) => response,
@@ -229,32 +247,117 @@ impl Proxy {
             }
             response.map(|body| Either::Left(ObservedBody::new(body, exchange)))
         };
-        if let Some(decision) = &decision {
-            limiter::apply_headers(response.headers_mut(), decision);
+        if let Some((decision, policy)) = &decision {
+            limiter::apply_headers(response.headers_mut(), decision, policy);
         }
         response
     }
+}
 
-    /// Refuses requests the gateway will not forward, before any backend sees them.
-    fn admissible(&self, request: &Request<ClientBody>) -> Result<(), ProxyError> {
-        if request.method() == Method::CONNECT {
-            return Err(ProxyError::BadRequest("CONNECT is not supported"));
-        }
-        target::check(
-            request.method(),
-            request.uri(),
-            request.version(),
-            request.headers(),
-        )?;
-        if let (Some(max), Some(declared)) = (
-            self.settings.max_body_bytes,
-            request.body().size_hint().exact(),
-        ) && declared > max
-        {
-            return Err(ProxyError::BodyTooLarge);
-        }
-        Ok(())
+impl Generation {
+    fn new(routing: Arc<Routing>, previous: Option<&Generation>, workers: usize) -> Generation {
+        let pools = routing
+            .pools
+            .iter()
+            .map(|pool| {
+                let kept = previous.and_then(|p| {
+                    p.pools
+                        .iter()
+                        .find(|old| Arc::ptr_eq(&old.core, &pool.core))
+                });
+                let core = Arc::clone(&pool.core);
+                let conns = match kept {
+                    Some(old) => old.conns.clone(),
+                    None => Pool::new(
+                        core.backends.iter().map(|b| b.url.clone()),
+                        core.config.connect_timeout,
+                        Duration::from_secs(60),
+                        core.config.max_connections.div_ceil(workers.max(1)),
+                    ),
+                };
+                WorkerPool {
+                    upstreams: core
+                        .backends
+                        .iter()
+                        .map(|b| Upstream::new(&b.url))
+                        .collect(),
+                    conns,
+                    core,
+                }
+            })
+            .collect();
+        Generation { routing, pools }
     }
+}
+
+/// The number of the route `request` takes. When the path the backend
+/// will act on differs from the one sent (`/a/../b`, `/%62`, `//b`), the
+/// request goes on with the former.
+fn find_route(routing: &Routing, request: &mut Request<ClientBody>) -> Option<usize> {
+    let (found, normalized) = {
+        let path = routes::match_path(request.uri().path());
+        let host = match request.uri().authority() {
+            Some(authority) => Some(authority.as_str().as_bytes()),
+            None => request
+                .headers()
+                .get(header::HOST)
+                .map(HeaderValue::as_bytes),
+        };
+        let found = routing.table.lookup(&routes::Request {
+            host,
+            path: &path,
+            method: request.method(),
+            headers: request.headers(),
+        });
+        match path {
+            Cow::Owned(path) => (found, Some(path)),
+            Cow::Borrowed(_) => (found, None),
+        }
+    };
+    if let Some(path) = normalized
+        && let Some(uri) = with_path(request.uri(), &path)
+    {
+        *request.uri_mut() = uri;
+    }
+    found
+}
+
+/// `uri` with its path replaced (query kept).
+fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
+    let target = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(target.parse().ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+/// `uri` without the route's path `prefix` (`/v1/items` → `/items`, `/v1` → `/`).
+fn strip_prefix(uri: &Uri, prefix: &str) -> Option<Uri> {
+    let rest = uri.path().strip_prefix(prefix)?;
+    let path = if rest.is_empty() { "/" } else { rest };
+    with_path(uri, path)
+}
+
+/// Refuses requests the gateway will not forward, before any backend sees
+/// them (`max_body`: the route's body limit).
+fn admissible(request: &Request<ClientBody>, max_body: Option<u64>) -> Result<(), ProxyError> {
+    if request.method() == Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT is not supported"));
+    }
+    target::check(
+        request.method(),
+        request.uri(),
+        request.version(),
+        request.headers(),
+    )?;
+    if let (Some(max), Some(declared)) = (max_body, request.body().size_hint().exact())
+        && declared > max
+    {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    Ok(())
 }
 
 /// Asks the key plugin for the request's client key; the headers are lent, not copied.

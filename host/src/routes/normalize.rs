@@ -1,0 +1,96 @@
+//! The path routes are matched against: the one the backend will act on.
+
+use crate::http1::path::remove_dot_segments;
+use std::borrow::Cow;
+
+/// `path` with percent-encoded unreserved characters decoded (RFC 3986
+/// §6.2.2.2: `%6C` is `l`), repeated slashes merged and dot-segments
+/// resolved. Borrowed when nothing changes, which is the common case.
+pub fn match_path(path: &str) -> Cow<'_, str> {
+    let bytes = path.as_bytes();
+    let plain =
+        !bytes.iter().any(|&b| b == b'%' || b == b'.') && !bytes.windows(2).any(|w| w == b"//");
+    if plain {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let b = bytes[at];
+        if b == b'%'
+            && let Some(decoded) = bytes.get(at + 1..at + 3).and_then(unreserved)
+        {
+            out.push(decoded);
+            at += 3;
+            continue;
+        }
+        if b == b'/' && out.ends_with('/') {
+            at += 1;
+            continue;
+        }
+        // Anything else (reserved escapes included) is copied as it is.
+        let len = utf8_len(b);
+        out.push_str(&path[at..at + len]);
+        at += len;
+    }
+    match remove_dot_segments(&out) {
+        Cow::Borrowed(_) if out == path => Cow::Borrowed(path),
+        Cow::Borrowed(_) => Cow::Owned(out),
+        Cow::Owned(resolved) => Cow::Owned(resolved),
+    }
+}
+
+/// The unreserved character two hex digits encode, if they encode one.
+fn unreserved(hex: &[u8]) -> Option<char> {
+    let text = std::str::from_utf8(hex).ok()?;
+    let value = u8::from_str_radix(text, 16).ok()?;
+    (value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~'))
+        .then_some(char::from(value))
+}
+
+/// Bytes in the UTF-8 sequence that starts with `first` (1 for anything
+/// that does not start a longer one; `path` is a `str`, so sequences are whole).
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xF0..=0xF7 => 4,
+        0xE0..=0xEF => 3,
+        0xC0..=0xDF => 2,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backend_s_path_is_matched() {
+        for (path, expect) in [
+            ("/v1/items", "/v1/items"),
+            ("/api/../login", "/login"),
+            ("/%6cogin", "/login"),
+            ("/%6C%6F%67%69%6E", "/login"),
+            ("//login", "/login"),
+            ("/a//b///c", "/a/b/c"),
+            ("/%2e%2e/login", "/login"),
+            ("/a%2Fb", "/a%2Fb"),
+            ("/caf\u{e9}/x", "/caf\u{e9}/x"),
+            ("/app.js", "/app.js"),
+            ("/%zz", "/%zz"),
+            ("/%4", "/%4"),
+        ] {
+            assert_eq!(match_path(path), expect, "{path}");
+        }
+        assert!(matches!(match_path("/app.js"), Cow::Borrowed(_)));
+        assert!(matches!(match_path("/a/b"), Cow::Borrowed(_)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_and_stays_absolute(path in "/[a-z%2eE6cC/.\u{e9}]{0,24}") {
+            let matched = match_path(&path);
+            proptest::prop_assert!(matched.starts_with('/'));
+            proptest::prop_assert!(!matched.contains("//"));
+        }
+    }
+}
