@@ -90,8 +90,15 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
     };
     let proxy_addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    let proxies = workers::spawn(workers, listener.into_std()?, make_proxy, limits, &shutdown)
-        .context("cannot start the proxy workers")?;
+    let proxies = workers::spawn(
+        workers,
+        listener.into_std()?,
+        &reloader.rebind(),
+        make_proxy,
+        limits,
+        &shutdown,
+    )
+    .context("cannot start the proxy workers")?;
     reloader.serve(proxies);
     tokio::spawn(server::serve(
         admin_listener,

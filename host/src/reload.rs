@@ -7,19 +7,22 @@
 //! anything changes; any problem leaves the running configuration in place
 //! and is logged (and answered to `POST /reload`). Once built, the routing
 //! is installed in every worker; requests in flight finish on the routing
-//! they started with. Settings that belong to the process rather than to
-//! routing (listeners, workers, admin, logging, the top-level limiter's
+//! they started with; a changed `listen` is bound first and the workers
+//! move to it. Settings that belong to the process rather than to
+//! routing (workers, admin, logging, the top-level limiter's
 //! store and sizes) take effect at the next start; a reload that changes
 //! one says so.
 
 use crate::config::{self, Config, LoadError, Overrides, Problem};
 use crate::proxy::Proxy;
 use crate::routing::{Env, Routing};
+use crate::server::Rebind;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Where the configuration comes from: the file (and whether it was named
 /// on the command line) and the flags and variables that override it.
@@ -36,6 +39,8 @@ pub struct Reloader {
     current: ArcSwap<Routing>,
     /// The workers' proxies, known once they are started.
     proxies: OnceLock<Vec<Arc<Proxy>>>,
+    /// Hands the workers a new listening socket when `listen` changes.
+    rebind: watch::Sender<Option<Arc<std::net::TcpListener>>>,
     /// One reload at a time.
     busy: tokio::sync::Mutex<()>,
 }
@@ -47,6 +52,8 @@ pub struct Reloaded {
     pub pools: usize,
     /// Pools carried over with their connections and health state.
     pub pools_kept: usize,
+    /// The new proxy address, when `listen` changed.
+    pub listen: Option<String>,
     /// Settings that changed but apply only after a restart.
     pub restart_needed: Vec<&'static str>,
 }
@@ -58,8 +65,14 @@ impl Reloader {
             env,
             current: ArcSwap::new(routing),
             proxies: OnceLock::new(),
+            rebind: watch::Sender::new(None),
             busy: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// What the workers watch for a new listening socket.
+    pub fn rebind(&self) -> Rebind {
+        self.rebind.subscribe()
     }
 
     /// Hands over the started workers' proxies.
@@ -80,7 +93,7 @@ impl Reloader {
         let built = tokio::task::spawn_blocking(move || this.build())
             .await
             .unwrap_or_else(|e| Err(vec![Problem::new("reload", e.to_string())]));
-        let (routing, restart_needed) = match built {
+        let (routing, listener, restart_needed) = match built {
             Ok(built) => built,
             Err(problems) => {
                 for problem in &problems {
@@ -101,6 +114,10 @@ impl Reloader {
             })
             .count();
         let routing = Arc::new(routing);
+        let listen = listener.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = listener {
+            self.rebind.send_replace(Some(Arc::new(listener)));
+        }
         self.current.store(Arc::clone(&routing));
         for proxy in self.proxies.get().into_iter().flatten() {
             proxy.install(Arc::clone(&routing));
@@ -109,7 +126,11 @@ impl Reloader {
         for line in routing.plugins.describe() {
             tracing::info!(event = "plugin_loaded", "{line}");
         }
+        if let Some(addr) = listen {
+            tracing::info!(event = "listening", proxy = %addr, "proxy listener moved; connections on the old address finish there");
+        }
         let reloaded = Reloaded {
+            listen: listen.map(|a| a.to_string()),
             routes: routing.routes.len(),
             pools: routing.pools.len(),
             pools_kept,
@@ -129,7 +150,10 @@ impl Reloader {
         Ok(reloaded)
     }
 
-    fn build(&self) -> Result<(Routing, Vec<&'static str>), Vec<Problem>> {
+    #[allow(clippy::type_complexity)]
+    fn build(
+        &self,
+    ) -> Result<(Routing, Option<std::net::TcpListener>, Vec<&'static str>), Vec<Problem>> {
         let source = &self.source;
         let config = match config::load(&source.path, source.explicit, &source.overrides) {
             Ok(config) => config,
@@ -143,9 +167,22 @@ impl Reloader {
         };
         let previous = self.current.load_full();
         let restart_needed = needs_restart(&previous.config, &config);
+        let listener = if config.listen == previous.config.listen {
+            None
+        } else {
+            let bound = crate::listen::bind(config.listen)
+                .and_then(|l| l.into_std())
+                .map_err(|e| {
+                    vec![Problem::new(
+                        "listen",
+                        format!("cannot listen on {}: {e}", config.listen),
+                    )]
+                })?;
+            Some(bound)
+        };
         let routing = Routing::build(&config, Some(&previous), &self.env)
             .map_err(|reason| vec![Problem::new("plugins", reason)])?;
-        Ok((routing, restart_needed))
+        Ok((routing, listener, restart_needed))
     }
 
     /// Reloads whenever the file's contents change, checking every `every`.
@@ -198,8 +235,7 @@ fn fingerprint(path: &std::path::Path) -> Option<u64> {
 /// The process-wide settings that differ between `running` and `next`.
 fn needs_restart(running: &Config, next: &Config) -> Vec<&'static str> {
     let rl = (&running.rate_limit, &next.rate_limit);
-    let checks: [(&'static str, bool); 9] = [
-        ("listen", running.listen != next.listen),
+    let checks: [(&'static str, bool); 8] = [
         (
             "admin",
             running.admin.listen != next.admin.listen || running.admin.token != next.admin.token,

@@ -10,7 +10,7 @@
 //! ticker and sync, plugin reloads, signals) stays on the main runtime.
 
 use crate::proxy::Proxy;
-use crate::server::{self, ConnLimits, Shutdown};
+use crate::server::{self, ConnLimits, Rebind, Shutdown};
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -29,6 +29,7 @@ pub fn count(configured: usize) -> usize {
 pub fn spawn(
     count: usize,
     listener: TcpListener,
+    rebind: &Rebind,
     make_proxy: impl Fn() -> Proxy,
     limits: ConnLimits,
     shutdown: &Shutdown,
@@ -41,9 +42,10 @@ pub fn spawn(
         proxies.push(Arc::clone(&proxy));
         let shutdown = shutdown.clone();
         let started = started.clone();
+        let rebind = rebind.clone();
         std::thread::Builder::new()
             .name(format!("gateway-worker-{id}"))
-            .spawn(move || run(listener, proxy, limits, shutdown, started))?;
+            .spawn(move || run(listener, rebind, proxy, limits, shutdown, started))?;
     }
     drop(started);
     for outcome in outcomes {
@@ -56,6 +58,7 @@ pub fn spawn(
 /// the connections it owns can drain; the process exits around it.
 fn run(
     listener: TcpListener,
+    rebind: Rebind,
     proxy: Arc<Proxy>,
     limits: ConnLimits,
     shutdown: Shutdown,
@@ -83,6 +86,7 @@ fn run(
         drop(started);
         server::serve_proxy(
             listener,
+            rebind,
             move |request, peer| Arc::clone(&proxy).handle(request, peer),
             limits,
             shutdown,

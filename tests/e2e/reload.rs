@@ -192,3 +192,42 @@ async fn watched_file_is_reloaded_when_it_changes() {
     }
     assert!(gw.count_log(|l| l.contains(r#""trigger":"watch""#)) >= 1);
 }
+
+/// A free loopback port (bound and released; the test binds it next).
+async fn free_port() -> u16 {
+    crate::support::dead_addr().await.port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_listen_address_is_bound_and_old_connections_finish() {
+    let b = TestBackend::start("b").await;
+    let (first, second) = (free_port().await, free_port().await);
+    let yaml = |port: u16| {
+        format!(
+            "listen: 127.0.0.1:{port}\nbackends: [{}]\nadmin:\n  token: {TOKEN}\n",
+            b.url()
+        )
+    };
+    let gw = Gateway::start_listening_as_written(&yaml(first));
+    assert_eq!(gw.addr.port(), first);
+    // A keep-alive connection made before the move.
+    let kept = client();
+    let old = format!("http://127.0.0.1:{first}/");
+    assert_eq!(get(&kept, &old).await.2, "b");
+
+    std::fs::write(gw.config_path(), yaml(second)).unwrap();
+    let (status, body) = admin_reload(&gw).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["reloaded"]["listen"], format!("127.0.0.1:{second}"));
+    assert_eq!(
+        get(&client(), &format!("http://127.0.0.1:{second}/"))
+            .await
+            .2,
+        "b"
+    );
+    // The old connection still works; new connections to the old port are refused.
+    assert_eq!(get(&kept, &old).await.2, "b");
+    let refused = tokio::net::TcpStream::connect(("127.0.0.1", first)).await;
+    assert!(refused.is_err(), "old port still accepting");
+}

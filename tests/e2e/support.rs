@@ -40,21 +40,26 @@ impl Gateway {
     }
 
     pub fn start_with(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::launch(yaml, env, true)
+    }
+
+    /// Starts with the proxy address the file's `listen` gives (a reload
+    /// can then move it).
+    pub fn start_listening_as_written(yaml: &str) -> Gateway {
+        Self::launch(yaml, &[], false)
+    }
+
+    fn launch(yaml: &str, env: &[(&str, &str)], ephemeral_listen: bool) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, yaml).expect("write config");
         let mut command = Command::new(BIN);
+        command.args(["run", "-c"]).arg(&path);
+        if ephemeral_listen {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["run", "-c"])
-            .arg(&path)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
+            .args(["--admin-listen", "127.0.0.1:0", "--log-format", "json"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -24,7 +24,7 @@ pub use shadow::covers;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use std::collections::HashMap;
 
-type Map<V> = HashMap<Box<str>, V, foldhash::fast::FixedState>;
+type Map<V> = HashMap<Box<[u8]>, V, foldhash::fast::FixedState>;
 
 /// What a route requires of a request; `None`/empty: anything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -115,6 +115,8 @@ pub struct Request<'a> {
 pub struct RouteTable {
     exact: Map<Paths>,
     wildcard: Map<Paths>,
+    /// The lengths of the wildcard suffixes, so a host is only cut where one could match.
+    suffix_lengths: Vec<usize>,
     any_host: Paths,
     /// Methods and headers per route, checked after host and path.
     rest: Vec<Rest>,
@@ -127,6 +129,7 @@ struct Rest {
 }
 
 impl Rest {
+    #[inline]
     fn holds(&self, request: &Request<'_>) -> bool {
         (self.methods.is_empty() || self.methods.contains(request.method))
             && self.headers.iter().all(|(name, value)| {
@@ -152,7 +155,68 @@ struct Paths {
 struct Node {
     /// Routes whose prefix ends here, ascending.
     routes: Vec<u32>,
-    children: Map<Node>,
+    /// The next segments; few, so found by a scan that compares a packed
+    /// head of each name before its bytes.
+    children: Vec<Child>,
+}
+
+#[derive(Debug)]
+struct Child {
+    /// The segment's length and first eight bytes, packed.
+    head: (usize, u64),
+    name: Box<[u8]>,
+    node: Node,
+}
+
+/// A segment's length and first eight bytes (zero-padded), compared before
+/// the rest of its bytes.
+fn head(segment: &[u8]) -> (usize, u64) {
+    let word = segment
+        .iter()
+        .take(8)
+        .enumerate()
+        .fold(0u64, |word, (i, &b)| word | u64::from(b) << (8 * i));
+    (segment.len(), word)
+}
+
+/// The first segment of `path` (up to the next `/` or the end) with its
+/// [`head`], read in one pass.
+#[inline]
+fn next_segment(path: &[u8]) -> (&[u8], (usize, u64)) {
+    let mut word = 0u64;
+    let mut at = 0;
+    while at < path.len() && path[at] != b'/' {
+        if at < 8 {
+            word |= u64::from(path[at]) << (8 * at);
+        }
+        at += 1;
+    }
+    (&path[..at], (at, word))
+}
+
+impl Node {
+    #[inline]
+    fn child(&self, segment: &[u8], wanted: (usize, u64)) -> Option<&Node> {
+        self.children
+            .iter()
+            .find(|c| c.head == wanted && (segment.len() <= 8 || c.name[8..] == segment[8..]))
+            .map(|c| &c.node)
+    }
+
+    fn child_mut(&mut self, segment: &[u8]) -> &mut Node {
+        let at = match self.children.iter().position(|c| &*c.name == segment) {
+            Some(at) => at,
+            None => {
+                self.children.push(Child {
+                    head: head(segment),
+                    name: segment.into(),
+                    node: Node::default(),
+                });
+                self.children.len() - 1
+            }
+        };
+        &mut self.children[at].node
+    }
 }
 
 impl Paths {
@@ -160,13 +224,13 @@ impl Paths {
         match path {
             Some(PathRule::Exact(path)) => self
                 .exact
-                .entry(path.as_str().into())
+                .entry(path.as_bytes().into())
                 .or_default()
                 .push(route),
             Some(PathRule::Prefix(prefix)) => {
                 let mut node = &mut self.tree;
                 for segment in prefix.split('/').skip(1) {
-                    node = node.children.entry(segment.into()).or_default();
+                    node = node.child_mut(segment.as_bytes());
                 }
                 node.routes.push(route);
             }
@@ -177,25 +241,36 @@ impl Paths {
     /// The first route below `best` whose path rule holds and whose methods
     /// and headers hold too.
     fn first(&self, request: &Request<'_>, rest: &[Rest], mut best: u32) -> u32 {
-        if let Some(routes) = self.exact.get(request.path) {
+        if !self.exact.is_empty()
+            && let Some(routes) = self.exact.get(request.path.as_bytes())
+        {
             best = first_holding(routes, request, rest, best);
         }
         let mut node = &self.tree;
-        best = first_holding(&node.routes, request, rest, best);
-        if node.children.is_empty() {
-            return best;
+        if !node.routes.is_empty() {
+            best = first_holding(&node.routes, request, rest, best);
         }
-        for segment in request.path.split('/').skip(1) {
-            match node.children.get(segment) {
+        // Segment by segment: `/v1/items` is `v1`, then `items`.
+        let mut remaining = request.path.as_bytes().get(1..).unwrap_or_default();
+        while !node.children.is_empty() {
+            let (segment, wanted) = next_segment(remaining);
+            match node.child(segment, wanted) {
                 Some(child) => node = child,
                 None => break,
             }
-            best = first_holding(&node.routes, request, rest, best);
+            if !node.routes.is_empty() {
+                best = first_holding(&node.routes, request, rest, best);
+            }
+            match remaining.get(segment.len() + 1..) {
+                Some(next) => remaining = next,
+                None => break,
+            }
         }
         best
     }
 }
 
+#[inline]
 fn first_holding(routes: &[u32], request: &Request<'_>, rest: &[Rest], best: u32) -> u32 {
     for &route in routes {
         if route >= best {
@@ -216,9 +291,12 @@ impl RouteTable {
             let route = i as u32;
             let group = match &m.host {
                 None => &mut table.any_host,
-                Some(Host::Exact(name)) => table.exact.entry(name.as_str().into()).or_default(),
+                Some(Host::Exact(name)) => table.exact.entry(name.as_bytes().into()).or_default(),
                 Some(Host::Wildcard(suffix)) => {
-                    table.wildcard.entry(suffix.as_str().into()).or_default()
+                    if !table.suffix_lengths.contains(&suffix.len()) {
+                        table.suffix_lengths.push(suffix.len());
+                    }
+                    table.wildcard.entry(suffix.as_bytes().into()).or_default()
                 }
             };
             group.insert(m.path.as_ref(), route);
@@ -239,12 +317,14 @@ impl RouteTable {
                 if let Some(paths) = self.exact.get(host) {
                     best = paths.first(request, &self.rest, best);
                 }
-                if !self.wildcard.is_empty() {
-                    // `a.b.example.com` is under `.b.example.com`, `.example.com`, `.com`.
-                    for (at, _) in host.match_indices('.') {
-                        if let Some(paths) = self.wildcard.get(&host[at..]) {
-                            best = paths.first(request, &self.rest, best);
-                        }
+                // `a.b.example.com` is under `.b.example.com` and
+                // `.example.com`: cut only where a wildcard's suffix could start.
+                for &length in &self.suffix_lengths {
+                    if host.len() > length
+                        && host[host.len() - length] == b'.'
+                        && let Some(paths) = self.wildcard.get(&host[host.len() - length..])
+                    {
+                        best = paths.first(request, &self.rest, best);
                     }
                 }
             }
@@ -257,7 +337,7 @@ impl RouteTable {
 /// The host of a `Host` value, lower-cased into `buffer`: port and one
 /// trailing dot removed; `None` for an IP literal in brackets or a name
 /// too long to be a DNS name.
-fn host_name<'b>(raw: &[u8], buffer: &'b mut [u8; 256]) -> Option<&'b str> {
+fn host_name<'b>(raw: &[u8], buffer: &'b mut [u8; 256]) -> Option<&'b [u8]> {
     if raw.first() == Some(&b'[') {
         return None;
     }
@@ -273,7 +353,7 @@ fn host_name<'b>(raw: &[u8], buffer: &'b mut [u8; 256]) -> Option<&'b str> {
     for (o, b) in out.iter_mut().zip(host) {
         *o = b.to_ascii_lowercase();
     }
-    std::str::from_utf8(out).ok()
+    Some(out)
 }
 
 #[cfg(test)]
@@ -419,7 +499,10 @@ mod tests {
 
     fn holds_linearly(m: &Match, request: &Request<'_>) -> bool {
         let mut buffer = [0u8; 256];
-        let host = request.host.and_then(|h| host_name(h, &mut buffer));
+        let host = request
+            .host
+            .and_then(|h| host_name(h, &mut buffer))
+            .map(|h| std::str::from_utf8(h).unwrap());
         let host_ok = match (&m.host, host) {
             (None, _) => true,
             (Some(Host::Exact(name)), Some(host)) => name == host,

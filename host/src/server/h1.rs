@@ -444,8 +444,10 @@ mod tests {
             max_header_bytes: 8192,
             header_read_timeout: timeout,
         };
+        let (_, rebind) = watch::channel(None);
         tokio::spawn(serve_proxy(
             listener,
+            rebind,
             handler,
             limits,
             Shutdown { signal, done },

@@ -29,6 +29,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+/// Hands the proxy listener a new socket to accept from (a reload changed
+/// `listen`); connections accepted from the old one finish there.
+pub type Rebind = watch::Receiver<Option<Arc<std::net::TcpListener>>>;
+
 /// Limits applied to every client connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
@@ -67,7 +71,7 @@ pub async fn serve<H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = Arc::new(hyper_builder(limits));
-    accept(listener, shutdown, move |stream, peer, signal| {
+    accept(listener, shutdown, None, move |stream, peer, signal| {
         let handler = handler.clone();
         let builder = Arc::clone(&builder);
         async move {
@@ -83,6 +87,7 @@ pub async fn serve<H, F, B>(
 /// to hyper for HTTP/2 and for requests the codec leaves to it.
 pub async fn serve_proxy<H, F, B>(
     listener: TcpListener,
+    rebind: Rebind,
     handler: H,
     limits: ConnLimits,
     shutdown: Shutdown,
@@ -93,16 +98,21 @@ pub async fn serve_proxy<H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     let builder = Arc::new(hyper_builder(limits));
-    accept(listener, shutdown, move |stream, peer, signal| {
-        h1::serve_connection(
-            stream,
-            peer,
-            handler.clone(),
-            limits,
-            Arc::clone(&builder),
-            signal,
-        )
-    })
+    accept(
+        listener,
+        shutdown,
+        Some(rebind),
+        move |stream, peer, signal| {
+            h1::serve_connection(
+                stream,
+                peer,
+                handler.clone(),
+                limits,
+                Arc::clone(&builder),
+                signal,
+            )
+        },
+    )
     .await;
 }
 
@@ -122,8 +132,12 @@ fn hyper_builder(limits: ConnLimits) -> auto::Builder<TokioExecutor> {
 
 /// Accepts until shutdown and runs `connection` for each connection on a
 /// task of its own, which holds a `done` sender until it ends.
-async fn accept<C, F>(listener: TcpListener, shutdown: Shutdown, mut connection: C)
-where
+async fn accept<C, F>(
+    mut listener: TcpListener,
+    shutdown: Shutdown,
+    mut rebind: Option<Rebind>,
+    mut connection: C,
+) where
     C: FnMut(TcpStream, SocketAddr, watch::Receiver<bool>) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
@@ -132,6 +146,10 @@ where
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop_requested(shutdown.signal.clone()) => break,
+            Some(next) = next_listener(&mut rebind) => {
+                listener = next;
+                continue;
+            }
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -152,6 +170,25 @@ where
             task.await;
             drop(done);
         });
+    }
+}
+
+/// The next socket a reload hands over (pending forever without `rebind`).
+async fn next_listener(rebind: &mut Option<Rebind>) -> Option<TcpListener> {
+    let Some(receiver) = rebind.as_mut() else {
+        return std::future::pending().await;
+    };
+    if receiver.changed().await.is_err() {
+        *rebind = None;
+        return None;
+    }
+    let shared = receiver.borrow_and_update().clone()?;
+    match shared.try_clone().and_then(TcpListener::from_std) {
+        Ok(listener) => Some(listener),
+        Err(error) => {
+            tracing::error!(%error, "cannot take over the new listening socket; still accepting on the old one");
+            None
+        }
     }
 }
 
