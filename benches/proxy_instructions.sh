@@ -10,9 +10,14 @@
 # stack) is not counted: strace shows both proxies make the same two
 # recv/writev pairs per request.
 #
+# With ROUTED=1 the gateway routes through pools and routes: nine routes
+# (hosts, prefixes, methods) that the benchmark's requests do not match,
+# then a catch-all to the pool; the table is walked on every request.
+#
 # Usage: benches/proxy_instructions.sh   (DURATION [8s], SKIP_BUILD [0],
-#        GATEWAY_BIN, BASE_PORT [9001], PORT [18090]); needs valgrind, wrk,
-#        and nginx for the reference (skipped when missing). Loopback only.
+#        ROUTED [0], GATEWAY_BIN, BASE_PORT [9001], PORT [18090]); needs
+#        valgrind, wrk, and nginx for the reference (skipped when missing).
+#        Loopback only.
 
 set -euo pipefail
 
@@ -68,6 +73,37 @@ EOF
 PIDS+=($!)
 wait_port "$BASE_PORT"
 
+if [[ ${ROUTED:-0} == 1 ]]; then
+    {
+        cat <<EOF
+listen: 127.0.0.1:$PORT
+pools:
+  main:
+    backends:
+      - http://127.0.0.1:$BASE_PORT
+      - http://127.0.0.1:$((BASE_PORT + 1))
+      - http://127.0.0.1:$((BASE_PORT + 2))
+    health_check:
+      enabled: false
+routes:
+EOF
+        for i in 1 2 3; do
+            echo "  - {match: {host: api-$i.example.com, path_prefix: /v$i}, pool: main}"
+            echo "  - {match: {host: \"*.cdn$i.example.com\"}, pool: main}"
+            echo "  - {match: {path_prefix: /admin$i, methods: [POST]}, pool: main}"
+        done
+        cat <<EOF
+  - {match: {path_prefix: /}, pool: main}
+proxy:
+  workers: 1
+admin:
+  listen: 127.0.0.1:$((PORT + 1))
+log:
+  level: warn
+  access: false
+EOF
+    } >"$TMP/gateway.yaml"
+else
 cat >"$TMP/gateway.yaml" <<EOF
 listen: 127.0.0.1:$PORT
 backends:
@@ -84,6 +120,7 @@ log:
   level: warn
   access: false
 EOF
+fi
 
 mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
 nginx_conf "$TMP/nginx" "$PORT" "$BASE_PORT" 3 $'master_process off;\ndaemon off;' >"$TMP/nginx/nginx.conf"

@@ -246,6 +246,7 @@ fn validate_reports_every_routing_problem_in_one_run() {
             "  - match: {path_prefix: /v1/items}\n    pool: api\n",
             "  - match: {}\n    pool: nowhere\n",
             "  - match: {host: \"a.*.test\"}\n    pool: api\n",
+            "proxy:\n  retries: many\n",
         ),
     )
     .unwrap();
@@ -256,6 +257,7 @@ fn validate_reports_every_routing_problem_in_one_run() {
         "routes[2].pool: no pool named \"nowhere\"; defined: api, spare",
         "routes[3].match.host: invalid host",
         "pools.spare: no route sends requests to pool spare",
+        "routes.yaml:16:12: (yaml): ",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }

@@ -1,7 +1,7 @@
 //! Reading the file: environment expansion, YAML parsing with positions, overrides, validation.
 
 use super::raw::RawConfig;
-use super::{Config, Problem, env, validate};
+use super::{Config, Problem, env, sections, validate};
 use std::path::{Path, PathBuf};
 
 /// Values from command-line flags and `GATEWAY_*` variables; they win over the file.
@@ -42,12 +42,45 @@ pub fn parse(text: &str, over: &Overrides) -> Result<Config, Vec<Problem>> {
     let raw: RawConfig = if expanded.trim().is_empty() {
         RawConfig::default()
     } else {
-        serde_saphyr::from_str(&expanded).map_err(|e| vec![yaml_problem(&e)])?
+        match serde_saphyr::from_str(&expanded) {
+            Ok(raw) => raw,
+            Err(error) => return Err(every_problem(&expanded, yaml_problem(&error), over)),
+        }
     };
     validate::validate(&raw, over)
 }
 
-fn yaml_problem(err: &serde_saphyr::Error) -> Problem {
+/// The problems of a file with a YAML error: the error in each broken
+/// section, then the problems of the sections that read fine (except those
+/// a broken section would explain: a broken `pools` leaves routes naming
+/// pools that seem undefined).
+fn every_problem(text: &str, first: Problem, over: &Overrides) -> Vec<Problem> {
+    let Some(sections) = sections::parse(text) else {
+        return vec![first];
+    };
+    let mut problems = sections.problems;
+    if problems.is_empty() {
+        // An error only the whole file has (e.g. a key given twice).
+        return vec![first];
+    }
+    let routing = ["backends", "pools", "routes"];
+    let explained = |p: &Problem| {
+        sections.broken.iter().any(|key| {
+            p.path == *key
+                || p.path.starts_with(&format!("{key}."))
+                || p.path.starts_with(&format!("{key}["))
+                || (routing.contains(&key.as_str())
+                    && routing.iter().any(|r| p.path.starts_with(r)))
+        })
+    };
+    if let Err(more) = validate::validate(&sections.raw, over) {
+        problems.extend(more.into_iter().filter(|p| !explained(p)));
+    }
+    problems.sort_by_key(|p| (p.line.is_none(), p.line, p.column));
+    problems
+}
+
+pub(super) fn yaml_problem(err: &serde_saphyr::Error) -> Problem {
     let message = err.without_snippet().to_string();
     let first = message.lines().next().unwrap_or("invalid YAML");
     // The position is reported separately; drop the parser's own " at line L, column C".
@@ -185,6 +218,103 @@ mod tests {
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].line, Some(3), "{p:?}");
         assert!(p[0].message.contains("bogus"), "{p:?}");
+    }
+
+    #[test]
+    fn top_level_backends_are_the_default_pool_with_a_catch_all_route() {
+        let c = ok("backends: [http://127.0.0.1:9001]\nproxy:\n  retries: 4\n");
+        assert_eq!(c.pools.len(), 1);
+        assert_eq!(c.pools[0].name, "default");
+        assert_eq!(
+            c.pools[0].retries, 4,
+            "pools take their defaults from proxy"
+        );
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].matcher, crate::routes::Match::default());
+        assert_eq!(c.routes[0].limit, crate::config::RouteLimit::Default);
+    }
+
+    #[test]
+    fn pools_and_routes_are_read_with_their_actions() {
+        let c = ok(concat!(
+            "rate_limit:\n  default: {capacity: 10, refill_per_second: 1}\n",
+            "pools:\n  web:\n    backends: [http://127.0.0.1:9001]\n    retries: 0\n",
+            "  api:\n    backends: [http://127.0.0.1:9002]\n    balancer: {algorithm: least_requests}\n",
+            "routes:\n",
+            "  - match: {host: API.test, path_prefix: /v1/, methods: [get]}\n    pool: api\n    strip_prefix: true\n",
+            "    rate_limit: {key: header:X-Key, capacity: 5, refill_per_second: 0.5}\n",
+            "  - match: {path: /report}\n    pool: web\n    cost: 10\n    request_timeout: 2s\n",
+            "  - match: {}\n    pool: web\n    rate_limit: off\n",
+        ));
+        let names: Vec<&str> = c.pools.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["api", "web"], "pools in name order");
+        assert_eq!(c.pools[0].algorithm, Algorithm::LeastRequests);
+        assert_eq!(c.pools[1].retries, 0);
+        let api = &c.routes[0];
+        assert_eq!(api.name, "GET api.test/v1/*");
+        assert_eq!(api.pool, 0);
+        assert_eq!(api.strip_prefix.as_deref(), Some("/v1"));
+        let crate::config::RouteLimit::Own(policy) = &api.limit else {
+            panic!("own policy expected: {:?}", api.limit);
+        };
+        assert_eq!(policy.name, "GET api.test/v1/*");
+        assert_eq!(policy.limits.capacity, 5);
+        assert_eq!(c.routes[1].cost, 10);
+        assert_eq!(c.routes[1].request_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(c.routes[2].limit, crate::config::RouteLimit::Off);
+    }
+
+    #[test]
+    fn route_actions_that_cannot_work_are_refused() {
+        let p = problems(concat!(
+            "rate_limit:\n  default: {capacity: 10, refill_per_second: 1}\n",
+            "pools:\n  web:\n    backends: [http://127.0.0.1:9001]\n",
+            "routes:\n",
+            "  - match: {path: /a}\n    pool: web\n    strip_prefix: true\n",
+            "  - match: {path: /b}\n    pool: web\n    cost: 11\n",
+            "  - match: {path: /c}\n    pool: web\n    key_plugin: k.wasm\n",
+            "  - match: {path: /d, path_prefix: /d}\n    pool: web\n",
+            "  - match: {path: /e, methods: [\"G T\"]}\n    pool: web\n",
+            "  - name: x\n    match: {path: /f}\n    pool: web\n",
+            "  - name: x\n    match: {path: /g}\n    pool: web\n",
+        ));
+        let text: Vec<String> = p.iter().map(ToString::to_string).collect();
+        for expected in [
+            "strip_prefix needs match.path_prefix",
+            "routes[1].cost: 11 is out of range; allowed: 1 to 10",
+            "key_plugin needs the route's own rate_limit",
+            "give path (exact) or path_prefix, not both",
+            "invalid method",
+            "route name \"x\" is used twice",
+        ] {
+            assert!(
+                text.iter().any(|t| t.contains(expected)),
+                "{expected:?} not in {text:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_type_error_in_one_section_does_not_hide_the_others() {
+        let p = problems(
+            "listen: nope\nbackends:\n  - http://127.0.0.1:9001\nproxy:\n  retries: many\nhealth_check:\n  interval: [1]\nlog:\n  format: loud\n",
+        );
+        let lines: Vec<_> = p.iter().map(|p| (p.path.as_str(), p.line)).collect();
+        assert_eq!(
+            lines,
+            vec![
+                ("listen", Some(1)),
+                ("(yaml)", Some(5)),
+                ("(yaml)", Some(7)),
+                ("log.format", Some(9)),
+            ],
+            "{p:#?}"
+        );
+        // A broken pools section does not make every route's pool "undefined".
+        let p =
+            problems("pools:\n  api:\n    backends: 7\nroutes:\n  - match: {}\n    pool: api\n");
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert_eq!(p[0].line, Some(3));
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod env;
 mod load;
 mod raw;
 mod routes;
+mod sections;
 mod validate;
 
 pub use load::{LoadError, Overrides, load, parse};

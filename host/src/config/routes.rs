@@ -155,18 +155,20 @@ pub(super) fn pools_and_routes(
                     ));
                 }
             }
+            let mut read: Vec<(usize, RouteConfig, bool)> = read
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, (r, clean))| r.map(|r| (i, r, clean)))
+                .collect();
+            dedupe_names(list, &mut read);
+            check_names(c, list, &read);
             let clean: Vec<(usize, &RouteConfig)> = read
                 .iter()
-                .enumerate()
-                .filter_map(|(i, (r, clean))| r.as_ref().filter(|_| *clean).map(|r| (i, r)))
+                .filter(|(_, _, clean)| *clean)
+                .map(|(i, r, _)| (*i, r))
                 .collect();
             check_order(c, list, &clean);
-            let all_clean = clean.len() == list.len();
-            let mut routes: Vec<RouteConfig> = read.into_iter().filter_map(|(r, _)| r).collect();
-            if all_clean {
-                dedupe_names(list, &mut routes);
-                check_names(c, list, &routes);
-            }
+            let routes: Vec<RouteConfig> = read.into_iter().map(|(_, r, _)| r).collect();
             routes
         }
     };
@@ -502,20 +504,22 @@ fn check_order(c: &mut Checker, raw: &[S<RawRoute>], routes: &[(usize, &RouteCon
     }
 }
 
-/// Route names (and so metric labels) and policy names are unique; a name
-/// made from the match gets `#N` when it repeats.
-fn check_names(c: &mut Checker, raw: &[S<RawRoute>], routes: &[RouteConfig]) {
-    for (j, route) in routes.iter().enumerate() {
-        if routes[..j].iter().any(|r| r.name == route.name) && raw[j].value.name.is_some() {
+/// Route names (and so metric labels) and policy names are unique.
+/// `routes` are the routes read, with their positions.
+fn check_names(c: &mut Checker, raw: &[S<RawRoute>], routes: &[(usize, RouteConfig, bool)]) {
+    for (at, (j, route, _)) in routes.iter().enumerate() {
+        let j = *j;
+        let earlier = &routes[..at];
+        if earlier.iter().any(|(_, r, _)| r.name == route.name) {
             c.problems.push(
                 spanned(format!("routes[{j}].name"), &raw[j])
                     .problem(format!("route name {:?} is used twice", route.name)),
             );
         }
         if let RouteLimit::Own(policy) = &route.limit {
-            let twice = routes[..j]
+            let twice = earlier
                 .iter()
-                .any(|r| matches!(&r.limit, RouteLimit::Own(p) if p.name == policy.name));
+                .any(|(_, r, _)| matches!(&r.limit, RouteLimit::Own(p) if p.name == policy.name));
             if twice {
                 c.problems
                     .push(spanned(format!("routes[{j}].rate_limit"), &raw[j]).problem(
@@ -531,18 +535,20 @@ fn check_names(c: &mut Checker, raw: &[S<RawRoute>], routes: &[RouteConfig]) {
 
 /// Unnamed routes whose made-up names repeat get `#N` (their 1-based
 /// position), and so do the policies named after them.
-fn dedupe_names(raw: &[S<RawRoute>], routes: &mut [RouteConfig]) {
-    for j in 0..routes.len() {
-        let repeated = routes[..j].iter().any(|r| r.name == routes[j].name);
-        if !repeated || raw[j].value.name.is_some() {
+fn dedupe_names(raw: &[S<RawRoute>], routes: &mut [(usize, RouteConfig, bool)]) {
+    for at in 0..routes.len() {
+        let (j, route, _) = &routes[at];
+        let repeated = routes[..at].iter().any(|(_, r, _)| r.name == route.name);
+        if !repeated || raw[*j].value.name.is_some() {
             continue;
         }
-        let name = format!("{}#{}", routes[j].name, j + 1);
-        if let RouteLimit::Own(policy) = &mut routes[j].limit
-            && policy.name == routes[j].name
+        let name = format!("{}#{}", route.name, j + 1);
+        let route = &mut routes[at].1;
+        if let RouteLimit::Own(policy) = &mut route.limit
+            && policy.name == route.name
         {
             policy.name = name.clone();
         }
-        routes[j].name = name;
+        route.name = name;
     }
 }
