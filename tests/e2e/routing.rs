@@ -145,6 +145,15 @@ async fn host_path_method_and_header_routes_over_three_pools() {
     );
     let (status, _, _) = call(&gw, "POST", "x.test", "/%6cogin", &[]).await;
     assert_eq!(status, 429, "percent-encoded letters match too");
+    // A `%` that starts no escape has no single meaning: refused.
+    let (status, _, body) = call(&gw, "POST", "x.test", "/%zz/../%6cogin", &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            400,
+            r#"{"code":400,"message":"Malformed request: invalid percent-encoding in the path"}"#
+        )
+    );
     // Exhausting /login limits nothing else: the top-level policy still has tokens.
     let (status, headers, _) = call(&gw, "GET", "api.test", "/v1/x", &[]).await;
     assert_eq!(status, 200);
@@ -261,4 +270,79 @@ fn validate_reports_every_routing_problem_in_one_run() {
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
+}
+
+/// A route's own plugins: one route chooses backends with the canary
+/// plugin, another keys its own policy with the api-key plugin; a third
+/// route over the same pool keeps the pool's round robin and no limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_name_their_own_key_and_select_plugins() {
+    let stable1 = TestBackend::start("stable1").await;
+    let stable2 = TestBackend::start("stable2").await;
+    let canary = TestBackend::start("canary").await;
+    let db = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"admin:
+  token: {TOKEN}
+rate_limit:
+  enabled: false
+  database: sqlite://{}/limits.db
+plugins:
+  config:
+    canary.backend: "{}"
+pools:
+  app:
+    backends: [{}, {}, {}]
+routes:
+  - match: {{path_prefix: /split}}
+    pool: app
+    select_plugin: {}
+  - match: {{path_prefix: /keyed}}
+    pool: app
+    key_plugin: {}
+    rate_limit: {{capacity: 2, refill_per_second: 0.01, unknown_keys: own}}
+  - match: {{}}
+    pool: app
+"#,
+        db.path().display(),
+        canary.url(),
+        stable1.url(),
+        stable2.url(),
+        canary.url(),
+        crate::support::plugin("canary").display(),
+        crate::support::plugin("api_key").display(),
+    );
+    let gw = Gateway::start(&yaml);
+    for _ in 0..6 {
+        assert_eq!(
+            call(&gw, "GET", "h", "/split", &[("x-canary", "1")])
+                .await
+                .2,
+            "canary"
+        );
+    }
+    let mut plain = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let (status, headers, body) = call(&gw, "GET", "h", "/plain", &[("x-canary", "1")]).await;
+        assert_eq!(status, 200);
+        assert!(
+            !headers.contains_key("ratelimit"),
+            "rate limiting is off here"
+        );
+        plain.insert(body);
+    }
+    assert_eq!(plain.len(), 3, "round robin over the whole pool: {plain:?}");
+    let mut seen = Vec::new();
+    for key in ["alpha", "alpha", "alpha", "beta"] {
+        seen.push(
+            call(&gw, "GET", "h", "/keyed", &[("x-api-key", key)])
+                .await
+                .0,
+        );
+    }
+    assert_eq!(
+        seen,
+        [200, 200, 429, 200],
+        "each API key has its own bucket on /keyed"
+    );
 }

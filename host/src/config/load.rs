@@ -265,6 +265,23 @@ mod tests {
     }
 
     #[test]
+    fn a_route_policy_takes_what_it_does_not_say_from_the_top_level() {
+        let c = ok(concat!(
+            "rate_limit:\n  key: header:X-Key\n  unknown_keys: own\n",
+            "  default: {capacity: 10, refill_per_second: 2}\n",
+            "backends: [http://127.0.0.1:9001]\n",
+            "routes:\n  - match: {}\n    pool: default\n    rate_limit: {capacity: 3}\n",
+        ));
+        let crate::config::RouteLimit::Own(policy) = &c.routes[0].limit else {
+            panic!("own policy expected");
+        };
+        assert_eq!(policy.limits.capacity, 3);
+        assert_eq!(policy.limits.refill_per_second(), 2.0);
+        assert_eq!(policy.unknown_keys, crate::limiter::UnknownKeys::Own);
+        assert!(matches!(&policy.key.kind, crate::limiter::KeyKind::Header(h) if h == "x-key"));
+    }
+
+    #[test]
     fn route_actions_that_cannot_work_are_refused() {
         let p = problems(concat!(
             "rate_limit:\n  default: {capacity: 10, refill_per_second: 1}\n",

@@ -324,18 +324,19 @@ fn matcher(c: &mut Checker, raw: &RawMatch, at: &str) -> Match {
     });
     let path = |c: &mut Checker, s: &S<String>, key: &str| -> Option<String> {
         let text = s.value.trim();
-        if text.starts_with('/')
+        let normalized = text.starts_with('/')
             && text
                 .parse::<http::uri::PathAndQuery>()
-                .is_ok_and(|p| p.query().is_none())
-        {
-            Some(crate::routes::match_path(text).into_owned())
-        } else {
-            c.problems
-                .push(spanned(format!("{at}.match.{key}"), s).problem(format!(
-                    "invalid path {text:?}; allowed: an absolute path such as /v1 (no query)"
-                )));
-            None
+                .is_ok_and(|p| p.query().is_none());
+        match normalized.then(|| crate::routes::match_path(text)) {
+            Some(Ok(path)) => Some(path.into_owned()),
+            _ => {
+                c.problems
+                    .push(spanned(format!("{at}.match.{key}"), s).problem(format!(
+                        "invalid path {text:?}; allowed: an absolute path such as /v1 (no query, %XX escapes only)"
+                    )));
+                None
+            }
         }
     };
     let path = match (&raw.path_prefix, &raw.path) {
@@ -407,10 +408,20 @@ fn own_policy(
     route_name: &str,
     top: &RateLimitConfig,
 ) -> PolicyConfig {
-    let key_plugin = raw.key_plugin.as_ref().or(route_key_plugin);
-    let kind = match (&raw.key, key_plugin) {
+    // What is not written is the top-level policy's (key, limits, unknown keys).
+    let key_plugin = raw
+        .key_plugin
+        .as_ref()
+        .or(route_key_plugin)
+        .map(|s| PathBuf::from(s.value.trim()));
+    let kind = match (&raw.key, &key_plugin) {
         (None, Some(_)) => KeyKind::Plugin,
-        (key, _) => key_kind(c, key.as_ref(), &format!("{at}.key")),
+        (None, None) => top.key.kind.clone(),
+        (Some(key), _) => key_kind(c, Some(key), &format!("{at}.key")),
+    };
+    let key_plugin = match (&kind, key_plugin) {
+        (KeyKind::Plugin, None) => top.key_plugin.clone(),
+        (_, plugin) => plugin,
     };
     if kind == KeyKind::Plugin && key_plugin.is_none() {
         c.problems.push(Problem::new(
@@ -426,8 +437,14 @@ fn own_policy(
         128,
         i64::from(top.key.ipv6_prefix),
     ) as u8;
-    let capacity = raw.capacity.as_ref().map_or(100, |s| s.value);
-    let refill = raw.refill_per_second.as_ref().map_or(10.0, |s| s.value);
+    let capacity = raw
+        .capacity
+        .as_ref()
+        .map_or(i64::from(top.default.capacity), |s| s.value);
+    let refill = raw
+        .refill_per_second
+        .as_ref()
+        .map_or(top.default.refill_per_second(), |s| s.value);
     let limits = match Limits::new(capacity, refill) {
         Ok(limits) => limits,
         Err(reason) => {
@@ -460,8 +477,11 @@ fn own_policy(
     PolicyConfig {
         name,
         key: KeySource { kind, ipv6_prefix },
-        unknown_keys: unknown_keys(c, raw.unknown_keys.as_ref(), &format!("{at}.unknown_keys")),
-        key_plugin: key_plugin.map(|s| PathBuf::from(s.value.trim())),
+        unknown_keys: match &raw.unknown_keys {
+            Some(s) => unknown_keys(c, Some(s), &format!("{at}.unknown_keys")),
+            None => top.unknown_keys,
+        },
+        key_plugin,
         limits,
     }
 }

@@ -106,7 +106,10 @@ impl Proxy {
             .any(|n| n.contains(&peer_ip));
         let client = client_ip(peer_ip, request.headers(), &settings.trusted_proxies);
         let found = find_route(routing, &mut request);
-        let route = found.map(|index| &routing.routes[index]);
+        let route = match found {
+            Ok(Some(index)) => Some(&routing.routes[index]),
+            _ => None,
+        };
         let mut exchange = Exchange {
             start,
             logged: routing
@@ -121,9 +124,10 @@ impl Proxy {
             metrics: Arc::clone(route.map_or(&routing.unrouted, |r| &r.metrics)),
         };
         let Some(route) = route else {
-            let error = match admissible(&request, None) {
-                Err(error) => error,
-                Ok(()) => ProxyError::NoRoute,
+            let error = match (admissible(&request, None), found) {
+                (Err(error), _) => error,
+                (Ok(()), Err(_)) => ProxyError::BadRequest("invalid percent-encoding in the path"),
+                (Ok(()), Ok(_)) => ProxyError::NoRoute,
             };
             return local(error, exchange);
         };
@@ -293,9 +297,12 @@ impl Generation {
 /// The number of the route `request` takes. When the path the backend
 /// will act on differs from the one sent (`/a/../b`, `/%62`, `//b`), the
 /// request goes on with the former.
-fn find_route(routing: &Routing, request: &mut Request<ClientBody>) -> Option<usize> {
+fn find_route(
+    routing: &Routing,
+    request: &mut Request<ClientBody>,
+) -> Result<Option<usize>, routes::InvalidEscape> {
     let (found, normalized) = {
-        let path = routes::match_path(request.uri().path());
+        let path = routes::match_path(request.uri().path())?;
         let host = match request.uri().authority() {
             Some(authority) => Some(authority.as_str().as_bytes()),
             None => request
@@ -319,7 +326,7 @@ fn find_route(routing: &Routing, request: &mut Request<ClientBody>) -> Option<us
     {
         *request.uri_mut() = uri;
     }
-    found
+    Ok(found)
 }
 
 /// `uri` with its path replaced (query kept).

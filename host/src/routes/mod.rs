@@ -18,7 +18,7 @@
 mod normalize;
 mod shadow;
 
-pub use normalize::match_path;
+pub use normalize::{InvalidEscape, match_path};
 pub use shadow::covers;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
