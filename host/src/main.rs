@@ -54,12 +54,7 @@ fn plugin_check(file: &std::path::Path, config: Option<std::path::PathBuf>) -> E
             match load(&arg, &env_overrides()) {
                 Ok(c) => {
                     // A selection plugin sees its pool's backends: those of the first pool.
-                    let urls = c.pools.first().map(|pool| {
-                        pool.backends
-                            .iter()
-                            .map(|b| b.url.to_string().trim_end_matches('/').to_owned())
-                            .collect()
-                    });
+                    let urls = c.pools.first().map(|pool| pool.backend_names());
                     (c.plugins, urls)
                 }
                 Err(code) => return code,

@@ -1,7 +1,7 @@
 //! Live reload: SIGHUP, `POST /reload` and `reload.watch` apply a changed
 //! file without dropping a request; an invalid file changes nothing.
 
-use crate::support::{Gateway, TestBackend, client, get, request, send};
+use crate::support::{Gateway, TestBackend, client, get, request};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -56,18 +56,7 @@ routes:
 }
 
 async fn admin_reload(gw: &Gateway) -> (u16, String) {
-    let auth = format!("Bearer {TOKEN}");
-    let (status, _, body) = send(
-        &client(),
-        request(
-            "POST",
-            &gw.admin_url("/reload"),
-            &[("authorization", &auth)],
-            "",
-        ),
-    )
-    .await;
-    (status.as_u16(), body)
+    gw.admin_call("POST", "/reload").await
 }
 
 fn reloaded(gw: &Gateway) -> usize {
@@ -189,17 +178,7 @@ async fn fifty_reloads_under_load_drop_no_request_and_keep_buckets() {
     );
     // Unchanged pools kept their backends: the dead one is still down (no
     // probe ran: 1h interval) and side's request count went on.
-    let auth = format!("Bearer {TOKEN}");
-    let (_, _, body) = send(
-        &client(),
-        request(
-            "GET",
-            &gw.admin_url("/backends"),
-            &[("authorization", &auth)],
-            "",
-        ),
-    )
-    .await;
+    let (_, body) = gw.admin_call("GET", "/backends").await;
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();
     let of = |pool: &str| {
         list.as_array()

@@ -174,17 +174,7 @@ async fn host_path_method_and_header_routes_over_three_pools() {
     }
 
     // /routes and /backends name pools; metrics carry route and pool.
-    let auth = format!("Bearer {TOKEN}");
-    let (status, _, body) = send(
-        &client(),
-        request(
-            "GET",
-            &gw.admin_url("/routes"),
-            &[("authorization", &auth)],
-            "",
-        ),
-    )
-    .await;
+    let (status, body) = gw.admin_call("GET", "/routes").await;
     assert_eq!(status, 200);
     let view: serde_json::Value = serde_json::from_str(&body).unwrap();
     let names: Vec<&str> = view["routes"]
@@ -208,16 +198,7 @@ async fn host_path_method_and_header_routes_over_three_pools() {
     assert_eq!(view["routes"][1]["rate_limit"]["name"], "login");
     assert_eq!(view["routes"][2]["rate_limit"], "off");
     assert_eq!(view["pools"].as_array().unwrap().len(), 3);
-    let (_, _, body) = send(
-        &client(),
-        request(
-            "GET",
-            &gw.admin_url("/backends"),
-            &[("authorization", &auth)],
-            "",
-        ),
-    )
-    .await;
+    let (_, body) = gw.admin_call("GET", "/backends").await;
     let backends: serde_json::Value = serde_json::from_str(&body).unwrap();
     let pools: Vec<&str> = backends
         .as_array()

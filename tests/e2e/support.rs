@@ -124,6 +124,21 @@ impl Gateway {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// A protected admin call with the tests' token (`test-token`): status and body.
+    pub async fn admin_call(&self, method: &str, path: &str) -> (u16, String) {
+        let (status, _, body) = send(
+            &client(),
+            request(
+                method,
+                &self.admin_url(path),
+                &[("authorization", "Bearer test-token")],
+                "",
+            ),
+        )
+        .await;
+        (status.as_u16(), body)
+    }
+
     /// The configuration file the gateway was started with (a reload reads it again).
     pub fn config_path(&self) -> std::path::PathBuf {
         self._dir.path().join("gateway.yaml")

@@ -88,6 +88,17 @@ pub struct PoolConfig {
     pub max_connections: usize,
 }
 
+impl PoolConfig {
+    /// The backends' URLs as written for people (no trailing `/`), as
+    /// plugins, logs and metrics name them.
+    pub fn backend_names(&self) -> Vec<String> {
+        self.backends
+            .iter()
+            .map(|b| b.url.to_string().trim_end_matches('/').to_owned())
+            .collect()
+    }
+}
+
 impl Config {
     /// The pool a route sends to.
     pub fn pool(&self, route: &RouteConfig) -> &PoolConfig {

@@ -228,7 +228,7 @@ impl Routing {
 }
 
 fn backend_urls(pool: &PoolCore) -> Vec<String> {
-    pool.backends.iter().map(|b| b.name.clone()).collect()
+    pool.config.backend_names()
 }
 
 /// Loads every plugin `config` names, as a build would, without starting
@@ -238,13 +238,8 @@ pub fn load_plugins(config: &Config) -> Result<Plugins, String> {
     let mut loader = Loader::new(&config.plugins, &outcomes);
     for pool in &config.pools {
         if let Some(path) = &pool.balancer_plugin {
-            let urls = pool
-                .backends
-                .iter()
-                .map(|b| b.url.to_string().trim_end_matches('/').to_owned())
-                .collect();
             loader
-                .select(path, &pool.name, urls)
+                .select(path, &pool.name, pool.backend_names())
                 .map_err(|e| format!("pools.{}: {e}", pool.name))?;
         }
     }
@@ -256,13 +251,8 @@ pub fn load_plugins(config: &Config) -> Result<Plugins, String> {
     for route in &config.routes {
         let pool = config.pool(route);
         if let Some(path) = &route.select_plugin {
-            let urls = pool
-                .backends
-                .iter()
-                .map(|b| b.url.to_string().trim_end_matches('/').to_owned())
-                .collect();
             loader
-                .select(path, &pool.name, urls)
+                .select(path, &pool.name, pool.backend_names())
                 .map_err(|e| format!("route {}: {e}", route.name))?;
         }
         if let RouteLimit::Own(own) = &route.limit
