@@ -9,9 +9,9 @@
 //! is installed in every worker; requests in flight finish on the routing
 //! they started with; a changed `listen` is bound first and the workers
 //! move to it. Settings that belong to the process rather than to
-//! routing (workers, admin, logging, the top-level limiter's
-//! store and sizes) take effect at the next start; a reload that changes
-//! one says so.
+//! routing (workers, admin, logging, the top-level limiter's store and
+//! sizes) take effect at the next start; a reload that changes one says so.
+//! The top-level default limits apply at once, to live buckets too.
 
 use crate::config::{self, Config, LoadError, Overrides, Problem};
 use crate::proxy::Proxy;
@@ -113,6 +113,11 @@ impl Reloader {
                     .any(|old| Arc::ptr_eq(&old.core, &p.core))
             })
             .count();
+        if let (Some(top), true) = (&self.env.top_level, routing.config.rate_limit.enabled) {
+            top.budget
+                .local()
+                .set_default(routing.config.rate_limit.default);
+        }
         let routing = Arc::new(routing);
         let listen = listener.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = listener {
@@ -235,7 +240,7 @@ fn fingerprint(path: &std::path::Path) -> Option<u64> {
 /// The process-wide settings that differ between `running` and `next`.
 fn needs_restart(running: &Config, next: &Config) -> Vec<&'static str> {
     let rl = (&running.rate_limit, &next.rate_limit);
-    let checks: [(&'static str, bool); 8] = [
+    let checks: [(&'static str, bool); 7] = [
         (
             "admin",
             running.admin.listen != next.admin.listen || running.admin.token != next.admin.token,
@@ -254,10 +259,6 @@ fn needs_restart(running: &Config, next: &Config) -> Vec<&'static str> {
             running.log.level != next.log.level || running.log.format != next.log.format,
         ),
         ("rate_limit.enabled", rl.0.enabled != rl.1.enabled),
-        (
-            "rate_limit.default",
-            rl.0.enabled && rl.1.enabled && rl.0.default != rl.1.default,
-        ),
         (
             "rate_limit (store and sizes)",
             rl.0.database != rl.1.database

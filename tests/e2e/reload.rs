@@ -255,3 +255,43 @@ async fn a_changed_listen_address_is_bound_and_old_connections_finish() {
     let refused = tokio::net::TcpStream::connect(("127.0.0.1", first)).await;
     assert!(refused.is_err(), "old port still accepting");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_default_limits_apply_to_new_and_live_clients() {
+    let b = TestBackend::start("b").await;
+    let db = tempfile::tempdir().unwrap();
+    let yaml = |capacity: u32| {
+        format!(
+            "backends: [{}]\nadmin:\n  token: {TOKEN}\nrate_limit:\n  database: sqlite://{}/l.db\n  default: {{capacity: {capacity}, refill_per_second: 0.001}}\n",
+            b.url(),
+            db.path().display()
+        )
+    };
+    let gw = Gateway::start(&yaml(2));
+    let first = crate::support::client_from("127.0.0.1".parse().unwrap());
+    for expected in [200, 200, 429] {
+        assert_eq!(get(&first, &gw.url("/")).await.0.as_u16(), expected);
+    }
+    std::fs::write(gw.config_path(), yaml(4)).unwrap();
+    let (status, body) = admin_reload(&gw).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !body.contains("rate_limit.default"),
+        "applied, not deferred: {body}"
+    );
+    let (status, headers, _) = get(&first, &gw.url("/")).await;
+    assert_eq!(status, 429, "the empty bucket stays empty");
+    assert!(
+        headers["ratelimit-policy"]
+            .to_str()
+            .unwrap()
+            .contains("q=4"),
+        "{headers:?}"
+    );
+    let second = crate::support::client_from("127.0.0.2".parse().unwrap());
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(get(&second, &gw.url("/")).await.0.as_u16());
+    }
+    assert_eq!(seen, [200, 200, 200, 200, 429]);
+}

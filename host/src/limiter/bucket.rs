@@ -70,12 +70,12 @@ impl Limits {
         u64::from(self.capacity) * MILLI
     }
 
-    fn pack(self) -> u64 {
+    pub(super) fn pack(self) -> u64 {
         let flag = if self.is_override { OVERRIDE_FLAG } else { 0 };
         flag | (u64::from(self.capacity) << 32) | u64::from(self.refill_milli)
     }
 
-    fn unpack(word: u64) -> Limits {
+    pub(super) fn unpack(word: u64) -> Limits {
         Limits {
             capacity: ((word & !OVERRIDE_FLAG) >> 32) as u32,
             refill_milli: word as u32,

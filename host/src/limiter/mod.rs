@@ -48,8 +48,8 @@ pub struct Limiter {
     tick: AtomicU64,
     /// Length of one tick.
     tick_micros: u64,
-    /// Limits for clients without an override.
-    default: Limits,
+    /// Limits for clients without an override ([`Limits`] packed; a reload may change them).
+    default: AtomicU64,
     /// Per-client overrides from the database by key hash, consulted when a
     /// bucket is created and to tell known header and plugin keys from invented ones.
     overrides: ArcSwap<HashMap<u64, Limits, PreHashed>>,
@@ -70,7 +70,7 @@ impl Limiter {
             hasher: foldhash::fast::RandomState::default(),
             tick: AtomicU64::new(0),
             tick_micros: (refill_interval.as_micros() as u64).max(1),
-            default,
+            default: AtomicU64::new(default.pack()),
             overrides: ArcSwap::from_pointee(HashMap::default()),
             tracked: AtomicUsize::new(0),
             max_clients,
@@ -129,7 +129,7 @@ impl Limiter {
                 remaining: 0,
                 retry_after: 1,
                 reset: 1,
-                limits: self.default,
+                limits: self.default_limits(),
                 overflow: true,
             };
         }
@@ -193,11 +193,27 @@ impl Limiter {
             .load()
             .get(&hash)
             .copied()
-            .unwrap_or(self.default)
+            .unwrap_or_else(|| self.default_limits())
     }
 
     pub fn default_limits(&self) -> Limits {
-        self.default
+        Limits::unpack(self.default.load(Ordering::Relaxed))
+    }
+
+    /// New limits for clients without an override (a reload changed
+    /// `rate_limit.default`): new buckets get them, and live buckets on the
+    /// old default take them at once (their tokens above a lowered capacity
+    /// are dropped at the next touch).
+    pub fn set_default(&self, limits: Limits) {
+        let old = Limits::unpack(self.default.swap(limits.pack(), Ordering::Relaxed));
+        if old == limits {
+            return;
+        }
+        for bucket in self.buckets.iter() {
+            if bucket.limits() == old {
+                bucket.set_limits(limits);
+            }
+        }
     }
 
     /// Installs a new set of overrides, keyed by canonical client id
@@ -229,7 +245,7 @@ impl Limiter {
         for hash in previous.keys() {
             if !next.contains_key(hash) {
                 changed += 1;
-                self.set_live(*hash, self.default);
+                self.set_live(*hash, self.default_limits());
             }
         }
         self.overrides.store(Arc::new(next));
@@ -302,6 +318,24 @@ mod tests {
             Duration::from_millis(100),
             max,
         )
+    }
+
+    #[test]
+    fn a_new_default_applies_to_default_buckets_and_spares_overrides() {
+        let l = limiter(2, 1.0, 100);
+        l.apply_one("plugin:vip", Some(Limits::new(50, 1.0).unwrap()))
+            .unwrap();
+        assert!(l.check(&k("a")).allowed);
+        assert!(l.check(&k("a")).allowed);
+        assert!(!l.check(&k("a")).allowed, "a is empty");
+        assert!(l.check(&k("vip")).allowed);
+        l.set_default(Limits::new(5, 1.0).unwrap());
+        let a = l.check(&k("a"));
+        assert!(!a.allowed, "a keeps its 0 tokens");
+        assert_eq!(a.limits.capacity, 5, "but has the new capacity");
+        let fresh: Vec<bool> = (0..6).map(|_| l.check(&k("b")).allowed).collect();
+        assert_eq!(fresh, [true, true, true, true, true, false]);
+        assert_eq!(l.check(&k("vip")).limits.capacity, 50);
     }
 
     #[test]
