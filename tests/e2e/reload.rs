@@ -240,6 +240,12 @@ async fn a_changed_listen_address_is_bound_and_old_connections_finish() {
     assert_eq!(get(&kept, &old).await.2, "b");
 
     std::fs::write(gw.config_path(), yaml(second)).unwrap();
+    let (status, _, _) = crate::support::send(
+        &client(),
+        request("POST", &gw.admin_url("/reload"), &[], ""),
+    )
+    .await;
+    assert_eq!(status, 401, "a reload needs the token");
     let (status, body) = admin_reload(&gw).await;
     assert_eq!(status, 200, "{body}");
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -327,3 +327,44 @@ routes:
         "each API key has its own bucket on /keyed"
     );
 }
+
+/// A route's own request timeout and body limit, beside a route with the
+/// pool's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_set_their_own_timeout_and_body_limit() {
+    let b = TestBackend::start("b").await;
+    let yaml = format!(
+        r#"admin:
+  token: {TOKEN}
+pools:
+  app:
+    backends: [{}]
+    request_timeout: 5s
+routes:
+  - match: {{path_prefix: /slow}}
+    pool: app
+    request_timeout: 200ms
+  - match: {{path_prefix: /long}}
+    pool: app
+    strip_prefix: true
+  - match: {{path_prefix: /upload}}
+    pool: app
+    max_body_bytes: 10
+"#,
+        b.url()
+    );
+    let gw = Gateway::start(&yaml);
+    let (status, _, body) = call(&gw, "GET", "h", "/slow?ms=1000", &[]).await;
+    assert_eq!(status, 504, "{body}");
+    // The same backend path through another route has the pool's 5 s.
+    let (status, _, body) = call(&gw, "GET", "h", "/long/slow?ms=500", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "b"));
+    // `/long/../slow` is `/slow` to the backend, so it is the /slow route.
+    let (status, _, _) = call(&gw, "GET", "h", "/long/../slow?ms=500", &[]).await;
+    assert_eq!(status, 504);
+    let uri = gw.url("/upload");
+    let small = send(&client(), request("POST", &uri, &[], "0123456789")).await;
+    assert_eq!((small.0.as_u16(), small.2.as_str()), (200, "10"));
+    let large = send(&client(), request("POST", &uri, &[], "0123456789!")).await;
+    assert_eq!(large.0.as_u16(), 413);
+}
