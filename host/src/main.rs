@@ -280,6 +280,11 @@ fn demo(args: DemoArgs) -> ExitCode {
             }
         };
     }
-    config.admin.token.get_or_insert_with(|| "demo".to_owned());
+    let token = config.admin.token.get_or_insert_with(|| "demo".to_owned());
+    // A reload reads the file again: the demo token stays as it is.
+    let over = Overrides {
+        admin_token: Some(token.clone()),
+        ..over
+    };
     serve(config, Some(backends), source(&args.config, over))
 }
