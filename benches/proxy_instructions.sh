@@ -73,10 +73,10 @@ EOF
 PIDS+=($!)
 wait_port "$BASE_PORT"
 
-if [[ ${ROUTED:-0} == 1 ]]; then
-    {
+{
+    echo "listen: 127.0.0.1:$PORT"
+    if [[ ${ROUTED:-0} == 1 ]]; then
         cat <<EOF
-listen: 127.0.0.1:$PORT
 pools:
   main:
     backends:
@@ -92,26 +92,18 @@ EOF
             echo "  - {match: {host: \"*.cdn$i.example.com\"}, pool: main}"
             echo "  - {match: {path_prefix: /admin$i, methods: [POST]}, pool: main}"
         done
+        echo "  - {match: {path_prefix: /}, pool: main}"
+    else
         cat <<EOF
-  - {match: {path_prefix: /}, pool: main}
-proxy:
-  workers: 1
-admin:
-  listen: 127.0.0.1:$((PORT + 1))
-log:
-  level: warn
-  access: false
-EOF
-    } >"$TMP/gateway.yaml"
-else
-cat >"$TMP/gateway.yaml" <<EOF
-listen: 127.0.0.1:$PORT
 backends:
   - http://127.0.0.1:$BASE_PORT
   - http://127.0.0.1:$((BASE_PORT + 1))
   - http://127.0.0.1:$((BASE_PORT + 2))
 health_check:
   enabled: false
+EOF
+    fi
+    cat <<EOF
 proxy:
   workers: 1
 admin:
@@ -120,7 +112,7 @@ log:
   level: warn
   access: false
 EOF
-fi
+} >"$TMP/gateway.yaml"
 
 mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
 nginx_conf "$TMP/nginx" "$PORT" "$BASE_PORT" 3 $'master_process off;\ndaemon off;' >"$TMP/nginx/nginx.conf"
