@@ -51,8 +51,7 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
         top_level,
         shared: shared.clone(),
     };
-    let routing =
-        Arc::new(Routing::build(&config, None, &env).map_err(|e| anyhow::anyhow!("plugin: {e}"))?);
+    let routing = Arc::new(Routing::build(&config, None, &env).map_err(|e| anyhow::anyhow!(e))?);
     for line in routing.plugins.describe() {
         tracing::info!(event = "plugin_loaded", "{line}");
     }
@@ -62,7 +61,6 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
         reloader.spawn_watch(Duration::from_secs(1));
     }
     let workers = workers::count(config.proxy.workers);
-    let make_proxy = || Proxy::new(Arc::clone(&routing), Arc::clone(&metrics), workers);
     let clients = limiting.map(|(store, limiter)| Clients {
         store,
         limiter: Some(limiter),
@@ -78,6 +76,24 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
 
     let listener = listen::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let https = match &config.tls {
+        Some(tls) => {
+            let server = tls.server().map_err(|problems| {
+                let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                anyhow::anyhow!(lines.join("\n"))
+            })?;
+            let bound = listen::bind(tls.listen)
+                .with_context(|| format!("cannot listen on {} (tls.listen)", tls.listen))?;
+            let server = Arc::new(server);
+            reloader.serve_tls(Arc::clone(&server));
+            reloader.spawn_certificate_watch(Duration::from_secs(1));
+            Some(workers::Https {
+                listener: Arc::new(bound.into_std()?),
+                tls: server,
+            })
+        }
+        None => None,
+    };
     let admin_listener = listen::bind(config.admin.listen)
         .with_context(|| format!("cannot listen on {} (admin)", config.admin.listen))?;
     let (stop, signal) = watch::channel(false);
@@ -90,9 +106,20 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
     };
     let proxy_addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let https_addr = https.as_ref().and_then(|h| h.listener.local_addr().ok());
+    let https_port = https_addr.map(|a| a.port());
+    let make_proxy = || {
+        Proxy::new(
+            Arc::clone(&routing),
+            Arc::clone(&metrics),
+            workers,
+            https_port,
+        )
+    };
     let proxies = workers::spawn(
         workers,
         listener.into_std()?,
+        https.as_ref(),
         &reloader.rebind(),
         make_proxy,
         limits,
@@ -119,6 +146,7 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
     tracing::info!(
         event = "listening",
         proxy = %proxy_addr,
+        https = https_addr.map(tracing::field::display),
         workers,
         admin = %admin_addr,
         pools = routing.pools.len(),

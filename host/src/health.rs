@@ -6,6 +6,7 @@ use crate::config::HealthCheckConfig;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Empty;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -35,16 +36,42 @@ fn mark_up(backend: &Backend, reason: &str) {
 pub struct HealthChecker {
     backends: Arc<[Arc<Backend>]>,
     config: HealthCheckConfig,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Prober,
+}
+
+/// hyper's client for the probes: TLS-capable when the pool has `https://` backends.
+enum Prober {
+    Plain(Client<HttpConnector, Empty<Bytes>>),
+    Tls(Client<HttpsConnector<HttpConnector>, Empty<Bytes>>),
 }
 
 impl HealthChecker {
-    pub fn new(backends: Arc<[Arc<Backend>]>, config: HealthCheckConfig) -> Self {
+    /// Probes for `backends`; `tls` verifies `https://` ones (plain ones
+    /// need none).
+    pub fn new(
+        backends: Arc<[Arc<Backend>]>,
+        config: HealthCheckConfig,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(1)
-            .build(connector);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_max_idle_per_host(1);
+        let client = match tls {
+            Some(tls) => {
+                connector.enforce_http(false);
+                let mut config = (*tls).clone();
+                // hyper's connector offers ALPN itself (HTTP/1.1 here).
+                config.alpn_protocols.clear();
+                let connector = HttpsConnectorBuilder::new()
+                    .with_tls_config(config)
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(connector);
+                Prober::Tls(builder.build(connector))
+            }
+            None => Prober::Plain(builder.build(connector)),
+        };
         HealthChecker {
             backends,
             config,
@@ -114,7 +141,13 @@ impl HealthChecker {
             .header(http::header::USER_AGENT, "gateway-health-check")
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(self.config.timeout, self.client.request(request)).await {
+        let answer = async {
+            match &self.client {
+                Prober::Plain(client) => client.request(request).await,
+                Prober::Tls(client) => client.request(request).await,
+            }
+        };
+        match tokio::time::timeout(self.config.timeout, answer).await {
             Err(_) => Err(format!("no answer within {:?}", self.config.timeout)),
             Ok(Err(e)) => Err(e.to_string()),
             Ok(Ok(response)) if is_good(response.status()) => Ok(()),

@@ -23,4 +23,5 @@ pub mod server;
 pub mod store;
 #[cfg(test)]
 mod test_env;
+pub mod tls;
 pub mod workers;

@@ -17,6 +17,7 @@ use crate::config::{self, Config, LoadError, Overrides, Problem};
 use crate::proxy::Proxy;
 use crate::routing::{Env, Routing};
 use crate::server::Rebind;
+use crate::tls::{ClientAuth, TlsServer, certs::Pair};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -43,6 +44,8 @@ pub struct Reloader {
     rebind: watch::Sender<Option<Arc<std::net::TcpListener>>>,
     /// One reload at a time.
     busy: tokio::sync::Mutex<()>,
+    /// The HTTPS listener's certificates, when it runs.
+    tls: OnceLock<Arc<TlsServer>>,
 }
 
 /// What a successful reload did.
@@ -67,7 +70,13 @@ impl Reloader {
             proxies: OnceLock::new(),
             rebind: watch::Sender::new(None),
             busy: tokio::sync::Mutex::new(()),
+            tls: OnceLock::new(),
         }
+    }
+
+    /// Hands over the HTTPS listener's TLS side, which reloads update.
+    pub fn serve_tls(&self, tls: Arc<TlsServer>) {
+        let _ = self.tls.set(tls);
     }
 
     /// What the workers watch for a new listening socket.
@@ -93,7 +102,7 @@ impl Reloader {
         let built = tokio::task::spawn_blocking(move || this.build())
             .await
             .unwrap_or_else(|e| Err(vec![Problem::new("reload", e.to_string())]));
-        let (routing, listener, restart_needed) = match built {
+        let (routing, listener, restart_needed, certificates) = match built {
             Ok(built) => built,
             Err(problems) => {
                 for problem in &problems {
@@ -117,6 +126,19 @@ impl Reloader {
             top.budget
                 .local()
                 .set_default(routing.config.rate_limit.default);
+        }
+        if let (Some(tls), Some((pairs, client_auth))) = (self.tls.get(), certificates) {
+            let count = pairs.len();
+            match tls.update(pairs, client_auth.as_ref()) {
+                Ok(()) => tracing::info!(
+                    event = "certificates_loaded",
+                    certificates = count,
+                    "TLS certificates reloaded"
+                ),
+                Err(error) => {
+                    tracing::error!(event = "certificates_failed", %error, "TLS settings not reloaded; the running ones stay")
+                }
+            }
         }
         let routing = Arc::new(routing);
         let listen = listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -155,10 +177,7 @@ impl Reloader {
         Ok(reloaded)
     }
 
-    #[allow(clippy::type_complexity)]
-    fn build(
-        &self,
-    ) -> Result<(Routing, Option<std::net::TcpListener>, Vec<&'static str>), Vec<Problem>> {
+    fn build(&self) -> Result<Built, Vec<Problem>> {
         let source = &self.source;
         let config = match config::load(&source.path, source.explicit, &source.overrides) {
             Ok(config) => config,
@@ -185,9 +204,80 @@ impl Reloader {
                 })?;
             Some(bound)
         };
+        let certificates = match &config.tls {
+            Some(tls) => Some(tls.load()?),
+            None => None,
+        };
         let routing = Routing::build(&config, Some(&previous), &self.env)
-            .map_err(|reason| vec![Problem::new("plugins", reason)])?;
-        Ok((routing, listener, restart_needed))
+            .map_err(|reason| vec![Problem::new("pools", reason)])?;
+        Ok((routing, listener, restart_needed, certificates))
+    }
+
+    /// Reads the certificate files again (they changed on disk); a pair
+    /// that does not load leaves the served ones in place.
+    fn reload_certificates(&self) {
+        let Some(tls) = self.tls.get() else { return };
+        let routing = self.current();
+        let Some(config) = &routing.config.tls else {
+            return;
+        };
+        match config.load() {
+            Ok((pairs, client_auth)) => {
+                let count = pairs.len();
+                match tls.update(pairs, client_auth.as_ref()) {
+                    Ok(()) => tracing::info!(
+                        event = "certificates_loaded",
+                        certificates = count,
+                        "certificate files changed: new handshakes get the new certificates"
+                    ),
+                    Err(error) => {
+                        tracing::error!(event = "certificates_failed", %error, "certificate files changed but do not load; the served ones stay")
+                    }
+                }
+            }
+            Err(problems) => {
+                for problem in problems {
+                    tracing::error!(event = "certificates_failed", problem = %problem, "certificate files changed but do not load; the served ones stay");
+                }
+            }
+        }
+    }
+
+    /// Reloads the certificates whenever one of their files changes,
+    /// checking every `every`.
+    pub fn spawn_certificate_watch(self: &Arc<Self>, every: Duration) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let files = |this: &Reloader| {
+                this.current()
+                    .config
+                    .tls
+                    .as_ref()
+                    .map(|t| t.watched_files())
+                    .unwrap_or_default()
+            };
+            let fingerprints =
+                |files: &[PathBuf]| files.iter().map(|f| fingerprint(f)).collect::<Vec<_>>();
+            let mut watched = files(&this);
+            let mut seen = fingerprints(&watched);
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let now_watched = files(&this);
+                let now = fingerprints(&now_watched);
+                if now_watched != watched {
+                    // A reload named other files and has loaded them already.
+                    (watched, seen) = (now_watched, now);
+                    continue;
+                }
+                if now != seen {
+                    seen = now;
+                    let this = Arc::clone(&this);
+                    let _ = tokio::task::spawn_blocking(move || this.reload_certificates()).await;
+                }
+            }
+        });
     }
 
     /// Reloads whenever the file's contents change, checking every `every`.
@@ -229,6 +319,16 @@ impl Reloader {
     }
 }
 
+/// What a reload built before anything changed: the routing, a new proxy
+/// listener when `listen` changed, the settings that wait for a restart,
+/// and the HTTPS certificates read again.
+type Built = (
+    Routing,
+    Option<std::net::TcpListener>,
+    Vec<&'static str>,
+    Option<(Vec<Pair>, Option<ClientAuth>)>,
+);
+
 /// The file's contents (hashed), so touching it without a change does
 /// nothing; `None` while unreadable.
 fn fingerprint(path: &std::path::Path) -> Option<u64> {
@@ -240,7 +340,17 @@ fn fingerprint(path: &std::path::Path) -> Option<u64> {
 /// The process-wide settings that differ between `running` and `next`.
 fn needs_restart(running: &Config, next: &Config) -> Vec<&'static str> {
     let rl = (&running.rate_limit, &next.rate_limit);
-    let checks: [(&'static str, bool); 7] = [
+    let tls = (&running.tls, &next.tls);
+    let checks: [(&'static str, bool); 9] = [
+        (
+            "tls (listener added, removed or moved)",
+            tls.0.as_ref().map(|t| t.listen) != tls.1.as_ref().map(|t| t.listen),
+        ),
+        (
+            "tls.acme",
+            tls.0.as_ref().and_then(|t| t.acme.as_ref())
+                != tls.1.as_ref().and_then(|t| t.acme.as_ref()),
+        ),
         (
             "admin",
             running.admin.listen != next.admin.listen || running.admin.token != next.admin.token,

@@ -11,6 +11,7 @@
 
 use crate::proxy::Proxy;
 use crate::server::{self, ConnLimits, Rebind, Shutdown};
+use crate::tls::TlsServer;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -23,12 +24,21 @@ pub fn count(configured: usize) -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Starts `count` workers serving `listener`; each builds its proxy with
-/// `make_proxy`. Returns the proxies (a reload installs new routing in each)
-/// once every worker is accepting, or the first worker's startup error.
+/// The HTTPS listener and what its handshakes are served with.
+#[derive(Clone)]
+pub struct Https {
+    pub listener: Arc<TcpListener>,
+    pub tls: Arc<TlsServer>,
+}
+
+/// Starts `count` workers serving `listener` (and `https`); each builds its
+/// proxy with `make_proxy`. Returns the proxies (a reload installs new
+/// routing in each) once every worker is accepting, or the first worker's
+/// startup error.
 pub fn spawn(
     count: usize,
     listener: TcpListener,
+    https: Option<&Https>,
     rebind: &Rebind,
     make_proxy: impl Fn() -> Proxy,
     limits: ConnLimits,
@@ -38,6 +48,10 @@ pub fn spawn(
     let mut proxies = Vec::with_capacity(count);
     for id in 0..count {
         let listener = listener.try_clone()?;
+        let https = match https {
+            Some(https) => Some((https.listener.try_clone()?, Arc::clone(&https.tls))),
+            None => None,
+        };
         let proxy = Arc::new(make_proxy());
         proxies.push(Arc::clone(&proxy));
         let shutdown = shutdown.clone();
@@ -45,7 +59,7 @@ pub fn spawn(
         let rebind = rebind.clone();
         std::thread::Builder::new()
             .name(format!("gateway-worker-{id}"))
-            .spawn(move || run(listener, rebind, proxy, limits, shutdown, started))?;
+            .spawn(move || run(listener, https, rebind, proxy, limits, shutdown, started))?;
     }
     drop(started);
     for outcome in outcomes {
@@ -58,6 +72,7 @@ pub fn spawn(
 /// the connections it owns can drain; the process exits around it.
 fn run(
     listener: TcpListener,
+    https: Option<(TcpListener, Arc<TlsServer>)>,
     rebind: Rebind,
     proxy: Arc<Proxy>,
     limits: ConnLimits,
@@ -82,8 +97,28 @@ fn run(
                 return;
             }
         };
+        let https = match https
+            .map(|(listener, tls)| tokio::net::TcpListener::from_std(listener).map(|l| (l, tls)))
+            .transpose()
+        {
+            Ok(https) => https,
+            Err(error) => {
+                let _ = started.send(Err(error));
+                return;
+            }
+        };
         let _ = started.send(Ok(()));
         drop(started);
+        if let Some((listener, tls)) = https {
+            let proxy = Arc::clone(&proxy);
+            tokio::spawn(server::serve_tls(
+                listener,
+                tls,
+                move |request, peer| Arc::clone(&proxy).handle(request, peer),
+                limits,
+                shutdown.clone(),
+            ));
+        }
         server::serve_proxy(
             listener,
             rebind,

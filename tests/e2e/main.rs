@@ -14,3 +14,4 @@ mod routing;
 mod scale_out;
 mod strict_http;
 mod support;
+mod tls;

@@ -28,6 +28,8 @@ pub struct Gateway {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTPS listener, when the file has `tls`.
+    pub https: Option<SocketAddr>,
     pub logs: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
@@ -80,6 +82,7 @@ impl Gateway {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            https: None,
             logs,
             _dir: dir,
         };
@@ -90,6 +93,7 @@ impl Gateway {
         let started: serde_json::Value = serde_json::from_str(&started).expect("json log line");
         gateway.addr = started["proxy"].as_str().unwrap().parse().unwrap();
         gateway.admin = started["admin"].as_str().unwrap().parse().unwrap();
+        gateway.https = started["https"].as_str().map(|a| a.parse().unwrap());
         gateway
     }
 
@@ -224,10 +228,20 @@ impl TestBackend {
     /// in some tests, and a full queue would drop the gateway's connects.
     pub async fn start_on(name: &str, addr: SocketAddr) -> TestBackend {
         let listener = gateway::listen::bind(addr).expect("bind backend");
-        Self::serve(name, listener)
+        Self::serve(name, listener, None)
     }
 
-    fn serve(name: &str, listener: TcpListener) -> TestBackend {
+    /// A backend that speaks HTTPS (HTTP/1.1) with `tls`.
+    pub async fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> TestBackend {
+        let listener = gateway::listen::bind("127.0.0.1:0".parse().unwrap()).expect("bind backend");
+        Self::serve(name, listener, Some(tokio_rustls::TlsAcceptor::from(tls)))
+    }
+
+    fn serve(
+        name: &str,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> TestBackend {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
         let (stop, mut stopped) = oneshot::channel::<()>();
@@ -242,6 +256,7 @@ impl TestBackend {
                 };
                 let name = backend_name.clone();
                 let hits = Arc::clone(&counter);
+                let tls = tls.clone();
                 connections.spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let probe = req
@@ -254,10 +269,24 @@ impl TestBackend {
                         let name = name.clone();
                         async move { Ok::<_, Infallible>(route(&name, req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades()
+                                .await;
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades()
+                                .await;
+                        }
+                    }
                 });
             }
             // Dropping the set aborts every open connection: the backend is really gone.

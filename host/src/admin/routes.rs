@@ -111,6 +111,8 @@ fn key_name(kind: &KeyKind) -> String {
         KeyKind::Ip => "ip".to_owned(),
         KeyKind::Header(name) => format!("header:{name}"),
         KeyKind::Plugin => "plugin".to_owned(),
+        KeyKind::TlsSubject => "tls_subject".to_owned(),
+        KeyKind::TlsFingerprint => "tls_fingerprint".to_owned(),
     }
 }
 

@@ -5,7 +5,10 @@ mod load;
 mod raw;
 mod routes;
 mod sections;
+mod tls;
 mod validate;
+
+pub use tls::{AcmeConfig, CertificateConfig, ClientAuthConfig};
 
 pub use load::{LoadError, Overrides, load, parse};
 
@@ -60,6 +63,20 @@ pub struct Config {
     pub log: LogConfig,
     pub rate_limit: RateLimitConfig,
     pub plugins: PluginsConfig,
+    /// The HTTPS listener; `None` without a `tls` section.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `tls`: the HTTPS listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub listen: SocketAddr,
+    /// Served by SNI; the first is the default.
+    pub certificates: Vec<CertificateConfig>,
+    /// The plain listener answers 308 to https.
+    pub redirect_http: bool,
+    pub client_auth: Option<ClientAuthConfig>,
+    pub acme: Option<AcmeConfig>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -86,6 +103,33 @@ pub struct PoolConfig {
     pub retries: u32,
     /// Connections (open or opening) to one backend, over all workers.
     pub max_connections: usize,
+    /// What the pool speaks to its backends.
+    pub protocol: Protocol,
+    /// `proxy.backend_ca`: verifies `https://` backends (else the system's roots).
+    pub backend_ca: Option<PathBuf>,
+}
+
+/// A pool's protocol towards its backends (`protocol:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS (prior knowledge).
+    H2c,
+    /// HTTP/2 over TLS, negotiated by ALPN.
+    H2,
+}
+
+impl Protocol {
+    pub const NAMES: &'static str = "http1, h2c, h2";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+            Protocol::H2 => "h2",
+        }
+    }
 }
 
 impl PoolConfig {
@@ -298,6 +342,8 @@ pub struct ProxyConfig {
     pub workers: usize,
     /// Connections (open or opening) to one backend, over all workers.
     pub max_backend_connections: usize,
+    /// CA bundle for `https://` backends (else the system's roots).
+    pub backend_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -26,6 +26,42 @@ pub struct RawConfig {
     pub pools: Option<std::collections::BTreeMap<String, RawPool>>,
     pub routes: Option<Vec<S<RawRoute>>>,
     pub reload: Option<RawReload>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub listen: Option<S<String>>,
+    pub certificates: Option<Vec<S<RawCertificate>>>,
+    pub redirect_http: Option<bool>,
+    pub client_auth: Option<S<RawClientAuth>>,
+    pub acme: Option<S<RawAcme>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientAuth {
+    pub ca: String,
+    pub required: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub directory: Option<S<String>>,
+    pub contact: Option<S<String>>,
+    pub domains: Option<Vec<S<String>>>,
+    pub cache: Option<S<String>>,
+    pub directory_ca: Option<S<String>>,
+    pub renew_before: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +80,7 @@ pub struct RawPool {
     pub request_timeout: Option<S<String>>,
     pub retries: Option<S<i64>>,
     pub max_connections: Option<S<i64>>,
+    pub protocol: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +210,7 @@ pub struct RawProxy {
     pub drain_timeout: Option<S<String>>,
     pub workers: Option<S<i64>>,
     pub max_backend_connections: Option<S<i64>>,
+    pub backend_ca: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -65,6 +65,7 @@ pub(super) fn pools_and_routes(
             None => defaults.health_check.clone(),
         };
         let proxy = defaults.proxy;
+        let protocol = protocol(c, pool.protocol.as_ref(), &at, &backends);
         pools.push(PoolConfig {
             name: name.clone(),
             backends,
@@ -99,6 +100,8 @@ pub(super) fn pools_and_routes(
                 1_000_000,
                 proxy.max_backend_connections as i64,
             ) as usize,
+            protocol,
+            backend_ca: proxy.backend_ca.clone(),
         });
     }
     if pools.is_empty() {
@@ -571,4 +574,45 @@ fn dedupe_names(raw: &[S<RawRoute>], routes: &mut [(usize, RouteConfig, bool)]) 
         }
         route.name = name;
     }
+}
+
+/// A pool's `protocol`: `http1` (default), `h2c` (plain backends only) or
+/// `h2` (`https://` backends only: HTTP/2 is negotiated by ALPN).
+fn protocol(
+    c: &mut Checker,
+    raw: Option<&S<String>>,
+    at: &str,
+    backends: &[super::BackendConfig],
+) -> super::Protocol {
+    use super::Protocol;
+    let Some(s) = raw else {
+        return Protocol::Http1;
+    };
+    let input = spanned(format!("{at}protocol"), s);
+    let protocol = match input.value.trim() {
+        "http1" => Protocol::Http1,
+        "h2c" => Protocol::H2c,
+        "h2" => Protocol::H2,
+        other => {
+            c.problems.push(input.problem(format!(
+                "unknown protocol {other:?}; allowed: {}",
+                Protocol::NAMES
+            )));
+            return Protocol::Http1;
+        }
+    };
+    let wants_tls = protocol == Protocol::H2;
+    for backend in backends {
+        let tls = backend.url.scheme_str() == Some("https");
+        if protocol != Protocol::Http1 && tls != wants_tls {
+            c.problems.push(input.problem(format!(
+                "protocol {} needs {} backends; {} is not",
+                protocol.name(),
+                if wants_tls { "https://" } else { "http://" },
+                backend.url
+            )));
+            break;
+        }
+    }
+    protocol
 }

@@ -83,6 +83,7 @@ impl RawConfig {
             pools,
             routes,
             reload,
+            tls,
         } = other;
         self.listen = self.listen.take().or(listen);
         self.backends = self.backends.take().or(backends);
@@ -96,5 +97,6 @@ impl RawConfig {
         self.pools = self.pools.take().or(pools);
         self.routes = self.routes.take().or(routes);
         self.reload = self.reload.take().or(reload);
+        self.tls = self.tls.take().or(tls);
     }
 }

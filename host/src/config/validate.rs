@@ -137,14 +137,14 @@ impl Checker {
             Ok(uri) => uri,
             Err(e) => {
                 self.problems.push(input.problem(format!(
-                    "invalid backend URL {text:?} ({e}); allowed: http://host:port[/path]"
+                    "invalid backend URL {text:?} ({e}); allowed: http://host:port[/path] or https://host:port[/path]"
                 )));
                 return None;
             }
         };
-        if uri.scheme_str() != Some("http") {
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
             self.problems.push(input.problem(format!(
-                "backend URL {text:?} must start with http:// (TLS to backends is not supported)"
+                "backend URL {text:?} must start with http:// or https://"
             )));
             return None;
         }
@@ -165,7 +165,13 @@ impl Checker {
             )));
             return None;
         }
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
         if reaches_listener(listen, uri.host().unwrap_or(""), port) {
             self.problems.push(input.problem(format!(
                 "backend URL {text:?} is the gateway's own listener ({listen}): every request would loop back into the gateway"
@@ -290,6 +296,7 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
             1_000_000,
             512,
         ) as usize,
+        backend_ca: super::tls::backend_ca(&mut c, px.and_then(|p| p.backend_ca.as_ref())),
     };
 
     let ad = raw.admin.as_ref();
@@ -360,6 +367,7 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
         ));
     }
 
+    let tls = super::tls::tls(&mut c, raw.tls.as_ref(), listen, admin.listen);
     let rate_limit = rate_limit(&mut c, raw.rate_limit.as_ref());
     let plugins = plugins(&mut c, raw.plugins.as_ref());
     let default_pool = (!backends.is_empty()).then(|| PoolConfig {
@@ -372,6 +380,8 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
         request_timeout: proxy.request_timeout,
         retries: proxy.retries,
         max_connections: proxy.max_backend_connections,
+        protocol: super::Protocol::Http1,
+        backend_ca: proxy.backend_ca.clone(),
     });
     let (pools, routes) = super::routes::pools_and_routes(
         &mut c,
@@ -384,6 +394,19 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
             listen,
         },
     );
+    let has_client_auth = tls.as_ref().is_some_and(|t| t.client_auth.is_some());
+    let keyed_by_certificate = std::iter::once(&rate_limit.key.kind)
+        .chain(routes.iter().filter_map(|r| match &r.limit {
+            super::RouteLimit::Own(policy) => Some(&policy.key.kind),
+            _ => None,
+        }))
+        .any(|kind| matches!(kind, KeyKind::TlsSubject | KeyKind::TlsFingerprint));
+    if keyed_by_certificate && !has_client_auth {
+        c.problems.push(Problem::new(
+            "rate_limit.key",
+            "tls_subject and tls_fingerprint need client certificates: set tls.client_auth {ca, required}",
+        ));
+    }
     let reload = ReloadConfig {
         watch: raw.reload.as_ref().and_then(|r| r.watch).unwrap_or(false),
     };
@@ -399,6 +422,7 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
             proxy,
             admin,
             log,
+            tls,
         })
     } else {
         let mut problems = c.problems;
@@ -591,6 +615,8 @@ pub(super) fn key_kind(c: &mut Checker, raw: Option<&S<String>>, at: &str) -> Ke
     match text.strip_prefix("header:") {
         _ if text == "ip" => KeyKind::Ip,
         _ if text == "plugin" => KeyKind::Plugin,
+        _ if text == "tls_subject" => KeyKind::TlsSubject,
+        _ if text == "tls_fingerprint" => KeyKind::TlsFingerprint,
         Some(name) => match http::HeaderName::from_bytes(name.trim().as_bytes()) {
             Ok(name) => KeyKind::Header(name),
             Err(_) => {
@@ -601,7 +627,7 @@ pub(super) fn key_kind(c: &mut Checker, raw: Option<&S<String>>, at: &str) -> Ke
         },
         None => {
             c.problems.push(input.problem(format!(
-                "unknown key source {text:?}; allowed: ip, header:NAME, plugin"
+                "unknown key source {text:?}; allowed: ip, header:NAME, plugin, tls_subject, tls_fingerprint"
             )));
             KeyKind::Ip
         }

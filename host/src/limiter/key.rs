@@ -31,6 +31,11 @@ pub enum KeyKind {
     Header(HeaderName),
     /// A key plugin's answer; requests it gives no key are keyed by address.
     Plugin,
+    /// The verified client certificate's subject (`tls.client_auth`);
+    /// requests without one are keyed by address.
+    TlsSubject,
+    /// The verified client certificate's SHA-256 fingerprint.
+    TlsFingerprint,
 }
 
 /// What `rate_limit.unknown_keys` does with a header or plugin key that has
@@ -54,6 +59,8 @@ pub enum ClientKey<'a> {
     Header(&'a str, &'a [u8]),
     /// A key plugin's answer.
     Plugin(&'a [u8]),
+    /// A verified client certificate's subject or fingerprint.
+    Tls(&'a [u8]),
 }
 
 impl<'a> ClientKey<'a> {
@@ -79,7 +86,7 @@ impl<'a> ClientKey<'a> {
     fn value(&self) -> &'a [u8] {
         match self {
             ClientKey::Ip(..) => &[],
-            ClientKey::Header(_, value) | ClientKey::Plugin(value) => value,
+            ClientKey::Header(_, value) | ClientKey::Plugin(value) | ClientKey::Tls(value) => value,
         }
     }
 
@@ -114,6 +121,10 @@ impl<'a> ClientKey<'a> {
                 state.write_u64(u64::from(b'p') << TAG);
                 state.write(value);
             }
+            ClientKey::Tls(value) => {
+                state.write_u64(u64::from(b't') << TAG);
+                state.write(value);
+            }
         }
     }
 
@@ -130,6 +141,10 @@ impl<'a> ClientKey<'a> {
             }
             ClientKey::Plugin(value) => {
                 out.extend_from_slice(b"plugin:");
+                out.extend_from_slice(value);
+            }
+            ClientKey::Tls(value) => {
+                out.extend_from_slice(b"tls:");
                 out.extend_from_slice(value);
             }
         }
@@ -149,8 +164,9 @@ impl<'a> ClientKey<'a> {
                 Ok(ClientKey::Header(name, value.as_bytes()))
             }
             "plugin" => Ok(ClientKey::Plugin(rest.as_bytes())),
+            "tls" => Ok(ClientKey::Tls(rest.as_bytes())),
             other => Err(format!(
-                "client id {id:?}: unknown source {other:?}; allowed: ip, header:NAME, plugin"
+                "client id {id:?}: unknown source {other:?}; allowed: ip, header:NAME, plugin, tls"
             )),
         }
     }
@@ -168,6 +184,7 @@ impl fmt::Display for ClientKey<'_> {
                 write!(f, "header:{name}:{}", String::from_utf8_lossy(value))
             }
             ClientKey::Plugin(value) => write!(f, "plugin:{}", String::from_utf8_lossy(value)),
+            ClientKey::Tls(value) => write!(f, "tls:{}", String::from_utf8_lossy(value)),
         }
     }
 }
@@ -207,7 +224,7 @@ fn parse_address(text: &str) -> Result<ClientKey<'static>, String> {
 /// Values must be 1 to [`MAX_KEY_BYTES`] bytes without control characters.
 pub fn canonical_client_id(input: &str, source: &KeySource) -> Result<String, String> {
     let input = input.trim();
-    let prefixed = ["ip:", "header:", "plugin:"]
+    let prefixed = ["ip:", "header:", "plugin:", "tls:"]
         .iter()
         .any(|p| input.starts_with(p));
     let key = if prefixed {
@@ -229,6 +246,7 @@ pub fn canonical_client_id(input: &str, source: &KeySource) -> Result<String, St
         match &source.kind {
             KeyKind::Header(name) => ClientKey::Header(name.as_str(), input.as_bytes()),
             KeyKind::Plugin => ClientKey::Plugin(input.as_bytes()),
+            KeyKind::TlsSubject | KeyKind::TlsFingerprint => ClientKey::Tls(input.as_bytes()),
             KeyKind::Ip => {
                 return Err(format!(
                     "{input:?} is not an IP address, and rate_limit.key is ip; \

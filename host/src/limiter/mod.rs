@@ -100,7 +100,12 @@ impl Limiter {
         if claimed.is_oversized() {
             return (policy != UnknownKeys::Reject).then_some(address);
         }
-        if policy == UnknownKeys::Own || self.is_known(&claimed) {
+        // A certificate's identity was vouched for by the client CA: it
+        // is never invented, so it always has a bucket of its own.
+        if policy == UnknownKeys::Own
+            || matches!(claimed, ClientKey::Tls(_))
+            || self.is_known(&claimed)
+        {
             return Some(claimed);
         }
         (policy == UnknownKeys::Ip).then_some(address)

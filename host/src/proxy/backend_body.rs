@@ -1,10 +1,11 @@
 //! A backend's response body, decoded straight off its connection as the
 //! client reads it (Content-Length, chunked, or until close). Read to the
 //! end on a connection that may be kept, it hands the connection back to the
-//! pool at once; dropped early, it closes it.
+//! pool at once; dropped early, it closes it. From an HTTP/2 backend it is
+//! hyper's stream body instead.
 
 use super::body::BoxError;
-use super::conn::{Conn, Io, READ_SIZE};
+use super::conn::{Conn, Io, READ_SIZE, Stream};
 use super::pool::{Permit, Pool};
 use crate::http1::body::{State, Step, decode};
 use crate::http1::client::Framing;
@@ -12,9 +13,15 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use tokio::net::TcpStream;
 
-pub struct BackendBody {
+pub enum BackendBody {
+    /// Off an HTTP/1.1 connection, by the gateway's codec.
+    Wire(WireBody),
+    /// An HTTP/2 stream's body, by hyper.
+    Multiplexed(hyper::body::Incoming),
+}
+
+pub struct WireBody {
     /// `None` once the body is over.
     conn: Option<Conn>,
     state: State,
@@ -25,6 +32,21 @@ pub struct BackendBody {
 impl BackendBody {
     /// A body framed as `framing`; `home` is set when the connection may be reused.
     pub fn new(conn: Conn, framing: Framing, home: Option<(Pool, usize)>) -> Self {
+        BackendBody::Wire(WireBody::new(conn, framing, home))
+    }
+
+    /// After a 101: the raw connection, whatever the backend already sent
+    /// past the head, and the connection's place under the backend's cap.
+    pub fn into_upgraded(self) -> Option<(Stream, BytesMut, Permit)> {
+        match self {
+            BackendBody::Wire(body) => body.into_upgraded(),
+            BackendBody::Multiplexed(_) => None,
+        }
+    }
+}
+
+impl WireBody {
+    fn new(conn: Conn, framing: Framing, home: Option<(Pool, usize)>) -> Self {
         let state = match framing {
             Framing::Empty | Framing::Length(0) => State::Done,
             Framing::Length(n) => State::Length(n),
@@ -32,7 +54,7 @@ impl BackendBody {
             Framing::UntilClose => State::UntilClose,
             Framing::Upgrade => State::Upgraded,
         };
-        let mut body = BackendBody {
+        let mut body = WireBody {
             conn: Some(conn),
             state,
             home,
@@ -43,9 +65,7 @@ impl BackendBody {
         body
     }
 
-    /// After a 101: the raw connection, whatever the backend already sent
-    /// past the head, and the connection's place under the backend's cap.
-    pub fn into_upgraded(mut self) -> Option<(TcpStream, BytesMut, Permit)> {
+    fn into_upgraded(mut self) -> Option<(Stream, BytesMut, Permit)> {
         if self.state != State::Upgraded {
             return None;
         }
@@ -76,6 +96,38 @@ fn closed_early() -> BoxError {
 }
 
 impl Body for BackendBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            BackendBody::Wire(body) => Pin::new(body).poll_frame(cx),
+            BackendBody::Multiplexed(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            BackendBody::Wire(body) => body.is_end_stream(),
+            BackendBody::Multiplexed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            BackendBody::Wire(body) => body.size_hint(),
+            BackendBody::Multiplexed(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Body for WireBody {
     type Data = Bytes;
     type Error = BoxError;
 

@@ -18,9 +18,10 @@ use http_body_util::BodyExt;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_rustls::client::TlsStream;
 
 /// The largest response head accepted from a backend.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -68,11 +69,123 @@ impl SendError {
     }
 }
 
-/// The socket, whole; or only its read half while the rest of an upload is
-/// still being written by another task.
+/// A connection to a backend: TCP, or TLS over it (`https://` backends).
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn split(self) -> (ReadSide, WriteSide) {
+        match self {
+            Stream::Tcp(stream) => {
+                let (read, write) = stream.into_split();
+                (ReadSide::Tcp(read), WriteSide::Tcp(write))
+            }
+            Stream::Tls(stream) => {
+                let (read, write) = tokio::io::split(stream);
+                (ReadSide::Tls(read), WriteSide::Tls(write))
+            }
+        }
+    }
+
+    fn reunite(read: ReadSide, write: WriteSide) -> Option<Stream> {
+        match (read, write) {
+            (ReadSide::Tcp(read), WriteSide::Tcp(write)) => {
+                read.reunite(write).ok().map(Stream::Tcp)
+            }
+            (ReadSide::Tls(read), WriteSide::Tls(write)) => read
+                .is_pair_of(&write)
+                .then(|| Stream::Tls(read.unsplit(write))),
+            _ => None,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(stream) => Pin::new(stream).poll_flush(cx),
+            Stream::Tls(stream) => Pin::new(stream).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
+            Stream::Tls(stream) => Pin::new(stream).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The read side of a connection whose upload another task is writing.
+pub enum ReadSide {
+    Tcp(OwnedReadHalf),
+    Tls(ReadHalf<Box<TlsStream<TcpStream>>>),
+}
+
+/// The write side, while an upload is being written.
+pub enum WriteSide {
+    Tcp(OwnedWriteHalf),
+    Tls(WriteHalf<Box<TlsStream<TcpStream>>>),
+}
+
+impl AsyncWrite for WriteSide {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteSide::Tcp(half) => Pin::new(half).poll_write(cx, buf),
+            WriteSide::Tls(half) => Pin::new(half).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteSide::Tcp(half) => Pin::new(half).poll_flush(cx),
+            WriteSide::Tls(half) => Pin::new(half).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteSide::Tcp(half) => Pin::new(half).poll_shutdown(cx),
+            WriteSide::Tls(half) => Pin::new(half).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The connection, whole; or only its read side while the rest of an
+/// upload is still being written by another task.
 pub enum Io {
-    Whole(TcpStream),
-    Read(OwnedReadHalf),
+    Whole(Stream),
+    Read(ReadSide),
 }
 
 impl AsyncRead for Io {
@@ -82,8 +195,10 @@ impl AsyncRead for Io {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Io::Whole(stream) => Pin::new(stream).poll_read(cx, buf),
-            Io::Read(half) => Pin::new(half).poll_read(cx, buf),
+            Io::Whole(Stream::Tcp(stream)) => Pin::new(stream).poll_read(cx, buf),
+            Io::Whole(Stream::Tls(stream)) => Pin::new(stream).poll_read(cx, buf),
+            Io::Read(ReadSide::Tcp(half)) => Pin::new(half).poll_read(cx, buf),
+            Io::Read(ReadSide::Tls(half)) => Pin::new(half).poll_read(cx, buf),
         }
     }
 }
@@ -106,7 +221,7 @@ pub struct Outgoing<'a, B> {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, permit: Permit) -> Self {
+    pub fn new(stream: Stream, permit: Permit) -> Self {
         Conn {
             io: Io::Whole(stream),
             buf: BytesMut::new(),
@@ -118,13 +233,21 @@ impl Conn {
     /// neither closed it nor sent anything unasked. Costs no system call
     /// unless the socket was reported readable.
     pub fn is_idle_usable(&mut self) -> bool {
-        let Io::Whole(stream) = &mut self.io else {
-            return false;
-        };
         if !self.buf.is_empty() {
             return false;
         }
         let mut cx = Context::from_waker(std::task::Waker::noop());
+        let stream = match &mut self.io {
+            Io::Whole(Stream::Tcp(stream)) => stream,
+            // TLS: records that carry no data (session tickets) are taken
+            // in here; anything else (data, close_notify, EOF) retires it.
+            Io::Whole(Stream::Tls(stream)) => {
+                let mut probe = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut probe);
+                return Pin::new(stream).poll_read(&mut cx, &mut buf).is_pending();
+            }
+            Io::Read(_) => return false,
+        };
         match stream.poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
@@ -154,10 +277,15 @@ impl Conn {
             head_request,
         } = outgoing;
         let Some(body) = body else {
-            let Io::Whole(stream) = &mut self.io else {
-                return Err(Failure::fresh(SendError::Closed));
+            let written = match &mut self.io {
+                Io::Whole(Stream::Tcp(stream)) => stream.write_all(head).await,
+                Io::Whole(Stream::Tls(stream)) => match stream.write_all(head).await {
+                    Ok(()) => stream.flush().await,
+                    Err(error) => Err(error),
+                },
+                Io::Read(_) => return Err(Failure::fresh(SendError::Closed)),
             };
-            if let Err(error) = stream.write_all(head).await {
+            if let Err(error) = written {
                 return Err(Failure::fresh(error.into()));
             }
             let response = read_head(&mut self.io, &mut self.buf, head_request).await;
@@ -171,7 +299,7 @@ impl Conn {
         else {
             return Err(Failure::fresh(SendError::Closed));
         };
-        let (read, write) = stream.into_split();
+        let (read, write) = stream.split();
         let mut io = Io::Read(read);
         let mut upload = Box::pin(upload(write, head.to_vec(), body, framing));
         let mut uploaded = None;
@@ -189,9 +317,9 @@ impl Conn {
                 let Io::Read(read) = io else {
                     return Err(Failure::fresh(SendError::Closed));
                 };
-                match read.reunite(write) {
-                    Ok(stream) => (Io::Whole(stream), true),
-                    Err(_) => return Err(Failure::fresh(SendError::Closed)),
+                match Stream::reunite(read, write) {
+                    Some(stream) => (Io::Whole(stream), true),
+                    None => return Err(Failure::fresh(SendError::Closed)),
                 }
             }
             None => {
@@ -264,11 +392,11 @@ async fn read_head(
 
 /// Writes the head and the body, framed as announced; gives the write half back.
 async fn upload<B>(
-    mut write: OwnedWriteHalf,
+    mut write: WriteSide,
     head: Vec<u8>,
     mut body: B,
     framing: RequestFraming,
-) -> Result<OwnedWriteHalf, SendError>
+) -> Result<WriteSide, SendError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -311,5 +439,6 @@ where
         }
         _ => {}
     }
+    write.flush().await?;
     Ok(write)
 }

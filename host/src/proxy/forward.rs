@@ -65,19 +65,24 @@ impl Proxy {
                 self.metrics.failovers.inc();
                 tracing::debug!(backend = %backend.name, attempt, "retrying on next backend");
             }
-            let request = Sending {
-                head: target.pool.upstreams[index].encode(parts, framing, forwarding),
-                body: &body,
-                framing,
-                head_request: parts.method == Method::HEAD,
-                idempotent,
-            };
             *in_flight = Some(backend.start());
-            let sent = tokio::time::timeout(
-                route.request_timeout,
-                target.pool.conns.send(index, request),
-            )
-            .await;
+            let sent = match &target.pool.multiplexed {
+                Some(h2) => {
+                    let sending = h2.send(index, parts, body.attempt(), forwarding);
+                    tokio::time::timeout(route.request_timeout, sending).await
+                }
+                None => {
+                    let request = Sending {
+                        head: target.pool.upstreams[index].encode(parts, framing, forwarding),
+                        body: &body,
+                        framing,
+                        head_request: parts.method == Method::HEAD,
+                        idempotent,
+                    };
+                    let sending = target.pool.conns.send(index, request);
+                    tokio::time::timeout(route.request_timeout, sending).await
+                }
+            };
             let error = match sent {
                 Ok(Ok(response)) => return Ok(response),
                 Ok(Err(error)) => error,
@@ -171,7 +176,7 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 /// An error and its causes on one line.
-fn chain(error: &dyn std::error::Error) -> String {
+pub(super) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
@@ -192,6 +197,7 @@ mod tests {
             peer: "127.0.0.1".parse().unwrap(),
             trusted: false,
             authority: None,
+            https: false,
         };
         let head = upstream.encode(&parts, RequestFraming::None, &forwarding);
         let line = head.split(|&b| b == b'\r').next().unwrap();

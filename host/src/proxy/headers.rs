@@ -90,6 +90,8 @@ pub struct Forwarding {
     /// The target's authority (HTTP/2 `:authority`, absolute-form URI), for
     /// a request without `Host`.
     pub authority: Option<HeaderValue>,
+    /// The client came over TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
 }
 
 /// Writes the request's fields for the backend as HTTP/1.1 field lines.
@@ -155,10 +157,51 @@ pub fn write_request_fields(
     write_peer(out, forwarding.peer);
     out.extend_from_slice(b"\r\n");
     if !proto_kept {
-        fields::field(out, b"x-forwarded-proto", b"http");
+        let proto: &[u8] = if forwarding.https { b"https" } else { b"http" };
+        fields::field(out, b"x-forwarded-proto", proto);
     }
     if !host_kept && let Some(host) = forwarded_host {
         fields::field(out, b"x-forwarded-host", host.as_bytes());
+    }
+}
+
+/// The fields [`write_request_fields`] writes, set in `headers` for a
+/// backend hyper speaks HTTP/2 to: no framing fields (HTTP/2 frames the
+/// body itself), no names with an underscore, `X-Forwarded-For` appended
+/// to, `X-Forwarded-Proto`/`-Host` set unless a trusted proxy set them.
+pub fn set_request_fields(headers: &mut HeaderMap, forwarding: &Forwarding) {
+    headers.remove(header::TRANSFER_ENCODING);
+    if headers.keys().any(|k| k.as_str().contains('_')) {
+        let underscored: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().contains('_'))
+            .cloned()
+            .collect();
+        for name in underscored {
+            headers.remove(name);
+        }
+    }
+    let host = forwarding
+        .authority
+        .clone()
+        .or_else(|| headers.get(header::HOST).cloned());
+    let mut chain = Vec::new();
+    for prior in headers.get_all(&X_FORWARDED_FOR) {
+        chain.extend_from_slice(prior.as_bytes());
+        chain.extend_from_slice(b", ");
+    }
+    write_peer(&mut chain, forwarding.peer);
+    if let Ok(value) = HeaderValue::from_bytes(&chain) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    if !(forwarding.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        let proto = if forwarding.https { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if !(forwarding.trusted && headers.contains_key(&X_FORWARDED_HOST))
+        && let Some(host) = host
+    {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
 }
 
@@ -223,6 +266,7 @@ mod tests {
             peer: peer.parse().unwrap(),
             trusted,
             authority: authority.map(HeaderValue::from_static),
+            https: peer == "10.9.9.9",
         };
         let mut out = Vec::new();
         let fallback = HeaderValue::from_static("backend:81");
@@ -364,6 +408,39 @@ mod tests {
         let lines = written(&h, "9.9.9.9", false, Some("uri.test"));
         assert!(lines.contains(&"host: uri.test".to_owned()), "{lines:?}");
         assert!(!lines.iter().any(|l| l.contains("host.test")), "{lines:?}");
+    }
+
+    #[test]
+    fn http2_backends_get_the_same_forwarding_fields() {
+        let mut h = map(&[
+            ("host", "client.example"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-proto", "https"),
+            ("transfer-encoding", "chunked"),
+            ("x_secret", "1"),
+            ("te", "trailers"),
+        ]);
+        let forwarding = Forwarding {
+            peer: "9.9.9.9".parse().unwrap(),
+            trusted: false,
+            authority: None,
+            https: false,
+        };
+        set_request_fields(&mut h, &forwarding);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 9.9.9.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "client.example");
+        assert_eq!(h["te"], "trailers");
+        assert!(!h.contains_key("transfer-encoding") && !h.contains_key("x_secret"));
+    }
+
+    #[test]
+    fn a_client_over_tls_is_forwarded_as_https() {
+        let lines = written(&HeaderMap::new(), "10.9.9.9", false, None);
+        assert!(
+            lines.contains(&"x-forwarded-proto: https".to_owned()),
+            "{lines:?}"
+        );
     }
 
     #[test]

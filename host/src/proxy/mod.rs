@@ -9,7 +9,9 @@ mod error;
 mod exchange;
 mod forward;
 mod headers;
+mod multiplexed;
 mod pool;
+mod redirect;
 mod target;
 mod upgrade;
 mod upload;
@@ -17,13 +19,14 @@ mod upload;
 pub use client_addr::client_ip;
 pub use error::{ProxyError, client_closed};
 
+use crate::config::Protocol;
 use crate::limiter::shared::Verdict;
 use crate::limiter::{self, ClientKey, KeyKind};
 use crate::metrics::Metrics;
 use crate::plugin::{KeyRole, Plugin, RequestView};
 use crate::routes;
 use crate::routing::{PoolCore, Routing};
-use crate::server::ClientBody;
+use crate::server::{ClientBody, Peer};
 use arc_swap::ArcSwap;
 use backend_body::BackendBody;
 use body::{BodySlot, ObservedBody};
@@ -33,9 +36,9 @@ use forward::Upstream;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{Either, Full};
 use hyper::body::Body;
+use multiplexed::Multiplexed;
 use pool::Pool;
 use std::borrow::Cow;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use upload::Upload;
@@ -50,6 +53,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     /// Workers sharing each pool's connection cap.
     workers: usize,
+    /// The HTTPS listener's port, where `tls.redirect_http` sends clients.
+    https_port: Option<u16>,
 }
 
 /// A routing and this worker's connections for its pools.
@@ -63,19 +68,28 @@ struct Generation {
 struct WorkerPool {
     core: Arc<PoolCore>,
     conns: Pool,
+    /// HTTP/2 to the backends (`protocol: h2c | h2`) instead of `conns`.
+    multiplexed: Option<Multiplexed>,
     /// Precomputed scheme/authority/prefix per backend.
     upstreams: Vec<Upstream>,
 }
 
 impl Proxy {
     /// A worker's proxy serving `routing`; it shares each pool's connection
-    /// cap with `workers - 1` others.
-    pub fn new(routing: Arc<Routing>, metrics: Arc<Metrics>, workers: usize) -> Self {
+    /// cap with `workers - 1` others. `https_port`: where the HTTPS
+    /// listener is bound, if there is one.
+    pub fn new(
+        routing: Arc<Routing>,
+        metrics: Arc<Metrics>,
+        workers: usize,
+        https_port: Option<u16>,
+    ) -> Self {
         let generation = Generation::new(routing, None, workers);
         Proxy {
             current: ArcSwap::from_pointee(generation),
             metrics,
             workers,
+            https_port,
         }
     }
 
@@ -93,13 +107,13 @@ impl Proxy {
     pub async fn handle(
         self: Arc<Self>,
         mut request: Request<ClientBody>,
-        peer: SocketAddr,
+        peer: Peer,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         let generation = self.current.load_full();
         let routing = &*generation.routing;
         let settings = &routing.proxy;
-        let peer_ip = peer.ip().to_canonical();
+        let peer_ip = peer.addr.ip().to_canonical();
         let trusted = settings
             .trusted_proxies
             .iter()
@@ -123,6 +137,16 @@ impl Proxy {
             bytes: 0,
             metrics: Arc::clone(route.map_or(&routing.unrouted, |r| &r.metrics)),
         };
+        if peer.tls.is_none()
+            && let Some(port) = self.https_port
+            && routing.config.tls.as_ref().is_some_and(|t| t.redirect_http)
+        {
+            let error = match admissible(&request, None) {
+                Ok(()) => return redirect::to_https(&request, port, exchange),
+                Err(error) => error,
+            };
+            return local(error, exchange);
+        }
         let Some(route) = route else {
             let error = match (admissible(&request, None), found) {
                 (Err(error), _) => error,
@@ -147,6 +171,16 @@ impl Proxy {
                 let claimed = match (&from_plugin, &policy.key.kind) {
                     (Some(key), _) => Some(ClientKey::Plugin(key.as_bytes())),
                     (None, KeyKind::Header(name)) => ClientKey::header(name, request.headers()),
+                    (None, KeyKind::TlsSubject) => peer
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.subject.as_deref())
+                        .map(|s| ClientKey::Tls(s.as_bytes())),
+                    (None, KeyKind::TlsFingerprint) => peer
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.fingerprint.as_deref())
+                        .map(|s| ClientKey::Tls(s.as_bytes())),
                     (None, _) => None,
                 };
                 let budget = &policy.buckets.budget;
@@ -197,6 +231,7 @@ impl Proxy {
                     .uri
                     .authority()
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+                https: peer.tls.is_some(),
             };
             let body = if body.is_end_stream() {
                 BodySlot::new(Upload::Whole(None))
@@ -277,9 +312,20 @@ impl Generation {
                         core.config.connect_timeout,
                         Duration::from_secs(60),
                         core.config.max_connections.div_ceil(workers.max(1)),
+                        core.tls.clone(),
                     ),
                 };
+                let multiplexed = match (kept, core.config.protocol) {
+                    (Some(old), _) => old.multiplexed.clone(),
+                    (None, Protocol::Http1) => None,
+                    (None, Protocol::H2c | Protocol::H2) => Some(Multiplexed::new(
+                        core.backends.iter().map(|b| b.url.clone()),
+                        core.config.connect_timeout,
+                        core.tls.as_ref(),
+                    )),
+                };
                 WorkerPool {
+                    multiplexed,
                     upstreams: core
                         .backends
                         .iter()

@@ -7,8 +7,9 @@
 
 use super::backend_body::BackendBody;
 use super::body::{BodySlot, BoxError};
-use super::conn::{Conn, Failure, Outgoing, SendError};
+use super::conn::{Conn, Failure, Outgoing, SendError, Stream};
 use crate::http1::client::RequestFraming;
+use crate::tls::backend::Connector;
 use bytes::Bytes;
 use http::{Response, Uri};
 use http_body::Body;
@@ -32,12 +33,16 @@ struct Shared {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
+    /// For `https://` backends.
+    tls: Option<Connector>,
 }
 
 /// Where one backend listens.
 struct Target {
     host: String,
     port: u16,
+    /// Speaks TLS (`https://`).
+    tls: bool,
 }
 
 /// One backend's connections.
@@ -95,12 +100,14 @@ pub struct Sending<'a, B> {
 }
 
 impl Pool {
-    /// A pool for backends at `urls` (`http://host:port`).
+    /// A pool for backends at `urls` (`http://host:port`, or `https://`
+    /// reached with `tls`).
     pub fn new(
         urls: impl IntoIterator<Item = Uri>,
         connect_timeout: Duration,
         idle_timeout: Duration,
         max_open: usize,
+        tls: Option<Connector>,
     ) -> Self {
         let targets: Box<[Target]> = urls
             .into_iter()
@@ -111,7 +118,11 @@ impl Pool {
                     .trim_start_matches('[')
                     .trim_end_matches(']')
                     .to_owned(),
-                port: url.port_u16().unwrap_or(80),
+                port: url.port_u16().unwrap_or(match url.scheme_str() {
+                    Some("https") => 443,
+                    _ => 80,
+                }),
+                tls: url.scheme_str() == Some("https"),
             })
             .collect();
         Pool {
@@ -133,6 +144,7 @@ impl Pool {
                 connect_timeout,
                 idle_timeout,
                 max_idle: 1024,
+                tls,
             }),
         }
     }
@@ -282,23 +294,36 @@ impl Pool {
         None
     }
 
-    async fn connect(&self, index: usize) -> Result<TcpStream, SendError> {
+    /// Opens a connection (and, to an `https://` backend, runs the
+    /// handshake) within the connect timeout.
+    async fn connect(&self, index: usize) -> Result<Stream, SendError> {
+        let timeout = self.shared.connect_timeout;
+        match tokio::time::timeout(timeout, self.open(index)).await {
+            Ok(opened) => opened,
+            Err(_) => Err(SendError::Connect(format!("timed out after {timeout:?}"))),
+        }
+    }
+
+    async fn open(&self, index: usize) -> Result<Stream, SendError> {
         let target = &self.shared.targets[index];
-        let connecting = TcpStream::connect((target.host.as_str(), target.port));
-        let stream = match tokio::time::timeout(self.shared.connect_timeout, connecting).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => return Err(SendError::connecting(error)),
-            Err(_) => {
-                return Err(SendError::Connect(format!(
-                    "timed out after {:?}",
-                    self.shared.connect_timeout
-                )));
-            }
-        };
+        let stream = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(SendError::connecting)?;
         stream
             .set_nodelay(true)
             .map_err(|e| SendError::Connect(e.to_string()))?;
-        Ok(stream)
+        if !target.tls {
+            return Ok(Stream::Tcp(stream));
+        }
+        let Some(tls) = &self.shared.tls else {
+            return Err(SendError::Connect(
+                "no TLS client for an https:// backend".to_owned(),
+            ));
+        };
+        match tls.connect(&target.host, stream).await {
+            Ok(stream) => Ok(Stream::Tls(Box::new(stream))),
+            Err(error) => Err(SendError::Connect(format!("TLS handshake: {error}"))),
+        }
     }
 }
 
@@ -379,7 +404,13 @@ mod tests {
     }
 
     fn pool(url: Uri) -> Pool {
-        Pool::new([url], Duration::from_secs(1), Duration::from_secs(60), 1024)
+        Pool::new(
+            [url],
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            1024,
+            None,
+        )
     }
 
     fn sending<'a, B>(
@@ -586,7 +617,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_beyond_the_backend_cap_wait_for_one() {
         let (url, accepted) = backend(hello).await;
-        let pool = Pool::new([url], Duration::from_secs(1), Duration::from_secs(60), 3);
+        let pool = Pool::new(
+            [url],
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            3,
+            None,
+        );
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..200 {
             let pool = pool.clone();
@@ -622,6 +659,7 @@ mod tests {
             Duration::from_millis(400),
             Duration::from_secs(60),
             1024,
+            None,
         );
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..100 {

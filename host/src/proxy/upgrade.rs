@@ -1,20 +1,20 @@
 //! Protocol upgrades (WebSocket and friends): after a 101 the two connections
 //! are spliced together byte for byte.
 
+use super::conn::Stream;
 use super::pool::Permit;
 use crate::balancer::InFlight;
 use bytes::BytesMut;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// Splices the client, once hyper has switched it over, and the backend
 /// connection; `early` is what the backend sent right after its 101. The
 /// backend connection keeps its place under the connection cap until closed.
 pub fn tunnel(
     client: OnUpgrade,
-    (mut backend, early, permit): (TcpStream, BytesMut, Permit),
+    (mut backend, early, permit): (Stream, BytesMut, Permit),
     in_flight: InFlight,
 ) {
     tokio::spawn(async move {

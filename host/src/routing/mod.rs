@@ -81,7 +81,7 @@ impl Routing {
             let kept = previous.and_then(|p| p.pools.iter().find(|old| old.core.serves(pool)));
             let core = match kept {
                 Some(old) => Arc::clone(&old.core),
-                None => Arc::new(PoolCore::start(pool.clone())),
+                None => Arc::new(PoolCore::start(pool.clone())?),
             };
             let plugin = match &pool.balancer_plugin {
                 Some(path) => Some(

@@ -9,7 +9,7 @@
 
 use super::refusal;
 use super::rewind::Rewound;
-use super::{ClientBody, ConnLimits, date, serve_with_hyper, stop_requested};
+use super::{ClientBody, ClientStream, ConnLimits, Peer, date, serve_with_hyper, stop_requested};
 use crate::http1::server::{self as head, Delimit, Head, HeadError, Parsed};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response};
@@ -17,13 +17,11 @@ use http_body::Body;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::future::{Future, poll_fn};
-use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -40,29 +38,31 @@ enum End {
     HandOver(BytesMut),
 }
 
-pub async fn serve_connection<H, F, B>(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+pub async fn serve_connection<S, H, F, B>(
+    mut stream: S,
+    peer: Peer,
     handler: H,
     limits: ConnLimits,
     builder: Arc<auto::Builder<TokioExecutor>>,
     signal: watch::Receiver<bool>,
 ) where
-    H: Fn(Request<ClientBody>, SocketAddr) -> F + Send + Sync + 'static,
+    S: ClientStream,
+    H: Fn(Request<ClientBody>, Peer) -> F + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
-    match requests(&mut stream, peer, &handler, limits, signal.clone()).await {
+    match requests(&mut stream, &peer, &handler, limits, signal.clone()).await {
         End::Closed => {}
         End::HandOver(read) => {
             let io = TokioIo::new(Rewound::new(read, stream));
+            let addr = peer.addr;
             let serve = move |request: Request<hyper::body::Incoming>| {
-                handler(request.map(ClientBody::Streamed), peer)
+                handler(request.map(ClientBody::Streamed), peer.clone())
             };
             // Boxed: hyper's connection state would otherwise make every
             // connection's task as large as the rare handed-over one.
-            Box::pin(serve_with_hyper(io, peer, serve, &builder, signal)).await;
+            Box::pin(serve_with_hyper(io, addr, serve, &builder, signal)).await;
         }
     }
 }
@@ -83,15 +83,16 @@ enum Busy {
 /// spell of activity, none per request). Idle: after [`LINGER`] without a
 /// request, the connection gives all that back and waits with nothing but
 /// its socket and a timer, so an idle keep-alive connection costs little.
-async fn requests<H, F, B>(
-    stream: &mut TcpStream,
-    peer: SocketAddr,
+async fn requests<S, H, F, B>(
+    stream: &mut S,
+    peer: &Peer,
     handler: &H,
     limits: ConnLimits,
     signal: watch::Receiver<bool>,
 ) -> End
 where
-    H: Fn(Request<ClientBody>, SocketAddr) -> F,
+    S: ClientStream,
+    H: Fn(Request<ClientBody>, Peer) -> F,
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
@@ -107,11 +108,11 @@ where
         // idle keep-alive time included.
         tokio::select! {
             biased;
-            ready = stream.readable() => if ready.is_err() {
+            ready = stream.socket().readable() => if ready.is_err() {
                 return End::Closed;
             },
             () = tokio::time::sleep_until(waiting_since + limits.header_read_timeout) => {
-                tracing::debug!(%peer, "no request head in time");
+                tracing::debug!(peer = %peer.addr, "no request head in time");
                 return End::Closed;
             }
             () = stop_requested(signal.clone()) => return End::Closed,
@@ -122,16 +123,17 @@ where
 /// Serves requests until the connection closes, is handed over, or has had
 /// nothing to read for [`LINGER`]. The first head has been awaited since
 /// `waiting_since`.
-async fn busy<H, F, B>(
-    stream: &mut TcpStream,
-    peer: SocketAddr,
+async fn busy<S, H, F, B>(
+    stream: &mut S,
+    peer: &Peer,
     handler: &H,
     limits: ConnLimits,
     signal: &watch::Receiver<bool>,
     waiting_since: Instant,
 ) -> Busy
 where
-    H: Fn(Request<ClientBody>, SocketAddr) -> F,
+    S: ClientStream,
+    H: Fn(Request<ClientBody>, Peer) -> F,
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
@@ -179,7 +181,7 @@ where
                 () = &mut deadline => {
                     let timeout = since + limits.header_read_timeout;
                     if Instant::now() >= timeout {
-                        tracing::debug!(%peer, "no request head in time");
+                        tracing::debug!(peer = %peer.addr, "no request head in time");
                         return Busy::Ended(End::Closed);
                     }
                     if read.is_empty() {
@@ -192,7 +194,7 @@ where
         };
 
         let head_request = request.method() == Method::HEAD;
-        let mut handling = pin!(handler(request.map(|()| ClientBody::Empty), peer));
+        let mut handling = pin!(handler(request.map(|()| ClientBody::Empty), peer.clone()));
         // While the request is in flight, a client that closes its side
         // cancels it, as with hyper (without half-close) and nginx: the
         // backend exchange is dropped with the future. Pipelined bytes are
@@ -204,7 +206,7 @@ where
                 result = stream.read_buf(&mut read), if read.len() < limits.max_header_bytes => {
                     match result {
                         Ok(0) | Err(_) => {
-                            tracing::debug!(%peer, "client closed with its request in flight");
+                            tracing::debug!(peer = %peer.addr, "client closed with its request in flight");
                             return Busy::Ended(End::Closed);
                         }
                         Ok(_) => {}
@@ -232,18 +234,19 @@ where
 }
 
 /// Answers a head the codec refuses (400 or 431, JSON) and closes.
-async fn refuse(stream: &mut TcpStream, error: &HeadError) {
+async fn refuse<S: ClientStream>(stream: &mut S, error: &HeadError) {
     tracing::debug!(?error, "request head refused");
     let response = date::with_now(|now| refusal::refusal(error, now));
     let _ = stream.write_all(&response).await;
+    let _ = stream.flush().await;
     let _ = stream.shutdown().await;
 }
 
 /// Streams `body` after the head already in `out`, framed by `delimit`.
 /// A body that is ready at once leaves in the head's write. Returns whether
 /// the message went out whole (otherwise the connection must close).
-async fn write_body<B>(
-    stream: &mut TcpStream,
+async fn write_body<S: ClientStream, B>(
+    stream: &mut S,
     out: &mut Vec<u8>,
     body: B,
     delimit: Delimit,
@@ -336,20 +339,23 @@ where
 }
 
 /// Adds `data` to the gathered bytes, or writes both when it is large.
-async fn put(stream: &mut TcpStream, out: &mut Vec<u8>, data: Bytes) -> bool {
+async fn put<S: ClientStream>(stream: &mut S, out: &mut Vec<u8>, data: Bytes) -> bool {
     if out.len() + data.len() <= GATHER {
         out.extend_from_slice(&data);
         return true;
     }
-    flush(stream, out).await && stream.write_all(&data).await.is_ok()
+    flush(stream, out).await
+        && stream.write_all(&data).await.is_ok()
+        && stream.flush().await.is_ok()
 }
 
-/// Writes the gathered bytes.
-async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> bool {
+/// Writes the gathered bytes (through TLS to the socket, too: a flush on
+/// a TCP stream costs nothing).
+async fn flush<S: ClientStream>(stream: &mut S, out: &mut Vec<u8>) -> bool {
     if out.is_empty() {
         return true;
     }
-    let written = stream.write_all(out).await.is_ok();
+    let written = stream.write_all(out).await.is_ok() && stream.flush().await.is_ok();
     out.clear();
     written
 }
@@ -362,15 +368,17 @@ mod tests {
     use http_body::Frame;
     use http_body_util::{BodyExt, Full, combinators::BoxBody};
     use std::convert::Infallible;
+    use std::net::SocketAddr;
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
     use tokio::sync::mpsc;
 
     type TestBody = BoxBody<Bytes, Infallible>;
 
     /// Answers by path: `/chunked` streams two chunks and a trailer, `/echo`
     /// reports the body it read, `/nothing` is a 204; anything else is "hello".
-    async fn handler(request: Request<ClientBody>, _peer: SocketAddr) -> Response<TestBody> {
+    async fn handler(request: Request<ClientBody>, _peer: Peer) -> Response<TestBody> {
         let path = request.uri().path().to_owned();
         let version = format!("{:?}", request.version());
         match path.as_str() {

@@ -6,6 +6,8 @@
 //! The admin listener is served by hyper alone ([`serve`]). The proxy
 //! listener ([`serve_proxy`]) runs the gateway's own HTTP/1.1 codec (`h1`)
 //! for the common requests and hands a connection to hyper for the rest.
+//! The HTTPS listener ([`serve_tls`]) does the same after the handshake,
+//! unless the client chose HTTP/2 by ALPN: hyper serves that.
 
 mod client_body;
 mod date;
@@ -28,6 +30,41 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+
+use crate::tls::{Session, TlsServer};
+
+/// Who is at the other end of a client connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The TLS session, on the HTTPS listener.
+    pub tls: Option<Arc<Session>>,
+}
+
+impl Peer {
+    /// A peer on the plain listener.
+    pub fn plain(addr: SocketAddr) -> Peer {
+        Peer { addr, tls: None }
+    }
+}
+
+/// A client connection the HTTP/1.1 codec serves: TCP, or TLS over it.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The socket underneath, to wait on while the connection is idle.
+    fn socket(&self) -> &TcpStream;
+}
+
+impl ClientStream for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
 
 /// Hands the proxy listener a new socket to accept from (a reload changed
 /// `listen`); connections accepted from the old one finish there.
@@ -92,7 +129,7 @@ pub async fn serve_proxy<H, F, B>(
     limits: ConnLimits,
     shutdown: Shutdown,
 ) where
-    H: Fn(Request<ClientBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
@@ -105,7 +142,7 @@ pub async fn serve_proxy<H, F, B>(
         move |stream, peer, signal| {
             h1::serve_connection(
                 stream,
-                peer,
+                Peer::plain(peer),
                 handler.clone(),
                 limits,
                 Arc::clone(&builder),
@@ -113,6 +150,63 @@ pub async fn serve_proxy<H, F, B>(
             )
         },
     )
+    .await;
+}
+
+/// Serves the proxy's `handler` on the HTTPS listener: a handshake with
+/// what `tls` serves now (within `header_read_timeout`), then HTTP/2 with
+/// hyper when the client chose it by ALPN, else HTTP/1.1 as on the plain
+/// listener.
+pub async fn serve_tls<H, F, B>(
+    listener: TcpListener,
+    tls: Arc<TlsServer>,
+    handler: H,
+    limits: ConnLimits,
+    shutdown: Shutdown,
+) where
+    H: Fn(Request<ClientBody>, Peer) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    let builder = Arc::new(hyper_builder(limits));
+    accept(listener, shutdown, None, move |stream, addr, signal| {
+        let acceptor = tls.acceptor();
+        let handler = handler.clone();
+        let builder = Arc::clone(&builder);
+        async move {
+            let handshake =
+                tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(peer = %addr, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %addr, "TLS handshake not finished in time");
+                    return;
+                }
+            };
+            let (_, session) = stream.get_ref();
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            let peer = Peer {
+                addr,
+                tls: Some(Arc::new(Session::new(
+                    session.peer_certificates(),
+                    session.server_name(),
+                ))),
+            };
+            if h2 {
+                let serve = move |request: Request<Incoming>| {
+                    handler(request.map(ClientBody::Streamed), peer.clone())
+                };
+                serve_with_hyper(TokioIo::new(stream), addr, serve, &builder, signal).await;
+            } else {
+                h1::serve_connection(stream, peer, handler, limits, builder, signal).await;
+            }
+        }
+    })
     .await;
 }
 

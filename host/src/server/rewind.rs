@@ -6,20 +6,19 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
-pub struct Rewound {
+pub struct Rewound<S> {
     read: BytesMut,
-    stream: TcpStream,
+    stream: S,
 }
 
-impl Rewound {
-    pub fn new(read: BytesMut, stream: TcpStream) -> Self {
+impl<S> Rewound<S> {
+    pub fn new(read: BytesMut, stream: S) -> Self {
         Rewound { read, stream }
     }
 }
 
-impl AsyncRead for Rewound {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -36,7 +35,7 @@ impl AsyncRead for Rewound {
     }
 }
 
-impl AsyncWrite for Rewound {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
