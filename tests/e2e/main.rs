@@ -3,6 +3,7 @@
 mod balancing;
 mod cli;
 mod failures;
+mod grpc;
 mod http_behaviour;
 mod lifecycle;
 mod limiter_integrity;

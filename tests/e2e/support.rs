@@ -272,13 +272,14 @@ impl TestBackend {
                     let builder = hyper::server::conn::http1::Builder::new();
                     match tls {
                         Some(tls) => {
+                            // HTTP/1.1 or HTTP/2, as the client chose by ALPN.
                             let Ok(stream) = tls.accept(stream).await else {
                                 return;
                             };
-                            let _ = builder
-                                .serve_connection(TokioIo::new(stream), service)
-                                .with_upgrades()
-                                .await;
+                            let _ =
+                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                    .await;
                         }
                         None => {
                             let _ = builder
@@ -392,8 +393,11 @@ async fn route(name: &str, mut req: Request<Incoming>) -> Response<TestBody> {
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
             let path = http::HeaderValue::from_str(path).unwrap();
             let mut r = text(name.to_owned());
+            let version = format!("{:?}", req.version());
             r.headers_mut().insert("x-backend", name.parse().unwrap());
             r.headers_mut().insert("x-path", path);
+            r.headers_mut()
+                .insert("x-version", version.parse().unwrap());
             r.headers_mut()
                 .insert("connection", "x-internal".parse().unwrap());
             r.headers_mut()

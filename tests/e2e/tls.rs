@@ -76,6 +76,8 @@ impl Pki {
         .with_no_client_auth()
         .with_single_cert(vec![cert.der().clone()], key)
         .unwrap();
+        let mut config = config;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Arc::new(config)
     }
 
@@ -369,9 +371,14 @@ pools:
     backends: [https://localhost:{bad}]
     health_check: {{interval: 200ms, unhealthy_threshold: 1}}
     retries: 0
+  http2:
+    backends: [https://localhost:{good}]
+    protocol: h2
 routes:
   - match: {{path_prefix: /bad}}
     pool: bad
+  - match: {{path_prefix: /h2}}
+    pool: http2
   - match: {{path_prefix: /}}
     pool: good
 "#,
@@ -382,9 +389,17 @@ routes:
     let gw = Gateway::start(&yaml);
     let client = crate::support::client();
     for _ in 0..3 {
-        let (status, _, body) = crate::support::get(&client, &gw.url("/hello")).await;
+        let (status, headers, body) = crate::support::get(&client, &gw.url("/hello")).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body, "trusted");
+        assert_eq!(headers["x-version"], "HTTP/1.1");
+    }
+    // The same backend over HTTP/2, negotiated by ALPN (`protocol: h2`).
+    for _ in 0..3 {
+        let (status, headers, body) = crate::support::get(&client, &gw.url("/h2/x")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers["x-version"], "HTTP/2.0");
+        assert_eq!(headers["x-path"], "/h2/x");
     }
     let (status, _, body) = crate::support::get(&client, &gw.url("/bad")).await;
     assert!(status == 502 || status == 503, "{status} {body}");

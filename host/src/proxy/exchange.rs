@@ -21,6 +21,8 @@ pub struct Exchange {
     pub bytes: u64,
     /// The route's counters (or those for requests no route took).
     pub metrics: Arc<RouteMetrics>,
+    /// The client speaks gRPC: the gateway's own answers are gRPC statuses.
+    pub grpc: bool,
 }
 
 impl Finish for Exchange {

@@ -8,6 +8,7 @@ mod conn;
 mod error;
 mod exchange;
 mod forward;
+mod grpc;
 mod headers;
 mod multiplexed;
 mod pool;
@@ -136,6 +137,7 @@ impl Proxy {
             backend: None,
             bytes: 0,
             metrics: Arc::clone(route.map_or(&routing.unrouted, |r| &r.metrics)),
+            grpc: grpc::is_grpc(request.version(), request.headers()),
         };
         if peer.tls.is_none()
             && let Some(port) = self.https_port
@@ -199,8 +201,13 @@ impl Proxy {
                 if !decision.allowed {
                     tracing::debug!(client = %key, policy = %policy.name, overflow = decision.overflow, "rate limited");
                     exchange.status = StatusCode::TOO_MANY_REQUESTS;
+                    let grpc = exchange.grpc;
                     drop(exchange);
-                    return limiter::rejection(&decision, &policy.name).map(Either::Right);
+                    let mut response = limiter::rejection(&decision, &policy.name);
+                    if grpc {
+                        response = grpc::convert(response, "Rate limit exceeded");
+                    }
+                    return response.map(Either::Right);
                 }
                 Some((decision, &policy.name))
             }
@@ -435,7 +442,10 @@ fn plugin_key(
 /// The gateway's own answer, counted and logged like any other.
 fn local(error: ProxyError, mut exchange: Exchange) -> Response<ResponseBody> {
     exchange.status = error.status();
-    let response = error.into_response();
+    let mut response = error.into_response();
+    if exchange.grpc {
+        response = grpc::convert(response, &error.to_string());
+    }
     exchange.bytes = response.body().size_hint().exact().unwrap_or(0);
     drop(exchange);
     response.map(Either::Right)
