@@ -1,6 +1,7 @@
 //! Wiring: build the shared state from a [`Config`], start the listeners and
 //! background tasks, and drain on SIGTERM/SIGINT.
 
+use crate::acme;
 use crate::admin::{Admin, Clients};
 use crate::config::Config;
 use crate::limiter::shared::{Budget, SharedLimiter};
@@ -8,7 +9,7 @@ use crate::limiter::sync::load_overrides;
 use crate::limiter::{Limiter, canonical_client_id, spawn_sync};
 use crate::listen;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::{Edge, Proxy};
 use crate::reload::{Reloader, Source};
 use crate::routing::{Buckets, Env, Routing};
 use crate::server::{self, ConnLimits, Shutdown};
@@ -76,6 +77,11 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
 
     let listener = listen::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let challenges = config
+        .tls
+        .as_ref()
+        .and_then(|t| t.acme.as_ref())
+        .map(|_| Arc::new(acme::Challenges::default()));
     let https = match &config.tls {
         Some(tls) => {
             let server = tls.server().map_err(|problems| {
@@ -87,6 +93,9 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
             let server = Arc::new(server);
             reloader.serve_tls(Arc::clone(&server));
             reloader.spawn_certificate_watch(Duration::from_secs(1));
+            if let (Some(acme), Some(challenges)) = (&tls.acme, &challenges) {
+                acme::spawn(acme.clone(), Arc::clone(&server), Arc::clone(challenges));
+            }
             Some(workers::Https {
                 listener: Arc::new(bound.into_std()?),
                 tls: server,
@@ -107,13 +116,16 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
     let proxy_addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let https_addr = https.as_ref().and_then(|h| h.listener.local_addr().ok());
-    let https_port = https_addr.map(|a| a.port());
+    let edge = Edge {
+        https_port: https_addr.map(|a| a.port()),
+        acme: challenges,
+    };
     let make_proxy = || {
         Proxy::new(
             Arc::clone(&routing),
             Arc::clone(&metrics),
             workers,
-            https_port,
+            edge.clone(),
         )
     };
     let proxies = workers::spawn(

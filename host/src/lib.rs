@@ -1,5 +1,6 @@
 //! gateway: a programmable HTTP load balancer and rate limiter.
 
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod balancer;

@@ -1,5 +1,6 @@
 //! End-to-end tests: the built `gateway` binary, real backends on loopback, real HTTP.
 
+mod acme;
 mod balancing;
 mod cli;
 mod failures;

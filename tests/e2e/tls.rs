@@ -135,7 +135,11 @@ impl Pki {
 }
 
 /// A TLS connection to `addr` asking for `sni`.
-async fn connect(connector: &TlsConnector, addr: SocketAddr, sni: &str) -> TlsStream<TcpStream> {
+pub async fn connect(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    sni: &str,
+) -> TlsStream<TcpStream> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from(sni.to_owned()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), connector.connect(name, stream))
@@ -144,13 +148,13 @@ async fn connect(connector: &TlsConnector, addr: SocketAddr, sni: &str) -> TlsSt
         .expect("handshake")
 }
 
-fn served_certificate(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+pub fn served_certificate(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
     stream.get_ref().1.peer_certificates().unwrap()[0].clone()
 }
 
 /// One HTTP/1.1 request on `stream`, the whole answer read (up to the
 /// declared length: the connection stays open).
-async fn exchange(stream: &mut TlsStream<TcpStream>, host: &str, path: &str) -> (u16, String) {
+pub async fn exchange(stream: &mut TlsStream<TcpStream>, host: &str, path: &str) -> (u16, String) {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     stream.flush().await.unwrap();

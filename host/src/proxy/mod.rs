@@ -20,6 +20,7 @@ mod upload;
 pub use client_addr::client_ip;
 pub use error::{ProxyError, client_closed};
 
+use crate::acme::{self, Challenges};
 use crate::config::Protocol;
 use crate::limiter::shared::Verdict;
 use crate::limiter::{self, ClientKey, KeyKind};
@@ -54,8 +55,16 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     /// Workers sharing each pool's connection cap.
     workers: usize,
+    edge: Edge,
+}
+
+/// What the proxy answers for the listeners themselves rather than routes.
+#[derive(Debug, Clone, Default)]
+pub struct Edge {
     /// The HTTPS listener's port, where `tls.redirect_http` sends clients.
-    https_port: Option<u16>,
+    pub https_port: Option<u16>,
+    /// Open ACME HTTP-01 challenges (`tls.acme`).
+    pub acme: Option<Arc<Challenges>>,
 }
 
 /// A routing and this worker's connections for its pools.
@@ -77,20 +86,14 @@ struct WorkerPool {
 
 impl Proxy {
     /// A worker's proxy serving `routing`; it shares each pool's connection
-    /// cap with `workers - 1` others. `https_port`: where the HTTPS
-    /// listener is bound, if there is one.
-    pub fn new(
-        routing: Arc<Routing>,
-        metrics: Arc<Metrics>,
-        workers: usize,
-        https_port: Option<u16>,
-    ) -> Self {
+    /// cap with `workers - 1` others.
+    pub fn new(routing: Arc<Routing>, metrics: Arc<Metrics>, workers: usize, edge: Edge) -> Self {
         let generation = Generation::new(routing, None, workers);
         Proxy {
             current: ArcSwap::from_pointee(generation),
             metrics,
             workers,
-            https_port,
+            edge,
         }
     }
 
@@ -139,8 +142,14 @@ impl Proxy {
             metrics: Arc::clone(route.map_or(&routing.unrouted, |r| &r.metrics)),
             grpc: grpc::is_grpc(request.version(), request.headers()),
         };
+        if let Some(challenges) = &self.edge.acme
+            && let Some(token) = request.uri().path().strip_prefix(acme::CHALLENGE_PREFIX)
+            && let Some(answer) = challenges.answer(token)
+        {
+            return redirect::challenge_answer(answer, exchange);
+        }
         if peer.tls.is_none()
-            && let Some(port) = self.https_port
+            && let Some(port) = self.edge.https_port
             && routing.config.tls.as_ref().is_some_and(|t| t.redirect_http)
         {
             let error = match admissible(&request, None) {

@@ -1,6 +1,7 @@
-//! `tls.redirect_http`: the plain listener sends every request to the same
-//! place over HTTPS with a 308, which keeps the method and body (a 301
-//! turns a POST into a GET in many clients).
+//! The plain listener's own answers for HTTPS: `tls.redirect_http` sends
+//! every request to the same place over HTTPS with a 308, which keeps the
+//! method and body (a 301 turns a POST into a GET in many clients); ACME
+//! HTTP-01 challenges are answered before that.
 
 use super::ResponseBody;
 use super::exchange::Exchange;
@@ -39,6 +40,21 @@ pub fn to_https(
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response.map(Either::Right)
+}
+
+/// The key authorization an ACME CA asked for.
+pub fn challenge_answer(answer: String, mut exchange: Exchange) -> Response<ResponseBody> {
+    exchange.status = StatusCode::OK;
+    exchange.bytes = answer.len() as u64;
+    drop(exchange);
+    let mut response = Response::new(Either::Right(http_body_util::Full::new(
+        bytes::Bytes::from(answer),
+    )));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    response
 }
 
 /// `https://host[:port]/path?query`; the port is left out when it is 443.
