@@ -49,6 +49,7 @@ fn pick(c: &mut Criterion) {
     let mut ctx = Ctx {
         head: &mut head,
         client: std::net::IpAddr::from([127, 0, 0, 1]),
+        tls: None,
         plugin_failed: false,
     };
     let mut group = c.benchmark_group("balancer_pick");

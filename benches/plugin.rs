@@ -69,6 +69,7 @@ fn lent<T>(
         uri: head.uri.clone(),
         headers: std::mem::take(&mut head.headers),
         client,
+        tls: None,
     });
     let answer = call(&mut view);
     if let Some(view) = view {
@@ -148,6 +149,7 @@ fn per_request(c: &mut Criterion) {
             let mut ctx = Ctx {
                 head: &mut head,
                 client,
+                tls: None,
                 plugin_failed: false,
             };
             black_box((key, builtin.pick(&set, &tried, &mut ctx)))
@@ -161,6 +163,7 @@ fn per_request(c: &mut Criterion) {
             let mut ctx = Ctx {
                 head: &mut head,
                 client,
+                tls: None,
                 plugin_failed: false,
             };
             let chosen = plugged.pick(&set, &tried, &mut ctx);
@@ -263,6 +266,7 @@ fn per_language(c: &mut Criterion) {
             let mut ctx = Ctx {
                 head: &mut head,
                 client,
+                tls: None,
                 plugin_failed: false,
             };
             black_box(builtin.pick(&set, &tried, &mut ctx))

@@ -61,6 +61,21 @@ async fn api_key_plugin_gives_each_key_its_own_bucket() {
     );
 }
 
+/// A plugin built against the package's first version
+/// (`gateway:plugin@0.1.0`, before `request.tls-subject`) loads and works
+/// in today's gateway without a rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_for_the_0_1_0_world_still_works() {
+    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/plugins/compat/api-key-0.1.0.wasm");
+    let (gw, client, _keep) = keys_get_their_own_buckets(&old, "").await;
+    let (_, _, metrics) = get(&client, &gw.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains(r#"gateway_plugin_calls_total{interface="client-key",outcome="ok"} 6"#),
+        "{metrics}"
+    );
+}
+
 /// A plugin key that spells an address (taken from a header the client
 /// controls) is a `plugin:` key, never that address's bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -514,3 +514,44 @@ async fn each_client_certificate_gets_its_own_bucket() {
     let mut stream = connect(&anonymous, https, "a.test").await;
     assert_eq!(exchange(&mut stream, "a.test", "/").await.0, 200);
 }
+
+/// The request view handed to plugins carries the verified subject
+/// (`request.tls-subject`, WIT 0.1.1): a key plugin that keys by it gives
+/// each certificate its own bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_plugins_see_the_verified_subject() {
+    let backend = TestBackend::start("p").await;
+    let pki = Pki::new("plugin CA");
+    pki.server("a", &["a.test"]);
+    pki.server("b", &["b.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        r#"rate_limit:
+  key: plugin
+  key_plugin: {plugin}
+  unknown_keys: own
+  database: sqlite://{db}/limits.db
+  default: {{capacity: 2, refill_per_second: 0.001}}
+plugins:
+  config: {{misbehave.key-mode: tls-subject}}
+"#,
+        plugin = crate::support::plugin("misbehave").display(),
+        db = dir.path().display()
+    );
+    let gw = Gateway::start(&mtls_yaml(&pki, &backend.url(), true, &extra));
+    let https = gw.https.unwrap();
+    let alice = pki.connector(&[b"http/1.1"], Some(pki.client("alice")));
+    let bob = pki.connector(&[b"http/1.1"], Some(pki.client("bob")));
+    let mut statuses = Vec::new();
+    for connector in [&alice, &alice, &alice, &bob] {
+        let mut stream = connect(connector, https, "a.test").await;
+        statuses.push(exchange(&mut stream, "a.test", "/").await.0);
+    }
+    assert_eq!(statuses, [200, 200, 429, 200]);
+    let (_, _, metrics) =
+        crate::support::get(&crate::support::client(), &gw.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains(r#"gateway_plugin_calls_total{interface="client-key",outcome="ok"} 4"#),
+        "{metrics}"
+    );
+}

@@ -35,6 +35,8 @@ pub struct Ctx<'a> {
     pub head: &'a mut http::request::Parts,
     /// The client address as the proxy computed it.
     pub client: std::net::IpAddr,
+    /// The TLS session the request came on, if any.
+    pub tls: Option<&'a std::sync::Arc<crate::tls::Session>>,
     /// Set when a plugin failed during a pick (the caller may refuse the request).
     pub plugin_failed: bool,
 }
@@ -92,6 +94,7 @@ pub(crate) mod test_support {
         let mut ctx = Ctx {
             head: &mut head,
             client: std::net::IpAddr::from([127, 0, 0, 1]),
+            tls: None,
             plugin_failed: false,
         };
         f(&mut ctx)

@@ -18,6 +18,7 @@ impl BackendSelection for PluginSelection {
             uri: ctx.head.uri.clone(),
             headers: std::mem::take(&mut ctx.head.headers),
             client: ctx.client,
+            tls: ctx.tls.cloned(),
         });
         let chosen = self.plugin.select(&mut view, backends);
         if let Some(view) = view {

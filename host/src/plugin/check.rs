@@ -34,6 +34,11 @@ pub fn synthetic_request() -> RequestView {
         uri: Uri::from_static("/plugin-check/items?id=1"),
         headers,
         client: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
+        tls: Some(std::sync::Arc::new(crate::tls::Session {
+            subject: Some("CN=plugin-check,O=Example".to_owned()),
+            fingerprint: None,
+            server_name: Some("plugin-check.example".to_owned()),
+        })),
     }
 }
 

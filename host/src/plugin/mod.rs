@@ -202,7 +202,7 @@ pub fn check(
     let found = exports(&engine, &component);
     if !found.client_key && !found.backend_select {
         return Err(format!(
-            "{} implements neither plugin interface (exports gateway:plugin/client-key@0.1.0 or gateway:plugin/backend-select@0.1.0 expected)",
+            "{} implements neither plugin interface (exports gateway:plugin/client-key@0.1.x or gateway:plugin/backend-select@0.1.x expected)",
             path.display()
         ));
     }

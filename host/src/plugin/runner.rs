@@ -150,7 +150,7 @@ fn prepare<R: Role>(engine: &Engine, path: &Path, sandbox: &Sandbox) -> Result<R
     };
     if !wanted {
         return Err(format!(
-            "{} does not export gateway:plugin/{}@0.1.0 (it exports: {})",
+            "{} does not export gateway:plugin/{}@0.1.x (it exports: {})",
             path.display(),
             R::NAME,
             describe(exports)

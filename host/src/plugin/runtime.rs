@@ -224,13 +224,21 @@ pub struct Exports {
     pub backend_select: bool,
 }
 
-pub const CLIENT_KEY: &str = "gateway:plugin/client-key@0.1.0";
-pub const BACKEND_SELECT: &str = "gateway:plugin/backend-select@0.1.0";
+/// The interfaces a plugin may export, in any 0.1.x version of the package
+/// (0.1.1 added an import; exports built against 0.1.0 are the same).
+pub const CLIENT_KEY: &str = "gateway:plugin/client-key";
+pub const BACKEND_SELECT: &str = "gateway:plugin/backend-select";
+/// The package versions whose exports the gateway calls.
+const COMPATIBLE: &str = "0.1.";
 
 pub fn exports(engine: &Engine, component: &Component) -> Exports {
     let mut found = Exports::default();
     for (name, _) in component.component_type().exports(engine) {
-        match name {
+        let interface = match name.split_once('@') {
+            Some((interface, version)) if version.starts_with(COMPATIBLE) => interface,
+            _ => continue,
+        };
+        match interface {
             CLIENT_KEY => found.client_key = true,
             BACKEND_SELECT => found.backend_select = true,
             _ => {}

@@ -4,6 +4,7 @@ use super::bindings::key::gateway::plugin::{host, types};
 use super::capture::{Capture, Stream};
 use super::deadline::CpuDeadline;
 use super::runner::Sandbox;
+use crate::tls::Session;
 use http::{HeaderMap, Method, Uri};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -21,6 +22,8 @@ pub struct RequestView {
     pub uri: Uri,
     pub headers: HeaderMap,
     pub client: IpAddr,
+    /// The TLS session the request came on (HTTPS listener).
+    pub tls: Option<Arc<Session>>,
 }
 
 /// Read-only facts shared by every instance of every plugin.
@@ -231,6 +234,11 @@ impl types::HostRequest for PluginState {
 
     fn client_addr(&mut self, req: Resource<RequestView>) -> wasmtime::Result<String> {
         Ok(self.table.get(&req)?.client.to_string())
+    }
+
+    fn tls_subject(&mut self, req: Resource<RequestView>) -> wasmtime::Result<Option<String>> {
+        let view = self.table.get(&req)?;
+        Ok(view.tls.as_ref().and_then(|t| t.subject.clone()))
     }
 
     fn drop(&mut self, req: Resource<RequestView>) -> wasmtime::Result<()> {

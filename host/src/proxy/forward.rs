@@ -51,6 +51,7 @@ impl Proxy {
             let mut ctx = Ctx {
                 head: parts,
                 client,
+                tls: forwarding.tls.as_ref(),
                 plugin_failed: false,
             };
             let picked = route.selection.pick(backends, &tried, &mut ctx);
@@ -197,7 +198,7 @@ mod tests {
             peer: "127.0.0.1".parse().unwrap(),
             trusted: false,
             authority: None,
-            https: false,
+            tls: None,
         };
         let head = upstream.encode(&parts, RequestFraming::None, &forwarding);
         let line = head.split(|&b| b == b'\r').next().unwrap();

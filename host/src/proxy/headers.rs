@@ -90,8 +90,8 @@ pub struct Forwarding {
     /// The target's authority (HTTP/2 `:authority`, absolute-form URI), for
     /// a request without `Host`.
     pub authority: Option<HeaderValue>,
-    /// The client came over TLS (`X-Forwarded-Proto: https`).
-    pub https: bool,
+    /// The client's TLS session: it came over HTTPS (`X-Forwarded-Proto: https`).
+    pub tls: Option<std::sync::Arc<crate::tls::Session>>,
 }
 
 /// Writes the request's fields for the backend as HTTP/1.1 field lines.
@@ -157,7 +157,11 @@ pub fn write_request_fields(
     write_peer(out, forwarding.peer);
     out.extend_from_slice(b"\r\n");
     if !proto_kept {
-        let proto: &[u8] = if forwarding.https { b"https" } else { b"http" };
+        let proto: &[u8] = if forwarding.tls.is_some() {
+            b"https"
+        } else {
+            b"http"
+        };
         fields::field(out, b"x-forwarded-proto", proto);
     }
     if !host_kept && let Some(host) = forwarded_host {
@@ -195,7 +199,11 @@ pub fn set_request_fields(headers: &mut HeaderMap, forwarding: &Forwarding) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     if !(forwarding.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        let proto = if forwarding.https { "https" } else { "http" };
+        let proto = if forwarding.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     if !(forwarding.trusted && headers.contains_key(&X_FORWARDED_HOST))
@@ -266,7 +274,7 @@ mod tests {
             peer: peer.parse().unwrap(),
             trusted,
             authority: authority.map(HeaderValue::from_static),
-            https: peer == "10.9.9.9",
+            tls: (peer == "10.9.9.9").then(Default::default),
         };
         let mut out = Vec::new();
         let fallback = HeaderValue::from_static("backend:81");
@@ -424,7 +432,7 @@ mod tests {
             peer: "9.9.9.9".parse().unwrap(),
             trusted: false,
             authority: None,
-            https: false,
+            tls: None,
         };
         set_request_fields(&mut h, &forwarding);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 9.9.9.9");

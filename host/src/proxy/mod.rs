@@ -170,13 +170,15 @@ impl Proxy {
         let decision = match &route.policy {
             Some(policy) => {
                 let from_plugin = match &policy.key_plugin {
-                    Some(plugin) => match plugin_key(plugin, &mut request, client) {
-                        Ok(key) => key,
-                        Err(_) if routing.fail_closed => {
-                            return local(ProxyError::PluginFailed, exchange);
+                    Some(plugin) => {
+                        match plugin_key(plugin, &mut request, client, peer.tls.as_ref()) {
+                            Ok(key) => key,
+                            Err(_) if routing.fail_closed => {
+                                return local(ProxyError::PluginFailed, exchange);
+                            }
+                            Err(_) => None,
                         }
-                        Err(_) => None,
-                    },
+                    }
                     None => None,
                 };
                 let claimed = match (&from_plugin, &policy.key.kind) {
@@ -247,7 +249,7 @@ impl Proxy {
                     .uri
                     .authority()
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-                https: peer.tls.is_some(),
+                tls: peer.tls.clone(),
             };
             let body = if body.is_end_stream() {
                 BodySlot::new(Upload::Whole(None))
@@ -434,12 +436,14 @@ fn plugin_key(
     plugin: &Plugin<KeyRole>,
     request: &mut Request<ClientBody>,
     client: std::net::IpAddr,
+    tls: Option<&Arc<crate::tls::Session>>,
 ) -> Result<Option<String>, crate::plugin::PluginFailure> {
     let mut view = Some(RequestView {
         method: request.method().clone(),
         uri: request.uri().clone(),
         headers: std::mem::take(request.headers_mut()),
         client,
+        tls: tls.cloned(),
     });
     let key = plugin.client_key(&mut view);
     if let Some(view) = view {

@@ -15,6 +15,7 @@
 //! | `log`       | logs 1,000 lines, then `ok` | same             |
 //! | `host-loop` | calls `host.log` with 60 KB messages for ever | same |
 //! | `big-key`   | a 10 MB key                 | `ok`             |
+//! | `tls-subject` | the client certificate's subject (`request.tls-subject`) | `ok` |
 //!
 //! An unknown mode behaves as `ok`. The configuration is read on every call.
 //! The gateway's own check call (`User-Agent: gateway-plugin-check`, made
@@ -58,6 +59,7 @@ enum Mode {
     Log,
     HostLoop,
     BigKey,
+    TlsSubject,
 }
 
 impl Mode {
@@ -70,6 +72,7 @@ impl Mode {
             "log" => Mode::Log,
             "host-loop" => Mode::HostLoop,
             "big-key" => Mode::BigKey,
+            "tls-subject" => Mode::TlsSubject,
             _ => Mode::Ok,
         }
     }
@@ -95,6 +98,7 @@ impl client_key::Guest for Misbehave {
             Mode::Ok => req.header("x-api-key"),
             Mode::HostLoop => host_loop(),
             Mode::BigKey => Some("k".repeat(10 << 20)),
+            Mode::TlsSubject => req.tls_subject(),
             Mode::Log => {
                 flood_log("client-key");
                 req.header("x-api-key")
@@ -110,7 +114,7 @@ impl client_key::Guest for Misbehave {
 impl backend_select::Guest for Misbehave {
     fn select_backend(req: &Request, _backends: Vec<Backend>) -> Option<u32> {
         match Mode::read(SELECT_MODE_KEY, req) {
-            Mode::Ok | Mode::BigKey => None,
+            Mode::Ok | Mode::BigKey | Mode::TlsSubject => None,
             Mode::HostLoop => host_loop(),
             Mode::Log => {
                 flood_log("select-backend");
