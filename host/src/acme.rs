@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+/// The least time between two renewals of the same certificate.
+const MIN_RENEWAL_GAP: Duration = Duration::from_secs(3600);
+
 /// Where the CA's HTTP-01 requests arrive.
 pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
@@ -64,6 +67,7 @@ pub fn spawn(config: AcmeConfig, tls: Arc<TlsServer>, challenges: Arc<Challenges
 async fn manage(config: AcmeConfig, tls: Arc<TlsServer>, challenges: Arc<Challenges>) {
     let mut backoff = Duration::from_secs(60);
     let mut served: Option<Pair> = None;
+    let mut obtained_at: Option<std::time::Instant> = None;
     if let Some(pair) = cached(&config) {
         tracing::info!(event = "acme_cached", domains = ?config.domains, expires = %httpdate::fmt_http_date(pair.not_after), "serving the cached ACME certificate");
         tls.replace_acme(vec![pair.clone()]);
@@ -82,6 +86,13 @@ async fn manage(config: AcmeConfig, tls: Arc<TlsServer>, challenges: Arc<Challen
                     tokio::time::sleep(wait.min(Duration::from_secs(12 * 3600))).await;
                     continue;
                 }
+                Err(_) if obtained_at.is_some_and(|at| at.elapsed() < MIN_RENEWAL_GAP) => {
+                    // A certificate that is due as soon as it is issued
+                    // (renew_before longer than the CA's lifetime): renewed
+                    // at most once per gap, not in a loop against the CA.
+                    tracing::warn!(event = "acme_renew_before_too_long", domains = ?config.domains, renew_before = ?config.renew_before, "a new certificate is already due for renewal: tls.acme.renew_before is longer than the CA's certificate lifetime");
+                    tokio::time::sleep(MIN_RENEWAL_GAP).await;
+                }
                 Err(_) => {
                     tracing::info!(event = "acme_renewing", domains = ?config.domains, "certificate due for renewal")
                 }
@@ -92,6 +103,7 @@ async fn manage(config: AcmeConfig, tls: Arc<TlsServer>, challenges: Arc<Challen
                 tracing::info!(event = "certificate_obtained", domains = ?config.domains, expires = %httpdate::fmt_http_date(pair.not_after), "ACME certificate obtained");
                 tls.replace_acme(vec![pair.clone()]);
                 served = Some(pair);
+                obtained_at = Some(std::time::Instant::now());
                 backoff = Duration::from_secs(60);
             }
             Err(error) => {

@@ -174,4 +174,28 @@ tls:
     let stream = connect(&connector, gw.https.unwrap(), "gw.test").await;
     assert_eq!(served_certificate(&stream), obtained);
     assert_eq!(gw.count_log(|l| l.contains("certificate_obtained")), 0);
+
+    // Renewal: with more than the certificate's lifetime as `renew_before`,
+    // the cached one is served at once and replaced by a new one.
+    drop(gw);
+    let renewing = yaml.replace("    cache:", "    renew_before: 100000d\n    cache:");
+    let mut gw = Gateway::start_listening_as_written(&renewing);
+    gw.wait_log(|l| l.contains("acme_renewing"), Duration::from_secs(10));
+    gw.wait_log(
+        |l| l.contains("certificate_obtained"),
+        Duration::from_secs(90),
+    );
+    let stream = connect(&connector, gw.https.unwrap(), "gw.test").await;
+    assert_ne!(
+        served_certificate(&stream),
+        obtained,
+        "a renewed certificate"
+    );
+    // Due again at once (renew_before outlasts the certificate): not renewed
+    // in a loop against the CA.
+    gw.wait_log(
+        |l| l.contains("acme_renew_before_too_long"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(gw.count_log(|l| l.contains("certificate_obtained")), 1);
 }

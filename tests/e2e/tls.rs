@@ -246,6 +246,20 @@ async fn sni_picks_the_certificate_and_the_backend_hears_https() {
     let (status, answer) = exchange(&mut stream, "a.test", "/hello").await;
     assert_eq!(status, 200, "{answer}");
     assert!(answer.ends_with("b1"), "{answer}");
+    // A request with a body (the codec hands the connection to hyper
+    // mid-stream, TLS and all), then another on the same connection.
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: a.test\r\nContent-Length: 11\r\n\r\nhello world",
+        )
+        .await
+        .unwrap();
+    let (status, answer) = read_response(&mut stream).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.ends_with("\r\n\r\n11"), "{answer}");
+    let (status, answer) = exchange(&mut stream, "a.test", "/after").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("x-path: /after"), "{answer}");
     // The plain listener keeps working beside it, as http.
     let (_, _, body) = crate::support::get(&crate::support::client(), &gw.url("/headers")).await;
     assert!(body.contains(r#""x-forwarded-proto":"http""#), "{body}");
@@ -554,4 +568,24 @@ plugins:
         metrics.contains(r#"gateway_plugin_calls_total{interface="client-key",outcome="ok"} 4"#),
         "{metrics}"
     );
+}
+
+/// `validate` reads every certificate: a key from another pair is named
+/// with the line of its entry, and nothing starts.
+#[test]
+fn validate_names_a_certificate_whose_key_does_not_match() {
+    let pki = Pki::new("validate CA");
+    pki.server("a", &["a.test"]);
+    pki.server("b", &["b.test"]);
+    std::fs::copy(pki.path("b.key"), pki.path("a.key")).unwrap();
+    let file = pki.path("gateway.yaml");
+    std::fs::write(&file, tls_yaml(&pki, "http://127.0.0.1:9", "")).unwrap();
+    let (code, text) = crate::support::run_cli(&["validate", "-c", file.to_str().unwrap()]);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(
+        text.contains("5:1: tls.certificates[0]"),
+        "the entry's line: {text}"
+    );
+    assert!(text.contains("do not belong together"), "{text}");
+    assert!(!text.contains("tls.certificates[1]"), "{text}");
 }

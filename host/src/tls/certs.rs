@@ -23,7 +23,7 @@ pub struct Pair {
 /// checks that they belong together and that the leaf is valid now.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<Pair, String> {
     let chain = read_chain(cert)?;
-    let private = PrivateKeyDer::from_pem_file(key)
+    let private = PrivateKeyDer::from_pem_slice(&read_file(key)?)
         .map_err(|e| format!("{}: no private key read ({e})", key.display()))?;
     pair_from_der(chain, private, SystemTime::now())
         .map_err(|e| format!("{} with {}: {e}", cert.display(), key.display()))
@@ -77,8 +77,7 @@ fn pair_from_der(
 
 /// Reads every certificate in a PEM file.
 pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let chain = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
+    let chain = CertificateDer::pem_slice_iter(&read_file(path)?)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if chain.is_empty() {
@@ -88,6 +87,28 @@ pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         ));
     }
     Ok(chain)
+}
+
+/// The largest PEM file read (a CA bundle of every public root is ~220 KB).
+const MAX_PEM_BYTES: u64 = 4 << 20;
+
+/// A PEM file's bytes; a device or a file too large is refused rather than
+/// read without end.
+fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(format!(
+            "{}: larger than {} MiB, not a PEM file",
+            path.display(),
+            MAX_PEM_BYTES >> 20
+        ));
+    }
+    Ok(bytes)
 }
 
 /// A root store holding every certificate in `path` (a CA bundle).
@@ -204,6 +225,14 @@ mod tests {
         assert!(error.contains("expired"), "{error}");
         let error = check(&cert, &key, at(2020)).unwrap_err();
         assert!(error.contains("not valid before"), "{error}");
+    }
+
+    #[test]
+    fn an_endless_file_is_refused_not_read_for_ever() {
+        let error = read_chain(Path::new("/dev/zero")).unwrap_err();
+        assert!(error.contains("larger than"), "{error}");
+        let error = load_pair(Path::new("/nonexistent/a.pem"), Path::new("/dev/zero")).unwrap_err();
+        assert!(error.contains("/nonexistent/a.pem"), "{error}");
     }
 
     #[test]
