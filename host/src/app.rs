@@ -168,8 +168,19 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
         admin_token = config.admin.token.is_some(),
         "gateway started"
     );
-    if config.admin.token.is_none() {
-        tracing::warn!("admin.token is not set: protected admin routes answer 401");
+    match (
+        config.admin.token.as_deref(),
+        crate::config::weak_token(config.admin.token.as_deref()),
+    ) {
+        (None, _) => tracing::warn!(
+            event = "admin_token",
+            "admin.token is not set: protected admin routes answer 401"
+        ),
+        (Some(_), Some(weakness)) => tracing::warn!(
+            event = "admin_token",
+            "the admin API is guarded by {weakness}; fine on loopback for a try-out, set a long random GATEWAY_ADMIN_TOKEN before anyone else can reach it"
+        ),
+        (Some(_), None) => {}
     }
     drop(routing);
 

@@ -29,6 +29,13 @@ pub enum Command {
         #[command(subcommand)]
         action: PluginAction,
     },
+    /// Print a shell completion script: `gateway completions bash > /etc/bash_completion.d/gateway`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (troff): `gateway man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,8 +57,8 @@ pub enum PluginAction {
 pub struct ClientsArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Database URL (default: `rate_limit.database` from the config file, else sqlite://gateway.db).
-    #[arg(long, env = "GATEWAY_DATABASE")]
+    /// Database URL (default: `rate_limit.database` from the config file).
+    #[arg(long, env = "GATEWAY_DATABASE", global = true)]
     pub database: Option<String>,
     #[command(subcommand)]
     pub action: ClientsAction,
@@ -80,7 +87,7 @@ pub enum ClientsAction {
 #[derive(Debug, Args)]
 pub struct ConfigArg {
     /// Configuration file [default: gateway.yaml].
-    #[arg(short = 'c', long = "config", env = "GATEWAY_CONFIG")]
+    #[arg(short = 'c', long = "config", env = "GATEWAY_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 }
 
@@ -122,6 +129,9 @@ pub struct DemoArgs {
     /// Proxy listen address (overrides `listen`).
     #[arg(long, env = "GATEWAY_LISTEN")]
     pub listen: Option<String>,
+    /// Admin API listen address (overrides `admin.listen`).
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
     /// Log format: pretty or json.
     #[arg(long, env = "GATEWAY_LOG_FORMAT")]
     pub log_format: Option<String>,

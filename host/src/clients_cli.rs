@@ -19,22 +19,48 @@ fn settings(args: &ClientsArgs) -> Result<(String, KeySource), String> {
                 let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
                 format!("{} is not valid:\n  {}", path.display(), list.join("\n  "))
             })?,
-        Err(_) if !args.config.explicit() => (
-            "sqlite://gateway.db".to_owned(),
-            KeySource {
+        Err(_) if !args.config.explicit() => {
+            let Some(database) = args.database.clone() else {
+                return Err(format!(
+                    "no database named: {} does not exist; pass --database URL (or GATEWAY_DATABASE), or -c FILE whose rate_limit.database says where the limits are",
+                    path.display()
+                ));
+            };
+            let source = KeySource {
                 kind: KeyKind::Ip,
                 ipv6_prefix: 64,
-            },
-        ),
+            };
+            return Ok((database, source));
+        }
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     Ok((args.database.clone().unwrap_or(database), source))
 }
 
+/// A SQLite file must exist already: the gateway creates it, not a typo here.
+fn existing(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("sqlite://") else {
+        return Ok(());
+    };
+    let file = rest.split('?').next().unwrap_or(rest);
+    if file.is_empty() || file.starts_with(':') || std::path::Path::new(file).exists() {
+        return Ok(());
+    }
+    Err(format!(
+        "database {url}: no such file ({file}); the gateway creates it when it first runs with it, or check --database"
+    ))
+}
+
 /// Runs one action; the error text is for the user, the exit code is 1.
 pub async fn run(args: ClientsArgs) -> Result<String, String> {
     let (url, source) = settings(&args)?;
-    let id = |written: &str| canonical_client_id(written, &source);
+    existing(&url)?;
+    let id = |written: &str| {
+        if written.trim().is_empty() {
+            return Err("a client id must not be empty".to_owned());
+        }
+        canonical_client_id(written, &source)
+    };
     let store = Store::connect(&url, Duration::from_secs(5))
         .await
         .map_err(|e| format!("{}: {e}", crate::store::redact(&url)))?;
@@ -69,7 +95,7 @@ pub async fn run(args: ClientsArgs) -> Result<String, String> {
         ClientsAction::Delete { key } => {
             let key = id(&key)?;
             store.delete(&key).await.map_err(describe)?;
-            Ok(format!("deleted {key}"))
+            Ok(pretty(&serde_json::json!({ "deleted": key })))
         }
     }
 }

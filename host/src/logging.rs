@@ -13,8 +13,12 @@ pub fn init(config: &LogConfig) -> WorkerGuard {
         .or_else(|_| log_filter(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // Colours only for a person at a terminal: a file or journald would
+    // keep the escape codes as text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(writer);
     let installed = match config.format {
         LogFormat::Json => builder

@@ -36,6 +36,21 @@ fn main() -> ExitCode {
         Command::Plugin {
             action: PluginAction::Check { file, config },
         } => plugin_check(&file, config),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "gateway", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(command).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: cannot write the manual page: {error}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }
 
@@ -204,7 +219,7 @@ fn serve(
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
+            // Once, on stderr; the log (often the same stream) gets no copy.
             eprintln!("error: {error:#}");
             ExitCode::from(1)
         }
@@ -257,6 +272,7 @@ fn demo(args: DemoArgs) -> ExitCode {
         listen: args.listen.clone(),
         backends: urls,
         log_format: args.log_format.clone(),
+        admin_listen: args.admin_listen.clone(),
         ..env_overrides()
     };
     let mut config = match load(&args.config, &over) {

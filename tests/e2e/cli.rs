@@ -94,3 +94,181 @@ fn unknown_flag_is_a_usage_error_and_help_works() {
         assert!(text.contains("Usage"), "{text}");
     }
 }
+
+/// An admin API reachable from other hosts needs a real token: none, the
+/// example's, or a short one is refused by `validate` and by `run`.
+#[test]
+fn an_exposed_admin_api_needs_a_real_token() {
+    let dir = tempfile::tempdir().unwrap();
+    for (token, weakness) in [
+        ("", "no admin.token"),
+        ("  token: change-me\n", "the example configuration's token"),
+        ("  token: short-token\n", "shorter than 16 characters"),
+    ] {
+        let file = dir.path().join("exposed.yaml");
+        std::fs::write(
+            &file,
+            format!("backends: [http://127.0.0.1:1]\nadmin:\n  listen: 0.0.0.0:0\n{token}"),
+        )
+        .unwrap();
+        for command in ["validate", "run"] {
+            let (code, text) = run(&[command, "-c", file.to_str().unwrap()], dir.path());
+            assert_eq!(code, Some(1), "{command} with {token:?}: {text}");
+            assert!(text.contains(weakness), "{command}: {text}");
+            assert!(text.contains("admin.token"), "{text}");
+        }
+    }
+    let file = dir.path().join("guarded.yaml");
+    std::fs::write(
+        &file,
+        "backends: [http://127.0.0.1:1]\nadmin:\n  listen: 0.0.0.0:0\n  token: 9f8e7d6c5b4a39281706\n",
+    )
+    .unwrap();
+    let (code, text) = run(&["validate", "-c", file.to_str().unwrap()], dir.path());
+    assert_eq!(code, Some(0), "{text}");
+}
+
+/// `log.level: inof` would turn every log line off; it is refused.
+#[test]
+fn a_misspelt_log_level_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.yaml");
+    std::fs::write(
+        &file,
+        "backends: [http://127.0.0.1:1]\nlog:\n  level: inof\n",
+    )
+    .unwrap();
+    let (code, text) = run(&["validate", "-c", file.to_str().unwrap()], dir.path());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("typo.yaml:3:10: log.level"), "{text}");
+    assert!(text.contains("neither a level"), "{text}");
+}
+
+#[test]
+fn completions_and_a_manual_page_are_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = run(&["completions", "bash"], dir.path());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("_gateway()") && text.contains("validate"),
+        "{text}"
+    );
+    let (code, text) = run(&["completions", "zsh"], dir.path());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("#compdef gateway"), "{text}");
+    let (code, text) = run(&["man"], dir.path());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(".TH gateway"), "{text}");
+    assert!(text.contains("rate limiter"), "{text}");
+    let (code, _) = run(&["completions", "tcsh"], dir.path());
+    assert_eq!(code, Some(2));
+}
+
+/// `demo --admin-listen` (or GATEWAY_ADMIN_LISTEN) moves the admin API, so
+/// a demo starts beside another gateway holding 9091.
+#[test]
+fn the_demo_takes_its_admin_address_from_the_command_line() {
+    use std::io::{BufRead, BufReader};
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base_port = taken.local_addr().unwrap().port();
+    drop(taken);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut child = std::process::Command::new(crate::support::BIN)
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--backends", "1", "--base-port", &base_port.to_string()])
+        .args(["--log-format", "json"])
+        .current_dir(&root)
+        .env_remove("GATEWAY_ADMIN_LISTEN")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut listening = None;
+    for line in stderr.lines().map_while(Result::ok) {
+        if line.contains(r#""event":"listening""#) {
+            listening = Some(line);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = listening.expect("the demo started");
+    let started: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let admin: std::net::SocketAddr = started["admin"].as_str().unwrap().parse().unwrap();
+    assert_ne!(admin.port(), 9091, "{line}");
+}
+
+/// `gateway clients`: no database is made up, an empty id is refused,
+/// options go before or after the action, `delete` answers JSON.
+#[test]
+fn clients_cli_refuses_guesses_and_answers_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = run(&["clients", "list"], dir.path());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("no database named"), "{text}");
+    assert!(
+        !dir.path().join("gateway.db").exists(),
+        "no database created"
+    );
+    let missing = format!("sqlite://{}/typo.db", dir.path().display());
+    let (code, text) = run(&["clients", "list", "--database", &missing], dir.path());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("no such file"), "{text}");
+    assert!(!dir.path().join("typo.db").exists());
+
+    let db = dir.path().join("limits.db");
+    std::fs::File::create(&db).unwrap();
+    let url = format!("sqlite://{}", db.display());
+    let (code, text) = run(&["clients", "get", " ", "--database", &url], dir.path());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("must not be empty"), "{text}");
+    let set = [
+        "clients",
+        "set",
+        "10.0.0.1",
+        "--capacity",
+        "5",
+        "--refill-per-second",
+        "1",
+        "--database",
+        &url,
+    ];
+    let (code, text) = run(&set, dir.path());
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = run(
+        &["clients", "delete", "10.0.0.1", "--database", &url],
+        dir.path(),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(answer["deleted"], "ip:10.0.0.1");
+}
+
+/// Pretty logs written to a pipe or a file carry no colour codes.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad-plugin.yaml");
+    std::fs::write(
+        &file,
+        "backends: [http://127.0.0.1:1]\nlisten: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nrate_limit:\n  database: sqlite://DB\n  key: plugin\n  key_plugin: /nonexistent/plugin.wasm\n"
+            .replace("DB", &dir.path().join("l.db").display().to_string()),
+    )
+    .unwrap();
+    let (code, text) = run(&["run", "-c", file.to_str().unwrap()], dir.path());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("INFO") || text.contains("error:"), "{text}");
+    assert!(!text.contains('\u{1b}'), "escape codes in: {text:?}");
+    assert_eq!(
+        text.matches("/nonexistent/plugin.wasm").count(),
+        1,
+        "the fatal error once: {text}"
+    );
+}

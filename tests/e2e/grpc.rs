@@ -33,7 +33,11 @@ impl EchoServer {
         let port = line
             .trim()
             .strip_prefix("READY ")
-            .unwrap_or_else(|| panic!("gRPC server did not start (pip install -r tests/grpc/requirements.txt): {line:?}"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "gRPC server did not start (pip install -r tests/requirements.txt): {line:?}"
+                )
+            })
             .parse()
             .unwrap();
         EchoServer { child, port }

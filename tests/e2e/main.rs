@@ -1,5 +1,6 @@
 //! End-to-end tests: the built `gateway` binary, real backends on loopback, real HTTP.
 
+mod access_log;
 mod acme;
 mod balancing;
 mod cli;
@@ -8,6 +9,7 @@ mod grpc;
 mod http_behaviour;
 mod lifecycle;
 mod limiter_integrity;
+mod metrics;
 mod plugin_sandbox;
 mod plugins;
 mod rate_limit;

@@ -9,7 +9,7 @@ mod routes;
 
 use crate::json_error::json_error;
 use crate::limiter::shared::SharedLimiter;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, format};
 use crate::reload::Reloader;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -55,13 +55,22 @@ impl Admin {
                 json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
             }
             (&Method::GET, "/readyz") => self.readiness(),
-            (&Method::GET, "/metrics") => {
+            (&Method::GET | &Method::HEAD, "/metrics") => {
                 let routing = self.reloader.current();
-                let text = self.metrics.render(&routing.backend_states());
+                let accept = request
+                    .headers()
+                    .get(header::ACCEPT)
+                    .map(HeaderValue::as_bytes);
+                let openmetrics = format::wants_openmetrics(accept);
+                let text = self.metrics.render(&routing.backend_states(), openmetrics);
                 let mut response = Response::new(Full::new(Bytes::from(text)));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    HeaderValue::from_static(if openmetrics {
+                        format::OPENMETRICS
+                    } else {
+                        format::PROMETHEUS
+                    }),
                 );
                 response
             }

@@ -11,6 +11,7 @@ mod validate;
 pub use tls::{AcmeConfig, CertificateConfig, ClientAuthConfig};
 
 pub use load::{LoadError, Overrides, load, parse};
+pub use validate::weak_token;
 
 /// A log filter (`log.level`, `RUST_LOG`) with each comma-separated
 /// directive trimmed and the empty ones dropped. tracing-subscriber 0.3
@@ -436,10 +437,38 @@ mod filter_tests {
             &format!("backends: [http://127.0.0.1:1]\nlog:\n  level: \"{found}\"\n"),
             &Overrides::default(),
         );
-        let config = parsed.expect("blank-padded directives are a valid filter");
-        assert_eq!(
-            config.log.level,
-            "iiiiii,0:fr~@,0:fr~@,he19\t0:fr~@,h,0:fr~@"
+        // Parsed without a panic; refused, since `iiiiii` is no level.
+        let problems = parsed.expect_err("a bare word is no level");
+        assert!(
+            problems[0].message.contains("neither a level"),
+            "{problems:?}"
         );
+        let config = parse(
+            "backends: [http://127.0.0.1:1]\nlog:\n  level: \" warn , gateway=debug\"\n",
+            &Overrides::default(),
+        )
+        .expect("blank-padded directives are a valid filter");
+        assert_eq!(config.log.level, "warn,gateway=debug");
+    }
+
+    #[test]
+    fn a_misspelt_level_is_refused_instead_of_silencing_the_log() {
+        for bad in ["inof", "info,debgu", "gateway"] {
+            let text = format!("backends: [http://127.0.0.1:1]\nlog:\n  level: {bad}\n");
+            let problems = parse(&text, &Overrides::default()).expect_err(bad);
+            assert_eq!(problems[0].path, "log.level");
+            assert_eq!(problems[0].line, Some(3), "{problems:?}");
+        }
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "info,gateway::proxy=trace",
+            "gateway=debug",
+            "[span]=info",
+        ] {
+            let text = format!("backends: [http://127.0.0.1:1]\nlog:\n  level: \"{good}\"\n");
+            assert!(parse(&text, &Overrides::default()).is_ok(), "{good}");
+        }
     }
 }

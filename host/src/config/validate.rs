@@ -324,13 +324,18 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
         .or_else(|| lg.and_then(|l| l.level.as_ref()).map(|s| s.value.clone()))
         .unwrap_or_else(|| "info".to_owned());
     let level = super::filter_directives(&level);
-    if let Err(e) = super::log_filter(&level) {
+    let refused = match super::log_filter(&level) {
+        Err(e) => Some(e.to_string()),
+        Ok(_) => bare_target(&level)
+            .map(|word| format!("{word:?} is neither a level nor TARGET=LEVEL, and as a target name it would silence every other log line")),
+    };
+    if let Some(reason) = refused {
         let input = match lg.and_then(|l| l.level.as_ref()) {
             Some(s) if over.log_level.is_none() => spanned("log.level", s),
             _ => flag("GATEWAY_LOG_LEVEL", &level),
         };
         c.problems.push(input.problem(format!(
-            "invalid log level {level:?} ({e}); allowed: error, warn, info, debug, trace or a filter like gateway=debug"
+            "invalid log level {level:?} ({reason}); allowed: error, warn, info, debug, trace, off or a filter like gateway=debug"
         )));
     }
     let format = match pick(
@@ -357,6 +362,18 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
         access: lg.and_then(|l| l.access).unwrap_or(true),
     };
 
+    if !admin.listen.ip().is_loopback()
+        && let Some(weakness) = weak_token(admin.token.as_deref())
+    {
+        let problem = |message: String| match ad.and_then(|a| a.token.as_ref()) {
+            Some(s) if over.admin_token.is_none() => spanned("admin.token", s).problem(message),
+            _ => Problem::new("admin.token", message),
+        };
+        c.problems.push(problem(format!(
+            "the admin API would listen on {} (not loopback) with {weakness}; anyone who reaches it could change limits: set a token of 16 or more random characters (GATEWAY_ADMIN_TOKEN), or listen on 127.0.0.1",
+            admin.listen
+        )));
+    }
     if listeners_clash(listen, admin.listen) {
         c.problems.push(Problem::new(
             "admin.listen",
@@ -429,6 +446,31 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
         problems.sort_by_key(|p| (p.line.is_none(), p.line, p.column));
         Err(problems)
     }
+}
+
+/// The token in the example configuration, which must never guard a real admin API.
+pub const EXAMPLE_TOKEN: &str = "change-me";
+
+/// Why `token` does not protect an admin API, if it does not.
+pub fn weak_token(token: Option<&str>) -> Option<&'static str> {
+    match token {
+        None => Some("no admin.token"),
+        Some(EXAMPLE_TOKEN) => Some("the example configuration's token"),
+        Some(t) if t.chars().count() < 16 => Some("a token shorter than 16 characters"),
+        Some(_) => None,
+    }
+}
+
+/// The first directive of `filter` that is a bare word but no level
+/// (`inof`): `tracing` reads it as a target enabled at every level, which
+/// turns every other log line off — a typo that would pass unnoticed.
+fn bare_target(filter: &str) -> Option<&str> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    filter.split(',').find(|directive| {
+        !directive.contains(['=', '[', ':'])
+            && !directive.bytes().all(|b| b.is_ascii_digit())
+            && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive))
+    })
 }
 
 /// A pool's `backends` list; `at` is the key path before `backends`.

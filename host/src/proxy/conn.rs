@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, Rea
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 /// The largest response head accepted from a backend.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -80,21 +81,19 @@ impl Stream {
         match self {
             Stream::Tcp(stream) => {
                 let (read, write) = stream.into_split();
-                (ReadSide::Tcp(read), WriteSide::Tcp(write))
+                (Either::Left(read), Either::Left(write))
             }
             Stream::Tls(stream) => {
                 let (read, write) = tokio::io::split(stream);
-                (ReadSide::Tls(read), WriteSide::Tls(write))
+                (Either::Right(read), Either::Right(write))
             }
         }
     }
 
     fn reunite(read: ReadSide, write: WriteSide) -> Option<Stream> {
         match (read, write) {
-            (ReadSide::Tcp(read), WriteSide::Tcp(write)) => {
-                read.reunite(write).ok().map(Stream::Tcp)
-            }
-            (ReadSide::Tls(read), WriteSide::Tls(write)) => read
+            (Either::Left(read), Either::Left(write)) => read.reunite(write).ok().map(Stream::Tcp),
+            (Either::Right(read), Either::Right(write)) => read
                 .is_pair_of(&write)
                 .then(|| Stream::Tls(read.unsplit(write))),
             _ => None,
@@ -142,44 +141,12 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// The read side of a connection whose upload another task is writing.
-pub enum ReadSide {
-    Tcp(OwnedReadHalf),
-    Tls(ReadHalf<Box<TlsStream<TcpStream>>>),
-}
+/// The read side of a connection whose upload another task is writing
+/// (TCP's owned half, or TLS's shared one).
+pub type ReadSide = Either<OwnedReadHalf, ReadHalf<Box<TlsStream<TcpStream>>>>;
 
 /// The write side, while an upload is being written.
-pub enum WriteSide {
-    Tcp(OwnedWriteHalf),
-    Tls(WriteHalf<Box<TlsStream<TcpStream>>>),
-}
-
-impl AsyncWrite for WriteSide {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteSide::Tcp(half) => Pin::new(half).poll_write(cx, buf),
-            WriteSide::Tls(half) => Pin::new(half).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteSide::Tcp(half) => Pin::new(half).poll_flush(cx),
-            WriteSide::Tls(half) => Pin::new(half).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteSide::Tcp(half) => Pin::new(half).poll_shutdown(cx),
-            WriteSide::Tls(half) => Pin::new(half).poll_shutdown(cx),
-        }
-    }
-}
+pub type WriteSide = Either<OwnedWriteHalf, WriteHalf<Box<TlsStream<TcpStream>>>>;
 
 /// The connection, whole; or only its read side while the rest of an
 /// upload is still being written by another task.
@@ -195,10 +162,8 @@ impl AsyncRead for Io {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Io::Whole(Stream::Tcp(stream)) => Pin::new(stream).poll_read(cx, buf),
-            Io::Whole(Stream::Tls(stream)) => Pin::new(stream).poll_read(cx, buf),
-            Io::Read(ReadSide::Tcp(half)) => Pin::new(half).poll_read(cx, buf),
-            Io::Read(ReadSide::Tls(half)) => Pin::new(half).poll_read(cx, buf),
+            Io::Whole(stream) => Pin::new(stream).poll_read(cx, buf),
+            Io::Read(half) => Pin::new(half).poll_read(cx, buf),
         }
     }
 }

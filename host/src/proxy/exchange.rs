@@ -4,7 +4,7 @@
 use super::body::Finish;
 use crate::balancer::InFlight;
 use crate::metrics::RouteMetrics;
-use http::{Method, StatusCode, Uri};
+use http::{HeaderValue, Method, StatusCode, Uri};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,6 +23,8 @@ pub struct Exchange {
     pub metrics: Arc<RouteMetrics>,
     /// The client speaks gRPC: the gateway's own answers are gRPC statuses.
     pub grpc: bool,
+    /// `X-Request-Id`, logged and returned to the client.
+    pub id: HeaderValue,
 }
 
 impl Finish for Exchange {
@@ -50,16 +52,17 @@ impl Drop for Exchange {
         let elapsed = self.start.elapsed();
         let backend = self.backend.as_ref().map(|g| g.backend());
         self.metrics
-            .record(backend.map(|b| b.index), self.status, elapsed);
+            .record(backend.map(|b| b.index), self.status, elapsed, self.bytes);
         if let Some((method, uri)) = &self.logged {
             tracing::info!(
                 target: "access",
+                request_id = %String::from_utf8_lossy(self.id.as_bytes()),
                 client = %self.client,
                 method = %method,
                 path = %uri.path_and_query().map_or("/", |p| p.as_str()),
                 status = self.status.as_u16(),
                 backend = backend.map_or("-", |b| b.name.as_str()),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
                 bytes = self.bytes,
                 "request"
             );

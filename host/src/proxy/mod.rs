@@ -13,6 +13,7 @@ mod headers;
 mod multiplexed;
 mod pool;
 mod redirect;
+mod request_id;
 mod target;
 mod upgrade;
 mod upload;
@@ -141,6 +142,7 @@ impl Proxy {
             bytes: 0,
             metrics: Arc::clone(route.map_or(&routing.unrouted, |r| &r.metrics)),
             grpc: grpc::is_grpc(request.version(), request.headers()),
+            id: request_id::take_or_make(request.headers_mut()),
         };
         if let Some(challenges) = &self.edge.acme
             && let Some(token) = request.uri().path().strip_prefix(acme::CHALLENGE_PREFIX)
@@ -212,12 +214,14 @@ impl Proxy {
                 if !decision.allowed {
                     tracing::debug!(client = %key, policy = %policy.name, overflow = decision.overflow, "rate limited");
                     exchange.status = StatusCode::TOO_MANY_REQUESTS;
-                    let grpc = exchange.grpc;
-                    drop(exchange);
                     let mut response = limiter::rejection(&decision, &policy.name);
-                    if grpc {
+                    if exchange.grpc {
                         response = grpc::convert(response, "Rate limit exceeded");
                     }
+                    exchange.bytes = response.body().size_hint().exact().unwrap_or(0);
+                    response
+                        .headers_mut()
+                        .insert(request_id::X_REQUEST_ID.clone(), exchange.id.clone());
                     return response.map(Either::Right);
                 }
                 Some((decision, &policy.name))
@@ -228,6 +232,7 @@ impl Proxy {
         // own: an awaited function's future is moved into its caller's, and
         // this one (it holds the whole backend exchange) cost about 800
         // instructions a request in copies.
+        let request_id = exchange.id.clone();
         let mut response = 'routed: {
             if let Err(error) = admissible(&request, route.config.max_body_bytes) {
                 break 'routed local(error, exchange);
@@ -307,6 +312,9 @@ impl Proxy {
         if let Some((decision, policy)) = &decision {
             limiter::apply_headers(response.headers_mut(), decision, policy);
         }
+        response
+            .headers_mut()
+            .insert(request_id::X_REQUEST_ID.clone(), request_id);
         response
     }
 }
@@ -459,6 +467,9 @@ fn local(error: ProxyError, mut exchange: Exchange) -> Response<ResponseBody> {
     if exchange.grpc {
         response = grpc::convert(response, &error.to_string());
     }
+    response
+        .headers_mut()
+        .insert(request_id::X_REQUEST_ID.clone(), exchange.id.clone());
     exchange.bytes = response.body().size_hint().exact().unwrap_or(0);
     drop(exchange);
     response.map(Either::Right)

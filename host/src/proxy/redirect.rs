@@ -5,6 +5,7 @@
 
 use super::ResponseBody;
 use super::exchange::Exchange;
+use super::request_id::X_REQUEST_ID;
 use crate::json_error::json_error;
 use crate::server::ClientBody;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -46,10 +47,13 @@ pub fn to_https(
 pub fn challenge_answer(answer: String, mut exchange: Exchange) -> Response<ResponseBody> {
     exchange.status = StatusCode::OK;
     exchange.bytes = answer.len() as u64;
-    drop(exchange);
     let mut response = Response::new(Either::Right(http_body_util::Full::new(
         bytes::Bytes::from(answer),
     )));
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), exchange.id.clone());
+    drop(exchange);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),

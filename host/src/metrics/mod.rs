@@ -2,6 +2,9 @@
 //! the routes are built (at start and on reload) so the request path touches
 //! only atomics, never a label lookup.
 
+pub mod format;
+mod process;
+
 use crate::balancer::Backend;
 use crate::limiter::shared::SharedLimiter;
 use crate::limiter::{Decision, Limiter};
@@ -56,6 +59,8 @@ struct Handles {
     /// Responses by status class.
     responses: [Counter; 5],
     latency: Histogram,
+    /// Response body bytes sent to clients.
+    sent: Counter,
     /// Shared by every route to the backend's pool.
     failures: Counter,
 }
@@ -73,12 +78,19 @@ impl RouteMetrics {
         &self.handles[backend.unwrap_or(last).min(last)]
     }
 
-    /// Counts one finished request.
-    pub fn record(&self, backend: Option<usize>, status: StatusCode, elapsed: Duration) {
+    /// Counts one finished request that sent `bytes` of body.
+    pub fn record(
+        &self,
+        backend: Option<usize>,
+        status: StatusCode,
+        elapsed: Duration,
+        bytes: u64,
+    ) {
         let handles = self.handles(backend);
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         handles.responses[class].inc();
         handles.latency.observe(elapsed.as_secs_f64());
+        handles.sent.inc_by(bytes);
     }
 
     pub fn record_failure(&self, backend: usize) {
@@ -96,6 +108,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
+    sent: Family<RouteLabels, Counter>,
     failures: Family<BackendLabels, Counter>,
     healthy: Family<BackendLabels, Gauge>,
     in_flight: Family<BackendLabels, Gauge>,
@@ -116,7 +129,15 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(limiter: Option<Arc<Limiter>>, shared: Option<Arc<SharedLimiter>>) -> Self {
-        let mut registry = Registry::with_prefix("gateway");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::Process::new()));
+        let registry = root.sub_registry_with_prefix("gateway");
+        let sent = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "sent_bytes",
+            "Response body bytes sent to clients, by route, pool and backend",
+            sent.clone(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -184,9 +205,10 @@ impl Metrics {
         let decisions = ["allowed", "limited", "overflow", "unknown_key"]
             .map(|outcome| decisions.get_or_create(&OutcomeLabel { outcome }).clone());
         Metrics {
-            registry,
+            registry: root,
             requests,
             latency,
+            sent,
             failures,
             healthy,
             in_flight,
@@ -228,6 +250,7 @@ impl Metrics {
                             .clone()
                     }),
                     latency: self.latency.get_or_create(&labels).clone(),
+                    sent: self.sent.get_or_create(&labels).clone(),
                     failures: self
                         .failures
                         .get_or_create(&BackendLabels {
@@ -269,6 +292,7 @@ impl Metrics {
                 });
             }
             self.latency.remove(labels);
+            self.sent.remove(labels);
             if !pools.contains(&(labels.pool.as_str(), labels.backend.as_str())) {
                 self.failures.remove(&BackendLabels {
                     pool: labels.pool.clone(),
@@ -310,7 +334,8 @@ impl Metrics {
     }
 
     /// Prometheus text exposition, with the state of `backends` sampled now.
-    pub fn render(&self, backends: &[BackendState<'_>]) -> String {
+    /// The metrics in OpenMetrics (`openmetrics`) or Prometheus text format.
+    pub fn render(&self, backends: &[BackendState<'_>], openmetrics: bool) -> String {
         self.healthy.clear();
         self.in_flight.clear();
         for state in backends {
@@ -335,7 +360,11 @@ impl Metrics {
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
-        out
+        if openmetrics {
+            out
+        } else {
+            format::to_prometheus(&out)
+        }
     }
 }
 
@@ -350,11 +379,12 @@ mod tests {
         let m = Metrics::new(None, None);
         let api = m.route("api", "web", &set);
         let none = m.route("none", "none", &[]);
-        api.record(Some(1), StatusCode::OK, Duration::from_millis(3));
+        api.record(Some(1), StatusCode::OK, Duration::from_millis(3), 120);
         none.record(
             None,
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_millis(1),
+            0,
         );
         set[0].set_healthy(false);
         let states: Vec<BackendState> = set
@@ -364,7 +394,7 @@ mod tests {
                 backend: b,
             })
             .collect();
-        let text = m.render(&states);
+        let text = m.render(&states, false);
         assert!(
             text.contains(
                 r#"gateway_requests_total{route="api",pool="web",backend="http://127.0.0.1:9001",class="2xx"} 1"#
@@ -383,9 +413,25 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(
+            text.contains(r#"gateway_sent_bytes_total{route="api",pool="web",backend="http://127.0.0.1:9001"} 120"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE gateway_sent_bytes_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+        let openmetrics = m.render(&states, true);
+        assert!(
+            openmetrics.contains("# TYPE gateway_sent_bytes counter"),
+            "{openmetrics}"
+        );
+        assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
         let keep = HashSet::from([("none".to_owned(), "none".to_owned(), "none".to_owned())]);
         m.retain(&keep);
-        let text = m.render(&[]);
+        let text = m.render(&[], false);
         assert!(!text.contains(r#"route="api""#), "{text}");
         assert!(text.contains(r#"route="none""#), "{text}");
     }
