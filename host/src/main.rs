@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 /// Every request allocates a few small, short-lived objects (header maps,
 /// futures, buffers); mimalloc's thread-local free lists serve those with
-/// less work than glibc's bins (see the README's benchmarks).
+/// less work than glibc's bins (see docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
