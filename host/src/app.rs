@@ -269,12 +269,30 @@ async fn terminated(reloader: &Arc<Reloader>) {
                 None => std::future::pending().await,
             }
         };
+        let mut user1 = signal(SignalKind::user_defined1()).ok();
+        let reopens = async {
+            match user1.as_mut() {
+                Some(user1) => loop {
+                    user1.recv().await;
+                    match crate::logging::reopen_access_file() {
+                        Ok(()) => {
+                            tracing::info!(event = "sigusr1", "SIGUSR1: access log file reopened")
+                        }
+                        Err(error) => {
+                            tracing::error!(event = "sigusr1", %error, "SIGUSR1: cannot reopen the access log file; still writing the old one")
+                        }
+                    }
+                },
+                None => std::future::pending().await,
+            }
+        };
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = tokio::signal::ctrl_c() => {}
                     () = hangups => {}
+                    () = reopens => {}
                 }
             }
             Err(_) => {

@@ -61,6 +61,7 @@ fn plugin_check(file: &std::path::Path, config: Option<std::path::PathBuf>) -> E
         level: "off,plugin=info".to_owned(),
         format: config::LogFormat::Pretty,
         access: false,
+        access_file: None,
     });
     let (plugins, backends) = match config {
         None => (config::PluginsConfig::default(), None),

@@ -130,3 +130,51 @@ routes:
     assert_eq!(gone["status"], 499);
     assert_eq!(gone["backend"], b.url().as_str(), "{gone}");
 }
+
+/// `log.access_file`: access lines go to the file, not the log; after a
+/// logrotate-style move, SIGUSR1 makes the gateway write a new file.
+#[tokio::test]
+async fn the_access_file_is_reopened_on_sigusr1() {
+    let b = TestBackend::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("access.log");
+    let yaml = format!(
+        "backends: [{}]\nlog:\n  access_file: {}\n",
+        b.url(),
+        file.display()
+    );
+    let mut gw = Gateway::start(&yaml);
+    let http = client();
+    assert_eq!(send(&http, get(gw.url("/before"), &[])).await.0, 200);
+    let wait_for = |path: &std::path::Path, needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{needle} not in {}: {text}",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let text = wait_for(&file, "/before");
+    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(line["status"], 200);
+    assert!(
+        access_lines(&gw, "/before").is_empty(),
+        "not in the main log too"
+    );
+
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&file, &rotated).unwrap();
+    gw.signal("USR1");
+    gw.wait_log(|l| l.contains("sigusr1"), Duration::from_secs(5));
+    assert_eq!(send(&http, get(gw.url("/after"), &[])).await.0, 200);
+    wait_for(&file, "/after");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains("/before") && !old.contains("/after"), "{old}");
+}

@@ -361,6 +361,8 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// One event per request at info level.
     pub access: bool,
+    /// Access lines go to this file (reopened on SIGUSR1) instead of the log.
+    pub access_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -226,6 +226,7 @@ pub struct RawLog {
     pub level: Option<S<String>>,
     pub format: Option<S<String>>,
     pub access: Option<bool>,
+    pub access_file: Option<S<String>>,
 }
 
 impl<'de> Deserialize<'de> for RawBackend {

@@ -356,10 +356,22 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
             }
         },
     };
+    let access_file = lg.and_then(|l| l.access_file.as_ref()).map(|s| {
+        let path = std::path::PathBuf::from(s.value.trim());
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if parent.is_some_and(|p| !p.is_dir()) {
+            c.problems.push(
+                spanned("log.access_file", s)
+                    .problem(format!("{}: its directory does not exist", path.display())),
+            );
+        }
+        path
+    });
     let log = LogConfig {
         level,
         format,
         access: lg.and_then(|l| l.access).unwrap_or(true),
+        access_file,
     };
 
     if !admin.listen.ip().is_loopback()
