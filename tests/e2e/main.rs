@@ -16,6 +16,7 @@ mod rate_limit;
 mod reload;
 mod routing;
 mod scale_out;
+mod status_page;
 mod strict_http;
 mod support;
 mod tls;

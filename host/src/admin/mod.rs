@@ -1,5 +1,6 @@
-//! The admin listener: health, readiness, metrics (open); backends, routes,
-//! reload and per-client limits (bearer token).
+//! The admin listener: the status page, health, readiness, metrics (open);
+//! backends, routes, limited clients, reload and per-client limits (bearer
+//! token; the page asks for it and reads those).
 
 mod clients;
 
@@ -55,6 +56,7 @@ impl Admin {
                 json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
             }
             (&Method::GET, "/readyz") => self.readiness(),
+            (&Method::GET | &Method::HEAD, "/") => status_page(),
             (&Method::GET | &Method::HEAD, "/metrics") => {
                 let routing = self.reloader.current();
                 let accept = request
@@ -88,6 +90,10 @@ impl Admin {
             (&Method::GET, "/routes") => {
                 json(StatusCode::OK, &routes::routes(&self.reloader.current()))
             }
+            (&Method::GET, "/limited") => json(
+                StatusCode::OK,
+                &self.metrics.limited.top(20, std::time::Instant::now()),
+            ),
             (&Method::POST, "/reload") => match self.reloader.reload("admin").await {
                 Ok(reloaded) => json(
                     StatusCode::OK,
@@ -103,9 +109,11 @@ impl Admin {
                     .into_owned();
                 self.clients(request, Some(key)).await
             }
-            (_, "/healthz" | "/readyz" | "/metrics" | "/backends" | "/routes" | "/reload") => {
-                json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
-            }
+            (
+                _,
+                "/healthz" | "/readyz" | "/metrics" | "/backends" | "/routes" | "/reload"
+                | "/limited",
+            ) => json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
             _ => json_error(StatusCode::NOT_FOUND, "Not found"),
         }
     }
@@ -170,6 +178,33 @@ pub(crate) fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The status page: one HTML file with its CSS and script inside, compiled
+/// into the binary; it reads the admin API with the token it asks for.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+fn status_page() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Nothing from elsewhere: the page's own inline script and style, and
+    // requests to this listener only.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
     );
     response
 }

@@ -16,6 +16,9 @@ pub struct BackendView<'a> {
     in_flight: u64,
     requests: u64,
     failures: u64,
+    /// Time spent on finished requests, microseconds: latency is its
+    /// change over the change in `requests`.
+    busy_micros: u64,
 }
 
 pub fn backends(routing: &Routing) -> Vec<BackendView<'_>> {
@@ -32,6 +35,7 @@ pub fn backends(routing: &Routing) -> Vec<BackendView<'_>> {
                 in_flight: b.in_flight(),
                 requests: b.requests(),
                 failures: b.failures(),
+                busy_micros: b.busy_micros(),
             }
         })
         .collect()

@@ -22,6 +22,8 @@ pub struct Backend {
     requests: AtomicU64,
     /// Attempts that failed (connect error, timeout, broken response).
     failures: AtomicU64,
+    /// Time spent on finished requests, microseconds (for average latency).
+    busy_micros: AtomicU64,
 }
 
 impl Backend {
@@ -36,6 +38,7 @@ impl Backend {
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            busy_micros: AtomicU64::new(0),
         }
     }
 
@@ -62,6 +65,17 @@ impl Backend {
 
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds a finished request's duration (for `/backends`' latency).
+    pub fn record_duration(&self, elapsed: std::time::Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.busy_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Total time spent on finished requests, microseconds.
+    pub fn busy_micros(&self) -> u64 {
+        self.busy_micros.load(Ordering::Relaxed)
     }
 
     /// Counts a request as started; it stays in flight until the guard drops.

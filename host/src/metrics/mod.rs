@@ -3,6 +3,7 @@
 //! only atomics, never a label lookup.
 
 pub mod format;
+pub mod limited;
 mod process;
 
 use crate::balancer::Backend;
@@ -125,6 +126,8 @@ pub struct Metrics {
     shared_up: Gauge,
     shared: Option<Arc<SharedLimiter>>,
     plugin_calls: Family<PluginLabels, Counter>,
+    /// Clients refused lately, for the status page.
+    pub limited: limited::Limited,
 }
 
 impl Metrics {
@@ -220,6 +223,7 @@ impl Metrics {
             shared_up,
             shared,
             plugin_calls,
+            limited: limited::Limited::default(),
         }
     }
 

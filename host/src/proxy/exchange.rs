@@ -51,6 +51,9 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
         let backend = self.backend.as_ref().map(|g| g.backend());
+        if let Some(backend) = backend {
+            backend.record_duration(elapsed);
+        }
         self.metrics
             .record(backend.map(|b| b.index), self.status, elapsed, self.bytes);
         if let Some((method, uri)) = &self.logged {

@@ -213,6 +213,9 @@ impl Proxy {
                 self.metrics.record_decision(&decision);
                 if !decision.allowed {
                     tracing::debug!(client = %key, policy = %policy.name, overflow = decision.overflow, "rate limited");
+                    self.metrics
+                        .limited
+                        .record(&key.to_string(), &policy.name, start);
                     exchange.status = StatusCode::TOO_MANY_REQUESTS;
                     let mut response = limiter::rejection(&decision, &policy.name);
                     if exchange.grpc {
