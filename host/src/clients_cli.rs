@@ -61,9 +61,13 @@ pub async fn run(args: ClientsArgs) -> Result<String, String> {
         }
         canonical_client_id(written, &source)
     };
-    let store = Store::connect(&url, Duration::from_secs(5))
-        .await
-        .map_err(|e| format!("{}: {e}", crate::store::redact(&url)))?;
+    let store = match Store::connect(&url, Duration::from_secs(5)).await {
+        Ok(store) => store,
+        Err(error) => {
+            let reason = unreachable(&url).unwrap_or_else(|| error.to_string());
+            return Err(format!("{}: {reason}", crate::store::redact(&url)));
+        }
+    };
     match args.action {
         ClientsAction::List => {
             let list: Vec<ClientView> = store
@@ -97,6 +101,34 @@ pub async fn run(args: ClientsArgs) -> Result<String, String> {
             store.delete(&key).await.map_err(describe)?;
             Ok(pretty(&serde_json::json!({ "deleted": key })))
         }
+    }
+}
+
+/// Why a PostgreSQL server cannot be reached at all, said plainly (the
+/// pool only reports that it timed out waiting for a connection).
+fn unreachable(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))?;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let address = if host_port
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5432")
+    };
+    let resolved = std::net::ToSocketAddrs::to_socket_addrs(&address)
+        .ok()?
+        .next()?;
+    match std::net::TcpStream::connect_timeout(&resolved, Duration::from_secs(2)) {
+        Ok(_) => None,
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => Some(format!(
+            "connection refused at {address}: is PostgreSQL running there?"
+        )),
+        Err(error) => Some(format!("cannot reach {address}: {error}")),
     }
 }
 

@@ -272,3 +272,18 @@ fn logs_to_a_pipe_have_no_colour_codes() {
         "the fatal error once: {text}"
     );
 }
+
+/// A PostgreSQL server that is not there is reported as such, not as a pool timeout.
+#[test]
+fn clients_cli_says_connection_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/test");
+    let (code, text) = run(&["clients", "list", "--database", &url], dir.path());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("connection refused"), "{text}");
+}
