@@ -40,6 +40,13 @@ async fn metrics_parse_in_the_format_their_content_type_names() {
     for _ in 0..3 {
         assert_eq!(get(&http, &gw.url("/hello")).await.0, 200);
     }
+    let upload = http::Request::post(gw.url("/upload"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+            b'x';
+            5000
+        ])))
+        .unwrap();
+    assert_eq!(send(&http, upload).await.2, "5000");
     let (status, headers, body) = get(&http, &gw.admin_url("/metrics")).await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -66,7 +73,7 @@ async fn metrics_parse_in_the_format_their_content_type_names() {
         .filter(|s| s[1]["class"] == "2xx")
         .map(|s| s[2].as_f64().unwrap())
         .sum();
-    assert_eq!(ok, 3.0, "{body}");
+    assert_eq!(ok, 4.0, "{body}");
     for process in [
         "process_cpu_seconds",
         "process_resident_memory_bytes",
@@ -76,6 +83,13 @@ async fn metrics_parse_in_the_format_their_content_type_names() {
     ] {
         assert!(families.get(process).is_some(), "{process} missing: {body}");
     }
+    let received: f64 = families["gateway_received_bytes"]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[2].as_f64().unwrap())
+        .sum();
+    assert_eq!(received, 5000.0, "{body}");
     let sent = &families["gateway_sent_bytes"]["samples"];
     assert!(
         sent.as_array()

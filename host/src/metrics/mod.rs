@@ -71,6 +71,8 @@ struct Handles {
 /// is "answered by the gateway itself".
 pub struct RouteMetrics {
     handles: Box<[Handles]>,
+    /// Request body bytes received from clients on this route.
+    pub received: Counter,
 }
 
 impl RouteMetrics {
@@ -110,6 +112,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     sent: Family<RouteLabels, Counter>,
+    received: Family<RouteLabels, Counter>,
     failures: Family<BackendLabels, Counter>,
     healthy: Family<BackendLabels, Gauge>,
     in_flight: Family<BackendLabels, Gauge>,
@@ -136,6 +139,12 @@ impl Metrics {
         root.register_collector(Box::new(process::Process::new()));
         let registry = root.sub_registry_with_prefix("gateway");
         let sent = Family::<RouteLabels, Counter>::default();
+        let received = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "received_bytes",
+            "Request body bytes received from clients, by route and pool (backend \"none\")",
+            received.clone(),
+        );
         registry.register(
             "sent_bytes",
             "Response body bytes sent to clients, by route, pool and backend",
@@ -212,6 +221,7 @@ impl Metrics {
             requests,
             latency,
             sent,
+            received,
             failures,
             healthy,
             in_flight,
@@ -267,7 +277,15 @@ impl Metrics {
                 handles
             })
             .collect();
-        RouteMetrics { handles }
+        let received = self
+            .received
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+                pool: pool.to_owned(),
+                backend: "none".to_owned(),
+            })
+            .clone();
+        RouteMetrics { handles, received }
     }
 
     /// Drops the series of routes and backends a reload removed: every label
@@ -297,6 +315,7 @@ impl Metrics {
             }
             self.latency.remove(labels);
             self.sent.remove(labels);
+            self.received.remove(labels);
             if !pools.contains(&(labels.pool.as_str(), labels.backend.as_str())) {
                 self.failures.remove(&BackendLabels {
                     pool: labels.pool.clone(),

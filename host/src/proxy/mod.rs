@@ -266,6 +266,7 @@ impl Proxy {
                     body,
                     route.config.max_body_bytes.unwrap_or(u64::MAX),
                     settings.client_body_timeout,
+                    route.metrics.received.clone(),
                 )
                 .await
                 {

@@ -18,6 +18,7 @@ use crate::server::ClientBody;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use prometheus_client::metrics::counter::Counter;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -30,16 +31,19 @@ pub const BUFFERED_BYTES: u64 = 64 * 1024;
 /// The body as sent to backends: read already, or streamed from the client.
 pub enum Upload {
     Whole(Option<Bytes>),
-    Streamed(Limited<Paced<ClientBody>>),
+    /// Read as it is forwarded; its bytes counted in `received` as they come.
+    Streamed(Limited<Paced<ClientBody>>, Counter),
 }
 
 impl Upload {
     /// Wraps the client's body under `max_bytes` and `gap`, and reads it
     /// whole when it is small and of declared length.
+    /// `received` counts the body's bytes.
     pub async fn prepare(
         body: ClientBody,
         max_bytes: u64,
         gap: Duration,
+        received: Counter,
     ) -> Result<Upload, ProxyError> {
         let declared = body.size_hint().exact();
         let empty = body.is_end_stream();
@@ -49,10 +53,12 @@ impl Upload {
         );
         match declared {
             _ if empty => Ok(Upload::Whole(None)),
-            Some(n) if n <= BUFFERED_BYTES => read_whole(streamed, n)
-                .await
-                .map(|b| Upload::Whole(Some(b))),
-            _ => Ok(Upload::Streamed(streamed)),
+            Some(n) if n <= BUFFERED_BYTES => {
+                let whole = read_whole(streamed, n).await?;
+                received.inc_by(whole.len() as u64);
+                Ok(Upload::Whole(Some(whole)))
+            }
+            _ => Ok(Upload::Streamed(streamed, received)),
         }
     }
 }
@@ -81,14 +87,22 @@ impl Body for Upload {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Upload::Whole(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Upload::Streamed(body) => Pin::new(body).poll_frame(cx),
+            Upload::Streamed(body, received) => {
+                let frame = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &frame
+                    && let Some(data) = frame.data_ref()
+                {
+                    received.inc_by(data.len() as u64);
+                }
+                frame
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Upload::Whole(data) => data.is_none(),
-            Upload::Streamed(body) => body.is_end_stream(),
+            Upload::Streamed(body, _) => body.is_end_stream(),
         }
     }
 
@@ -97,7 +111,7 @@ impl Body for Upload {
             Upload::Whole(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Upload::Streamed(body) => body.size_hint(),
+            Upload::Streamed(body, _) => body.size_hint(),
         }
     }
 }
