@@ -226,9 +226,11 @@ async fn free_port() -> u16 {
 async fn a_changed_listen_address_is_bound_and_old_connections_finish() {
     let b = TestBackend::start("b").await;
     let (first, second) = (free_port().await, free_port().await);
+    // The kept connection must outlive a slow reload on a busy machine: an
+    // idle keep-alive connection is closed after header_read_timeout.
     let yaml = |port: u16| {
         format!(
-            "listen: 127.0.0.1:{port}\nbackends: [{}]\nadmin:\n  token: {TOKEN}\n",
+            "listen: 127.0.0.1:{port}\nbackends: [{}]\nadmin:\n  token: {TOKEN}\nproxy:\n  header_read_timeout: 60s\n",
             b.url()
         )
     };
