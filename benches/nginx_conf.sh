@@ -1,17 +1,20 @@
-# Sourced by benches/proxy.sh and benches/proxy_instructions.sh: the nginx
-# configuration both compare the gateway with, written in one place so the
-# two benchmarks measure the same reference.
+# shellcheck shell=bash
+# Sourced by benches/proxy.sh, benches/proxy_instructions.sh, benches/tls.sh
+# and benches/idle_memory.sh: the nginx configuration they compare the
+# gateway with, written in one place so that they measure the same reference
+# (benches/haproxy_conf.sh is the HAProxy counterpart).
 #
-# nginx_conf DIR PORT BASE_PORT COUNT [TOP]
+# nginx_conf DIR PORT BASE_PORT COUNT [TOP] [WORKERS]
 #   prints a config for a private nginx keeping everything in DIR, listening
 #   on 127.0.0.1:PORT, proxying round robin with keep-alive to COUNT echo
 #   backends on 127.0.0.1:BASE_PORT.. and sending the same request headers
-#   as the gateway. TOP is extra main-context lines (e.g. `master_process off;`).
+#   as the gateway. TOP is extra main-context lines (e.g. `master_process off;`);
+#   WORKERS [1] is worker_processes.
 nginx_conf() {
-    local dir=$1 port=$2 base_port=$3 count=$4 top=${5:-} i
+    local dir=$1 port=$2 base_port=$3 count=$4 top=${5:-} workers=${6:-1} i
     cat <<CONF
 # Private nginx for the benchmark: loopback, everything in $dir.
-worker_processes 1;
+worker_processes $workers;
 $top
 pid $dir/nginx.pid;
 error_log $dir/logs/error.log warn;

@@ -36,7 +36,8 @@
 #            of benches/nginx_conf.sh (keepalive 64, HTTP/1.1, Connection "")
 #   haproxy  nbthread 1, `bind ... ssl crt cert+key.pem alpn http/1.1`,
 #            mode http, http-reuse always, timeouts 10s, no logging, run in
-#            the foreground (-db)
+#            the foreground (-db): benches/haproxy_conf.sh's config (the one
+#            benches/proxy.sh measures) with the listener switched to TLS
 # Each target is checked first with curl --cacert over https://localhost:PORT/
 # (and round robin over the 3 backends); the negotiated protocol, cipher,
 # key exchange group and signature, TLS 1.2, ALPN and whether a TLS 1.3
@@ -110,202 +111,19 @@ KEEP_TMP=${KEEP_TMP:-0}
 READY_TIMEOUT=${READY_TIMEOUT:-30} # seconds to wait for a port to answer
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 # shellcheck source=benches/nginx_conf.sh
 source "$ROOT/benches/nginx_conf.sh"
+# shellcheck source=benches/haproxy_conf.sh
+source "$ROOT/benches/haproxy_conf.sh"
 GATEWAY_BIN=${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/gateway}
 BACKEND_COUNT=3
-# The gateway reads these; a value left in the caller's environment would
-# silently override the generated configs.
-unset GATEWAY_CONFIG GATEWAY_LISTEN GATEWAY_BACKENDS GATEWAY_LOG_FORMAT \
-    GATEWAY_ADMIN_LISTEN GATEWAY_LOG_LEVEL GATEWAY_ADMIN_TOKEN
 
 # ---------------------------------------------------------------- helpers
+# (the shared ones are in benches/lib.sh)
 
-log() { printf '==> %s\n' "$*" >&2; }
-warn() { printf 'warning: %s\n' "$*" >&2; }
-die() {
-    printf '\nerror: %s\n' "$*" >&2
-    exit 1
-}
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/gateway-tls-bench.XXXXXX")
-chmod 755 "$TMP" # nginx workers (user nobody when run as root) must traverse it
-STARTED=()       # pids of every process this script started
-FAILED=1
-
-stop_pid() {
-    local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    local i
-    if [[ -n ${WRK_PID:-} ]]; then stop_pid "$WRK_PID"; fi
-    for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
-        stop_pid "${STARTED[i]}"
-    done
-    if [[ -n ${POLICY_RC_CREATED:-} ]]; then rm -f /usr/sbin/policy-rc.d; fi
-    if [[ $FAILED == 1 || $KEEP_TMP == 1 ]]; then
-        printf 'logs, configs and raw wrk output kept in %s\n' "$TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-as_root() {
-    if [[ $EUID -eq 0 ]]; then
-        "$@"
-    elif command -v sudo >/dev/null; then
-        sudo "$@"
-    else
-        return 1
-    fi
-}
-
-APT_UPDATED=0
-apt_install() { # apt_install PACKAGE...: install, running apt-get update only if needed
-    command -v apt-get >/dev/null || return 1
-    # Never let a package's postinst start a system service (Docker images
-    # usually ship this file already; create it only for the install).
-    if [[ ! -e /usr/sbin/policy-rc.d && $EUID -eq 0 ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=1
-    fi
-    local ok=0
-    if as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" \
-        >>"$TMP/apt.log" 2>&1; then
-        ok=1
-    elif [[ $APT_UPDATED == 0 ]]; then
-        log "apt-get install $* failed; running apt-get update and retrying"
-        APT_UPDATED=1
-        if as_root apt-get update >>"$TMP/apt.log" 2>&1 &&
-            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" \
-                >>"$TMP/apt.log" 2>&1; then
-            ok=1
-        fi
-    fi
-    if [[ -n ${POLICY_RC_CREATED:-} ]]; then
-        rm -f /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=
-    fi
-    [[ $ok == 1 ]]
-}
-
-find_nginx() {
-    command -v nginx 2>/dev/null && return 0
-    [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx && return 0
-    return 1
-}
-
-find_haproxy() {
-    command -v haproxy 2>/dev/null && return 0
-    [[ -x /usr/sbin/haproxy ]] && echo /usr/sbin/haproxy && return 0
-    return 1
-}
-
-# find_or_install NAME SETTING PACKAGE FINDER: prints the binary, or nothing
-# when SETTING is 0 or (auto) it cannot be installed.
-find_or_install() {
-    local name=$1 setting=$2 package=$3 finder=$4 bin
-    [[ $setting == 0 ]] && return 0
-    if bin=$($finder); then
-        echo "$bin"
-        return 0
-    fi
-    log "$name not found; installing $package with apt-get (it is run privately, never as a service)"
-    if apt_install "$package" && bin=$($finder); then
-        echo "$bin"
-    elif [[ $setting == 1 ]]; then
-        die "$name is missing and apt-get install -y $package failed (see $TMP/apt.log)"
-    else
-        warn "$name is not installed and could not be installed; skipping the $name target"
-    fi
-}
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# wait_ready NAME PID URL LOGFILE [CURL-ARG...]: poll URL with curl until it answers 200.
-wait_ready() {
-    local name=$1 pid=$2 url=$3 logfile=$4 deadline=$((SECONDS + READY_TIMEOUT))
-    shift 4
-    while ((SECONDS < deadline)); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 20 "$logfile" >&2 || true
-            die "$name (pid $pid) exited before $url answered; log above ($logfile)"
-        fi
-        if [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$@" "$url" || true) == 200 ]]; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    tail -n 20 "$logfile" >&2 || true
-    die "$name did not answer 200 on $url within ${READY_TIMEOUT}s; log above ($logfile)"
-}
-
-# pinned CPUS CMD...: run CMD pinned to CPUS (when pinning is on).
-pinned() {
-    local cpus=$1
-    shift
-    if [[ $PIN == 1 ]]; then
-        exec taskset -c "$cpus" "$@"
-    else
-        exec "$@"
-    fi
-}
-
-# start NAME CPUS LOGFILE CMD...: start CMD in the background; sets STARTED_PID.
-# taskset execs the command, so the pid is the server's own.
-start() {
-    local name=$1 cpus=$2 logfile=$3
-    shift 3
-    (pinned "$cpus" "$@") >"$logfile" 2>&1 </dev/null &
-    STARTED_PID=$!
-    STARTED+=("$STARTED_PID")
-    log "started $name (pid $STARTED_PID${PIN_NOTE:+, CPU $cpus})"
-}
-
-# Clock ticks (utime+stime) of the given pids, summed.
-cpu_ticks() {
-    local total=0 pid stat fields
-    for pid in "$@"; do
-        stat=$(<"/proc/$pid/stat") || die "cannot read /proc/$pid/stat (process gone?)"
-        # Fields after "pid (comm) ": index 0 is field 3 (state); utime is
-        # field 14, stime field 15.
-        read -r -a fields <<<"${stat##*) }"
-        total=$((total + fields[11] + fields[12]))
-    done
-    echo "$total"
-}
-
-# A process and its direct children (nginx master + workers).
-with_children() {
-    local parent=$1 f stat fields
-    echo "$parent"
-    for f in /proc/[0-9]*/stat; do
-        { stat=$(<"$f"); } 2>/dev/null || continue
-        read -r -a fields <<<"${stat##*) }"
-        if [[ ${fields[1]} == "$parent" ]]; then
-            f=${f#/proc/}
-            echo "${f%/stat}"
-        fi
-    done
-}
+bench_init gateway-tls-bench
 
 # TCP connections opened by connect() on this host so far (loopback included).
 tcp_active_opens() {
@@ -319,20 +137,10 @@ cpu_jiffies() {
     awk -v cpu="cpu$1" '$1 == cpu { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b + 0 == 0) print "n/a"; else printf "%.2f\n", a / b }'; }
 
 # wrk prints a machine-readable line at the end through this script.
-cat >"$TMP/report.lua" <<'EOF'
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "WRK_RESULT requests=%.0f duration_us=%.0f p50_us=%.0f p99_us=%.0f mean_us=%.0f connect=%.0f read=%.0f write=%.0f status=%.0f timeout=%.0f\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    latency.mean, e.connect, e.read, e.write, e.status, e.timeout))
-end
-EOF
+write_report_lua "$TMP/report.lua"
 
-# For the resumption preflight: the private server answers "r" when the
 # handshake was resumed and "." when it was full (nginx's $ssl_session_reused;
 # haproxy's ssl_fc_is_resumed gives 1 or 0).
 cat >"$TMP/sessions.lua" <<'EOF'
@@ -368,19 +176,6 @@ int SSL_clear(SSL *s) {
     return real(s);
 }
 EOF
-
-# run_wrk OUTFILE WRK-COMMAND...: run wrk pinned, in the background so that a
-# signal to this script interrupts the wait and cleanup stops wrk too.
-WRK_PID=
-run_wrk() {
-    local out=$1 rc=0
-    shift
-    (pinned "$WRK_CPUS" "$@") >"$out" 2>&1 </dev/null &
-    WRK_PID=$!
-    wait "$WRK_PID" || rc=$?
-    WRK_PID=
-    return "$rc"
-}
 
 # wrk_cmd MODE: sets WRK_CMD to the wrk command line (without -d and URL) for a mode.
 wrk_cmd() {
@@ -425,19 +220,9 @@ measure() {
     [[ -n $CLIENT_CPU ]] && read -r -a client_after <<<"$(cpu_jiffies "$CLIENT_CPU")"
 
     sed '/^WRK_RESULT/d; s/^/    /' "$out"
-    local line
-    line=$(grep '^WRK_RESULT' "$out") || die "no result line in wrk output for $label ($out)"
-    local requests duration p50 p99 connect rd wr status timeout
-    requests=$(sed -n 's/.* requests=\([0-9]*\).*/\1/p' <<<"$line")
-    duration=$(sed -n 's/.* duration_us=\([0-9]*\).*/\1/p' <<<"$line")
-    p50=$(sed -n 's/.* p50_us=\([0-9]*\).*/\1/p' <<<"$line")
-    p99=$(sed -n 's/.* p99_us=\([0-9]*\).*/\1/p' <<<"$line")
-    connect=$(sed -n 's/.* connect=\([0-9]*\).*/\1/p' <<<"$line")
-    rd=$(sed -n 's/.* read=\([0-9]*\).*/\1/p' <<<"$line")
-    wr=$(sed -n 's/.* write=\([0-9]*\).*/\1/p' <<<"$line")
-    status=$(sed -n 's/.* status=\([0-9]*\).*/\1/p' <<<"$line")
-    timeout=$(sed -n 's/.* timeout=\([0-9]*\).*/\1/p' <<<"$line")
-    [[ ${requests:-0} -gt 0 ]] || die "wrk completed no request against $label ($out)"
+    wrk_result "$out" "$label"
+    local requests=$W_REQUESTS duration=$W_DURATION p50=$W_P50 p99=$W_P99
+    local connect=$W_CONNECT rd=$W_READ wr=$W_WRITE status=$W_STATUS timeout=$W_TIMEOUT
 
     local k="$key|$mode|$run" ticks=$((after - before))
     R["$k|rps"]=$(awk -v n="$requests" -v us="$duration" 'BEGIN { printf "%.0f", n / (us / 1e6) }')
@@ -545,10 +330,7 @@ command -v openssl >/dev/null || die "openssl is required (certificate, s_client
     die "CONNECTIONS ($CONNECTIONS) and HS_CONNECTIONS ($HS_CONNECTIONS) must be >= THREADS ($THREADS)"
 [[ $RESUMED == 0 || $RESUMED == 1 ]] || die "RESUMED must be 0 or 1"
 
-if ! command -v wrk >/dev/null; then
-    log "wrk not found; installing it with apt-get"
-    apt_install wrk || die "wrk is missing and apt-get install -y wrk failed (see $TMP/apt.log)"
-fi
+need_wrk
 CC=$(command -v cc || command -v gcc || true)
 [[ -n $CC ]] || die "a C compiler (cc) is needed for the no-resumption shim (apt-get install -y gcc libc6-dev)"
 "$CC" -O2 -shared -fPIC -o "$TMP/noresume.so" "$TMP/noresume.c" -ldl >"$TMP/cc.log" 2>&1 ||
@@ -558,23 +340,7 @@ NGINX_BIN=$(find_or_install nginx "$NGINX" nginx-light find_nginx)
 HAPROXY_BIN=$(find_or_install haproxy "$HAPROXY" haproxy find_haproxy)
 
 CLK_TCK=$(getconf CLK_TCK)
-case $PIN in
-auto)
-    PIN=0
-    if command -v taskset >/dev/null &&
-        taskset -c "$WRK_CPUS" true 2>/dev/null &&
-        taskset -c "$PROXY_CPUS" true 2>/dev/null &&
-        taskset -c "$BACKEND_CPUS" true 2>/dev/null; then
-        PIN=1
-    else
-        warn "not pinning: taskset missing or CPUs $WRK_CPUS/$PROXY_CPUS/$BACKEND_CPUS not usable"
-    fi
-    ;;
-0 | 1) ;;
-*) die "PIN must be auto, 0 or 1" ;;
-esac
-PIN_NOTE=
-[[ $PIN == 1 ]] && PIN_NOTE=1
+pin_setup "$WRK_CPUS" "$PROXY_CPUS" "$BACKEND_CPUS"
 # The client's CPU, when wrk is pinned to exactly one: its busy % is reported.
 CLIENT_CPU=
 [[ $PIN == 1 && $WRK_CPUS =~ ^[0-9]+$ ]] && CLIENT_CPU=$WRK_CPUS
@@ -584,11 +350,7 @@ for ((i = 0; i < BACKEND_COUNT; i++)); do ports+=($((BASE_PORT + i))); done
 ports+=("$GATEWAY_PORT" "$GATEWAY_TLS_PORT" "$ADMIN_PORT" "$VERIFY_PORT")
 [[ -n $NGINX_BIN ]] && ports+=("$NGINX_TLS_PORT")
 [[ -n $HAPROXY_BIN ]] && ports+=("$HAPROXY_TLS_PORT")
-for port in "${ports[@]}"; do
-    if port_in_use "$port"; then
-        die "127.0.0.1:$port is already in use; stop what listens there or pick other ports (BASE_PORT, GATEWAY_PORT, GATEWAY_TLS_PORT, NGINX_TLS_PORT, HAPROXY_TLS_PORT, ADMIN_PORT, VERIFY_PORT)"
-    fi
-done
+check_ports "BASE_PORT, GATEWAY_PORT, GATEWAY_TLS_PORT, NGINX_TLS_PORT, HAPROXY_TLS_PORT, ADMIN_PORT, VERIFY_PORT" "${ports[@]}"
 if pgrep -x haproxy >/dev/null || pgrep -x nginx >/dev/null; then
     warn "other nginx/haproxy processes are running (not started here); they are not measured (only this script's pids are read) but they share the CPUs"
 fi
@@ -687,27 +449,7 @@ RESUMPTION_NOTE="resumption not checked"
 
 # ---------------------------------------------------------------- backends
 
-BACKEND_URLS=()
-for ((i = 0; i < BACKEND_COUNT; i++)); do BACKEND_URLS+=("http://127.0.0.1:$((BASE_PORT + i))"); done
-
-cat >"$TMP/backends.yaml" <<EOF
-# Only read for its log settings by 'gateway demo --backends-only'.
-listen: 127.0.0.1:$GATEWAY_PORT
-admin:
-  listen: 127.0.0.1:$ADMIN_PORT
-log:
-  level: warn
-  format: pretty
-  access: false
-EOF
-
-start "echo backends" "$BACKEND_CPUS" "$TMP/backends.log" \
-    "$GATEWAY_BIN" demo --backends-only --backends "$BACKEND_COUNT" --base-port "$BASE_PORT" \
-    -c "$TMP/backends.yaml"
-BACKENDS_PID=$STARTED_PID
-for url in "${BACKEND_URLS[@]}"; do
-    wait_ready "echo backend" "$BACKENDS_PID" "$url/" "$TMP/backends.log"
-done
+start_backends "$BACKEND_CPUS" "$GATEWAY_PORT" "$ADMIN_PORT"
 
 verify_full_handshakes
 
@@ -789,34 +531,9 @@ fi
 if [[ -n $HAPROXY_BIN ]]; then
     haproxy_version=$("$HAPROXY_BIN" -v 2>&1 | sed -n 's/^HAProxy version \([^ ]*\).*/\1/p' | head -n 1)
     HCFG="$TMP/haproxy.cfg"
-    {
-        cat <<CONF
-# Private haproxy for the benchmark: loopback, foreground (-db), no logging.
-global
-    nbthread 1
-    maxconn 4096
-    ssl-default-bind-options ssl-min-ver TLSv1.2
-defaults
-    mode http
-    timeout connect 10s
-    timeout client 10s
-    timeout server 10s
-    http-reuse always
-frontend tls
-    bind 127.0.0.1:$HAPROXY_TLS_PORT ssl crt $BOTH alpn http/1.1
-    # Same request headers as the gateway and nginx send, so the echo
-    # backends return bodies of the same size.
-    option forwardfor
-    http-request set-header X-Forwarded-Proto https
-    http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    default_backend echo
-backend echo
-    balance roundrobin
-CONF
-        for ((i = 0; i < BACKEND_COUNT; i++)); do
-            echo "    server b$i 127.0.0.1:$((BASE_PORT + i))"
-        done
-    } >"$HCFG"
+    # benches/haproxy_conf.sh's config with the listener switched to TLS.
+    haproxy_conf "$HAPROXY_TLS_PORT" "$BASE_PORT" "$BACKEND_COUNT" 1 "ssl crt $BOTH alpn http/1.1" https \
+        "    ssl-default-bind-options ssl-min-ver TLSv1.2" >"$HCFG"
     "$HAPROXY_BIN" -c -f "$HCFG" >"$TMP/haproxy-test.txt" 2>&1 ||
         die "haproxy rejected the generated config: $(cat "$TMP/haproxy-test.txt")"
     start haproxy "$PROXY_CPUS" "$TMP/haproxy.log" "$HAPROXY_BIN" -f "$HCFG" -db
@@ -833,9 +550,8 @@ fi
 
 # ---------------------------------------------------------------- header
 
-host_desc="$(uname -sm), $(nproc) CPUs"
-cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1 || true)
-[[ -n $cpu_model ]] && host_desc="$host_desc ($cpu_model)"
+describe_host
+host_desc=$HOST_DESC
 if [[ $PIN == 1 ]]; then
     pin_desc="wrk on CPU $WRK_CPUS, TLS terminator on CPU $PROXY_CPUS, echo backends on CPU $BACKEND_CPUS (taskset)"
 else
@@ -880,38 +596,6 @@ gateway_log_lines=$(wc -l <"$TMP/gateway.log")
 
 # ---------------------------------------------------------------- summary
 
-# stats V...: "median min max" of the non-empty numeric values, or nothing.
-stats() {
-    local v
-    for v in "$@"; do [[ -n $v && $v != n/a ]] && echo "$v"; done | sort -g |
-        awk '{ v[NR] = $1 } END { if (NR == 0) exit; m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print m, v[1], v[NR] }'
-}
-# fmt FIELD VALUE: a value for display (latencies in ms).
-fmt() {
-    case $1 in
-    rps | percore) awk -v v="$2" 'BEGIN { printf "%.0f", v }' ;;
-    cpu) awk -v v="$2" 'BEGIN { printf "%.1f", v }' ;;
-    p50 | p99) awk -v v="$2" 'BEGIN { printf "%.2f", v / 1000 }' ;;
-    ratio) awk -v v="$2" 'BEGIN { printf "%.2f", v }' ;;
-    *) echo "$2" ;;
-    esac
-}
-# cell FIELD V...: "median (min–max)" (just the value for one run; — for none).
-cell() {
-    local field=$1 s med lo hi
-    shift
-    s=$(stats "$@")
-    [[ -n $s ]] || {
-        echo "—"
-        return
-    }
-    read -r med lo hi <<<"$s"
-    if (($# == 1)); then
-        fmt "$field" "$med"
-    else
-        printf '%s (%s–%s)' "$(fmt "$field" "$med")" "$(fmt "$field" "$lo")" "$(fmt "$field" "$hi")"
-    fi
-}
 # series KEY MODE FIELD: the per-run values (percore: 1e6 / cpu).
 series() {
     local key=$1 mode=$2 field=$3 run v
