@@ -1,407 +1,216 @@
 #!/usr/bin/env bash
-# Load benchmark for the gateway: one run measures, with wrk on loopback only,
+# Load benchmark for the gateway against nginx and HAProxy, all in the same
+# run, with wrk on loopback only. Per run it measures every target below,
+# for each method (GET, POST) and each worker count (1, 2):
 #
-#   1. direct      wrk -> one echo backend (127.0.0.1:BASE_PORT)
-#   2. gateway     wrk -> gateway (release build, round robin over 3 echo
-#                  backends, access log off, active health checks off)
-#   3. nginx       wrk -> nginx configured the same way (upstream with the same
-#                  3 backends, keepalive 64, access_log off, worker_processes 1,
-#                  proxy_http_version 1.1, Connection ""), when nginx is
-#                  installed or installable with apt-get
+#   direct    wrk -> one echo backend (127.0.0.1:BASE_PORT), the floor
+#   gateway   the gateway (release build): round robin over 3 echo backends,
+#             access log off, active health checks off
+#   limit     the same + rate limiting (key: ip; a bucket so large that no
+#             request is refused; buckets persisted to SQLite in the temp dir)
+#   plugins   the same limiter keyed by the api-key plugin + the sticky plugin
+#             choosing the backend (PLUGINS=1)
+#   routed    pools and routes: nine routes (hosts, wildcard hosts, prefixes
+#             with methods) that the requests do not match, then a catch-all;
+#             the config benches/proxy_instructions.sh measures (ROUTED=1)
+#   redis     the limiter with its buckets in a private redis-server (REDIS),
+#             pinned with the echo backends; Redis calls per request printed
+#   nginx     worker_processes = workers, upstream with the same 3 backends,
+#             keepalive 64, HTTP/1.1 upstream, access_log off
+#             (benches/nginx_conf.sh)
+#   haproxy   Debian's haproxy in the foreground (-db), nbthread = workers,
+#             mode http, keep-alive, http-reuse always, round robin to the 3
+#             backends, no logging (benches/haproxy_conf.sh)
 #
-# and prints, per target, requests/s, p50 and p99 latency and, for the two
-# proxies, the proxy's CPU time per request (utime+stime from /proc/PID/stat,
-# master + workers for nginx, read just before and just after the measured wrk
-# run, divided by the requests wrk completed); then the ratios gateway/direct
-# and gateway/nginx and a markdown table to paste into the README.
+# The three proxies add the same request headers (X-Forwarded-For, -Proto,
+# -Host), so the backends' answers are the same size. GET is a plain GET /;
+# POST sends POST_BYTES of body with Content-Length (a wrk Lua script); the
+# echo backends read the body and answer with its size (checked with curl).
+#
+# Workers and CPUs (taskset):
+#   1 worker:  wrk alone on CPU 1; the proxy (gateway proxy.workers 1, nginx
+#              worker_processes 1, haproxy nbthread 1) and the echo backends
+#              share CPU 0: every target gets the same one-CPU budget.
+#   2 workers: the proxy gets CPUs 0 and 1 (proxy.workers 2, worker_processes
+#              2, nbthread 2), and wrk and the backends share those same two
+#              CPUs: on a 2-CPU machine nothing is left for the client, so the
+#              2-worker figures are for a proxy that competes with its load
+#              generator and its backends. What they tell is the scaling
+#              (requests/s with 2 workers ÷ with 1) and the CPU µs per request
+#              with two threads; not what a proxy on two free cores would do.
+#
+# Method: RUNS runs; in each, for each worker count, the echo backends start
+# (pinned for that worker count), then every target in turn (the order
+# rotated from run to run, so that drift in the machine hits every target
+# alike) is started, checked (round robin over the 3 backends with GET, a
+# POST whose body arrives whole), warmed up (WARMUP) and measured (DURATION)
+# with each method, and stopped. Per measurement: requests/s, p50 and p99
+# latency, non-2xx responses and socket errors (wrk), and the proxy's CPU
+# time per request: utime+stime from /proc/PID/stat (all threads; nginx:
+# master + workers) read just before and just after the measured run, ÷ the
+# requests completed.
+#
+# Report: per target, method and worker count the median over the runs of
+# requests/s, p50, p99 and CPU µs/request, with the spread (min–max) of
+# requests/s, p99 and CPU µs/request; then, as the median (min–max) of the
+# per-run ratios: each gateway variant ÷ HAProxy and ÷ nginx (CPU µs/request,
+# p99, requests/s), limiter on ÷ off, and 2 workers ÷ 1 (requests/s, CPU
+# µs/request) for the gateway, nginx and HAProxy; the issue's target (CPU µs
+# per request with the limiter on ≤ 0.9× HAProxy's, p99 ≤ HAProxy's) is
+# checked; markdown tables for the README and every run's raw figures.
 #
 # Usage (from anywhere):
 #   benches/proxy.sh
-#   DURATION=30s CONNECTIONS=128 benches/proxy.sh
+#   RUNS=1 DURATION=2s WARMUP=1s SKIP_BUILD=1 benches/proxy.sh   # quick look
+#   WORKERS=1 METHODS=GET benches/proxy.sh
 #
 # Environment (defaults in brackets):
-#   DURATION [10s]     length of each measured wrk run
-#   WARMUP [2s]        wrk warm-up run before each measured run (not counted)
+#   RUNS [5]           repetitions of the whole matrix
+#   DURATION [5s]      length of each measured wrk run
+#   WARMUP [1s]        wrk warm-up run before each measured run (not counted)
+#   METHODS [GET POST] request methods to measure (GET and/or POST)
+#   WORKERS [1 2]      worker counts to measure
+#   POST_BYTES [1024]  request body size for POST
 #   CONNECTIONS [64]   wrk -c
 #   THREADS [1]        wrk -t
 #   PIN [auto]         auto: pin with taskset when it exists and the CPUs below
 #                      are usable; 0: no pinning
-#   WRK_CPUS [1]       CPUs for wrk (taskset -c)
-#   PROXY_CPUS [0]     CPUs for the proxy under test (gateway or nginx)
-#   BACKEND_CPUS [0]   CPUs for the echo backends
-#                      The default puts the load generator alone on CPU 1 and
-#                      the "server side" (proxy + backends, or the backend
-#                      alone for the direct run) on CPU 0, so every target
-#                      gets the same CPU budget on a 2-core machine. A pinned
-#                      gateway sees one CPU and so runs one tokio worker;
-#                      nginx runs one worker process: like for like.
+#   WRK_CPUS [1], PROXY_CPUS [0], BACKEND_CPUS [0]
+#                      CPUs (taskset -c) of wrk, the proxy under test and the
+#                      echo backends (and Redis) with 1 worker
+#   WRK_CPUS_MW, PROXY_CPUS_MW, BACKEND_CPUS_MW [0-(nproc-1), i.e. 0-1]
+#                      the same with 2 (or more) workers
+#   TARGETS [direct gateway limit plugins routed redis nginx haproxy]
+#                      which targets to measure (order is rotated per run);
+#                      the switches below drop some of them too
+#   PLUGINS [1]        0: no plugins target (1 builds the example plugins with
+#                      cargo for wasm32-wasip2; with SKIP_BUILD=1 only when
+#                      the .wasm files are missing)
+#   ROUTED [1]         0: no routed target
+#   REDIS [auto]       auto: the redis target when redis-server and redis-cli
+#                      are installed; 0: skip; 1: required
+#   NGINX [auto], HAPROXY [auto]  auto: measure it when installed/installable
+#                      (apt-get); 0: skip; 1: required
 #   BASE_PORT [9001]   first echo backend port (3 backends: BASE_PORT..+2)
-#   GATEWAY_PORT [18080], NGINX_PORT [18081], ADMIN_PORT [19091]
-#   NGINX [auto]       auto: bench nginx when installed/installable; 0: skip;
-#                      1: required (fail when it cannot be installed)
+#   GATEWAY_PORT [18080], NGINX_PORT [18081], HAPROXY_PORT [18082],
+#   ADMIN_PORT [19091], REDIS_PORT [16379]
 #   SKIP_BUILD [0]     1: do not run cargo build (use the existing binary)
 #   GATEWAY_BIN        gateway binary [${CARGO_TARGET_DIR:-<repo>/target}/release/gateway]
 #   KEEP_TMP [0]       1: keep the temp dir (configs, logs, raw wrk output)
-#   PLUGINS [1]        1: also measure the gateway with rate limiting, built-in
-#                      (IP key, round robin) vs the api-key + sticky plugins
-#   REDIS [auto]       auto: also measure rate limiting with buckets in Redis
-#                      (a private redis-server on REDIS_PORT) when redis-server
-#                      is installed; 0: skip
-#   REDIS_PORT [16379]
-#   REDIS_CPUS [$BACKEND_CPUS]  CPUs for the private redis-server (default: share
-#                      the proxy's core, the harshest setting on a 2-CPU machine)
+#   READY_TIMEOUT [30] seconds a server gets to answer after it starts
 #
-# Everything binds 127.0.0.1; everything the script starts is stopped on exit.
-# Needs: bash, curl, wrk and (optionally) nginx; wrk and nginx are installed
-# with `apt-get install -y` when missing (apt-get update only if that fails).
+# A full default run (5 runs × 2 worker counts × 8 targets × 2 methods = 160
+# measurements of 1 s + 5 s, plus starts) takes about 18 minutes; the script
+# prints its estimate first and the time taken at the end.
+# Everything binds 127.0.0.1 and all traffic goes to 127.0.0.1; everything
+# the script starts is stopped on exit. Needs: bash, curl, wrk, and
+# (optionally) nginx, haproxy, redis-server; wrk, nginx and haproxy are
+# installed with `apt-get install -y` when missing (apt-get update only if
+# that fails) and run privately, never as services.
 
 set -euo pipefail
 
-DURATION=${DURATION:-10s}
-WARMUP=${WARMUP:-2s}
+RUNS=${RUNS:-5}
+DURATION=${DURATION:-5s}
+WARMUP=${WARMUP:-1s}
+METHODS=${METHODS:-GET POST}
+WORKERS=${WORKERS:-1 2}
+POST_BYTES=${POST_BYTES:-1024}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
 PIN=${PIN:-auto}
 WRK_CPUS=${WRK_CPUS:-1}
 PROXY_CPUS=${PROXY_CPUS:-0}
 BACKEND_CPUS=${BACKEND_CPUS:-0}
+ALL_CPUS="0-$(($(nproc) - 1))"
+WRK_CPUS_MW=${WRK_CPUS_MW:-$ALL_CPUS}
+PROXY_CPUS_MW=${PROXY_CPUS_MW:-$ALL_CPUS}
+BACKEND_CPUS_MW=${BACKEND_CPUS_MW:-$ALL_CPUS}
+TARGETS=${TARGETS:-direct gateway limit plugins routed redis nginx haproxy}
+PLUGINS=${PLUGINS:-1}
+ROUTED=${ROUTED:-1}
+REDIS=${REDIS:-auto}
+NGINX=${NGINX:-auto}
+HAPROXY=${HAPROXY:-auto}
 BASE_PORT=${BASE_PORT:-9001}
 GATEWAY_PORT=${GATEWAY_PORT:-18080}
 NGINX_PORT=${NGINX_PORT:-18081}
+HAPROXY_PORT=${HAPROXY_PORT:-18082}
 ADMIN_PORT=${ADMIN_PORT:-19091}
-NGINX=${NGINX:-auto}
+REDIS_PORT=${REDIS_PORT:-16379}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
-PLUGINS=${PLUGINS:-1}
-REDIS=${REDIS:-auto}
-REDIS_PORT=${REDIS_PORT:-16379}
-REDIS_CPUS=${REDIS_CPUS:-$BACKEND_CPUS}
-READY_TIMEOUT=${READY_TIMEOUT:-30}   # seconds to wait for a port to answer
+READY_TIMEOUT=${READY_TIMEOUT:-30} # seconds to wait for a port to answer
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 # shellcheck source=benches/nginx_conf.sh
 source "$ROOT/benches/nginx_conf.sh"
+# shellcheck source=benches/haproxy_conf.sh
+source "$ROOT/benches/haproxy_conf.sh"
 GATEWAY_BIN=${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/gateway}
 BACKEND_COUNT=3
-# The gateway reads these; a value left in the caller's environment would
-# silently override the generated configs.
-unset GATEWAY_CONFIG GATEWAY_LISTEN GATEWAY_BACKENDS GATEWAY_LOG_FORMAT \
-    GATEWAY_ADMIN_LISTEN GATEWAY_LOG_LEVEL GATEWAY_ADMIN_TOKEN
+WASM="$ROOT/plugins/target/wasm32-wasip2/release"
 
-# ---------------------------------------------------------------- helpers
-
-log() { printf '==> %s\n' "$*" >&2; }
-warn() { printf 'warning: %s\n' "$*" >&2; }
-die() {
-    printf '\nerror: %s\n' "$*" >&2
-    exit 1
-}
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/gateway-bench.XXXXXX")
-chmod 755 "$TMP" # nginx workers (user nobody when run as root) must traverse it
-STARTED=()       # pids of every process this script started
-FAILED=1
-
-stop_pid() {
-    local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    local i
-    if [[ -n ${WRK_PID:-} ]]; then stop_pid "$WRK_PID"; fi
-    for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
-        stop_pid "${STARTED[i]}"
-    done
-    if [[ -n ${POLICY_RC_CREATED:-} ]]; then rm -f /usr/sbin/policy-rc.d; fi
-    if [[ $FAILED == 1 || $KEEP_TMP == 1 ]]; then
-        printf 'logs, configs and raw wrk output kept in %s\n' "$TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-as_root() {
-    if [[ $EUID -eq 0 ]]; then
-        "$@"
-    elif command -v sudo >/dev/null; then
-        sudo "$@"
-    else
-        return 1
-    fi
-}
-
-APT_UPDATED=0
-apt_install() { # apt_install PACKAGE...: install, running apt-get update only if needed
-    command -v apt-get >/dev/null || return 1
-    # Never let a package's postinst start a system service (Docker images
-    # usually ship this file already; create it only for the install).
-    if [[ ! -e /usr/sbin/policy-rc.d && $EUID -eq 0 ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=1
-    fi
-    local ok=0
-    if as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" \
-        >>"$TMP/apt.log" 2>&1; then
-        ok=1
-    elif [[ $APT_UPDATED == 0 ]]; then
-        log "apt-get install $* failed; running apt-get update and retrying"
-        APT_UPDATED=1
-        if as_root apt-get update >>"$TMP/apt.log" 2>&1 &&
-            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" \
-                >>"$TMP/apt.log" 2>&1; then
-            ok=1
-        fi
-    fi
-    if [[ -n ${POLICY_RC_CREATED:-} ]]; then
-        rm -f /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=
-    fi
-    [[ $ok == 1 ]]
-}
-
-find_nginx() {
-    command -v nginx 2>/dev/null && return 0
-    [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx && return 0
-    return 1
-}
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# wait_ready NAME PID URL LOGFILE: poll URL with curl until it answers 200.
-wait_ready() {
-    local name=$1 pid=$2 url=$3 logfile=$4 deadline=$((SECONDS + READY_TIMEOUT))
-    while ((SECONDS < deadline)); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 20 "$logfile" >&2 || true
-            die "$name (pid $pid) exited before $url answered; log above ($logfile)"
-        fi
-        if [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true) == 200 ]]; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    tail -n 20 "$logfile" >&2 || true
-    die "$name did not answer 200 on $url within ${READY_TIMEOUT}s; log above ($logfile)"
-}
-
-# pinned CPUS CMD...: run CMD pinned to CPUS (when pinning is on).
-pinned() {
-    local cpus=$1
-    shift
-    if [[ $PIN == 1 ]]; then
-        exec taskset -c "$cpus" "$@"
-    else
-        exec "$@"
-    fi
-}
-
-# start NAME CPUS LOGFILE CMD...: start CMD in the background; sets STARTED_PID.
-# taskset execs the command, so the pid is the server's own.
-start() {
-    local name=$1 cpus=$2 logfile=$3
-    shift 3
-    (pinned "$cpus" "$@") >"$logfile" 2>&1 </dev/null &
-    STARTED_PID=$!
-    STARTED+=("$STARTED_PID")
-    log "started $name (pid $STARTED_PID${PIN_NOTE:+, CPU $cpus})"
-}
-
-# Clock ticks (utime+stime) of the given pids, summed.
-cpu_ticks() {
-    local total=0 pid stat fields
-    for pid in "$@"; do
-        stat=$(<"/proc/$pid/stat") || die "cannot read /proc/$pid/stat (process gone?)"
-        # Fields after "pid (comm) ": index 0 is field 3 (state); utime is
-        # field 14, stime field 15.
-        read -r -a fields <<<"${stat##*) }"
-        total=$((total + fields[11] + fields[12]))
-    done
-    echo "$total"
-}
-
-# A process and its direct children (nginx master + workers).
-with_children() {
-    local parent=$1 f stat fields
-    echo "$parent"
-    for f in /proc/[0-9]*/stat; do
-        { stat=$(<"$f"); } 2>/dev/null || continue
-        read -r -a fields <<<"${stat##*) }"
-        if [[ ${fields[1]} == "$parent" ]]; then
-            f=${f#/proc/}
-            echo "${f%/stat}"
-        fi
-    done
-}
-
-fmt_latency() { # microseconds -> "850 µs" / "1.23 ms"
-    awk -v us="$1" 'BEGIN { if (us < 1000) printf "%d µs", us + 0.5; else printf "%.2f ms", us / 1000 }'
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
-
-# wrk prints a machine-readable line at the end through this script.
-cat >"$TMP/report.lua" <<'EOF'
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "WRK_RESULT requests=%.0f duration_us=%.0f p50_us=%.0f p99_us=%.0f mean_us=%.0f connect=%.0f read=%.0f write=%.0f status=%.0f timeout=%.0f\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    latency.mean, e.connect, e.read, e.write, e.status, e.timeout))
-end
-EOF
-
-# run_wrk OUTFILE WRK-COMMAND...: run wrk pinned, in the background so that a
-# signal to this script interrupts the wait and cleanup stops wrk too.
-WRK_PID=
-run_wrk() {
-    local out=$1 rc=0
-    shift
-    (pinned "$WRK_CPUS" "$@") >"$out" 2>&1 </dev/null &
-    WRK_PID=$!
-    wait "$WRK_PID" || rc=$?
-    WRK_PID=
-    return "$rc"
-}
-
-# bench KEY LABEL URL [PIDS-FUNCTION]: warm up, then measure; fills R_* arrays.
-declare -A R_RPS R_P50 R_P99 R_CPU R_ERR
-bench() {
-    local key=$1 label=$2 url=$3 pids_of=${4:-} out="$TMP/wrk-$1.txt"
-    # Every target gets the same request headers (the plugins read them).
-    local wrk_cmd=(wrk -t"$THREADS" -c"$CONNECTIONS" --latency -s "$TMP/report.lua"
-        -H "X-API-Key: bench-key" -H "X-User: bench-user")
-    log "$label: warm-up ${WARMUP} against $url"
-    run_wrk "$TMP/wrk-$key-warmup.txt" "${wrk_cmd[@]}" -d"$WARMUP" "$url" ||
-        die "wrk warm-up against $label failed: $(tail -n 5 "$TMP/wrk-$key-warmup.txt")"
-
-    local pids=() before=0 after=0
-    if [[ -n $pids_of ]]; then
-        mapfile -t pids < <($pids_of)
-        before=$(cpu_ticks "${pids[@]}")
-    fi
-    log "$label: measuring ${DURATION} (wrk -t$THREADS -c$CONNECTIONS)"
-    run_wrk "$out" "${wrk_cmd[@]}" -d"$DURATION" "$url" ||
-        die "wrk against $label failed: $(tail -n 5 "$out")"
-    if [[ -n $pids_of ]]; then
-        after=$(cpu_ticks "${pids[@]}")
-    fi
-
-    sed '/^WRK_RESULT/d; s/^/    /' "$out"
-    local line
-    line=$(grep '^WRK_RESULT' "$out") || die "no result line in wrk output for $label ($out)"
-    local requests duration p50 p99 connect rd wr status timeout
-    requests=$(sed -n 's/.* requests=\([0-9]*\).*/\1/p' <<<"$line")
-    duration=$(sed -n 's/.* duration_us=\([0-9]*\).*/\1/p' <<<"$line")
-    p50=$(sed -n 's/.* p50_us=\([0-9]*\).*/\1/p' <<<"$line")
-    p99=$(sed -n 's/.* p99_us=\([0-9]*\).*/\1/p' <<<"$line")
-    connect=$(sed -n 's/.* connect=\([0-9]*\).*/\1/p' <<<"$line")
-    rd=$(sed -n 's/.* read=\([0-9]*\).*/\1/p' <<<"$line")
-    wr=$(sed -n 's/.* write=\([0-9]*\).*/\1/p' <<<"$line")
-    status=$(sed -n 's/.* status=\([0-9]*\).*/\1/p' <<<"$line")
-    timeout=$(sed -n 's/.* timeout=\([0-9]*\).*/\1/p' <<<"$line")
-    [[ ${requests:-0} -gt 0 ]] || die "wrk completed no request against $label ($out)"
-
-    R_RPS[$key]=$(awk -v n="$requests" -v us="$duration" 'BEGIN { printf "%.0f", n / (us / 1e6) }')
-    R_P50[$key]=$p50
-    R_P99[$key]=$p99
-    R_ERR[$key]=$((connect + rd + wr + status + timeout))
-    if ((R_ERR[$key] > 0)); then
-        warn "$label: $status non-2xx/3xx responses, socket errors connect $connect read $rd write $wr timeout $timeout"
-    fi
-    if [[ -n $pids_of ]]; then
-        R_CPU[$key]=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
-            'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
-    else
-        R_CPU[$key]=
-    fi
-    printf '  -> %s: %s req/s, p50 %s, p99 %s%s, errors %s\n\n' "$label" "${R_RPS[$key]}" \
-        "$(fmt_latency "$p50")" "$(fmt_latency "$p99")" \
-        "${R_CPU[$key]:+, proxy CPU ${R_CPU[$key]} µs/request (${#pids[@]} process(es))}" "${R_ERR[$key]}"
-}
-
-# Checks that URL spreads requests over all backends (echo body names them).
-check_round_robin() {
-    local label=$1 url=$2 seen i body
-    seen=$(for ((i = 0; i < 6; i++)); do
-        body=$(curl -sf --max-time 2 "$url") || die "$label: request to $url failed"
-        sed -n 's/.*"backend": *"\([^"]*\)".*/\1/p' <<<"$body"
-    done | sort -u | tr '\n' ' ')
-    log "$label: 6 requests reached backends: ${seen% }"
-    (($(wc -w <<<"$seen") == BACKEND_COUNT)) || warn "$label did not reach all $BACKEND_COUNT backends"
-}
+bench_init gateway-bench
 
 # ---------------------------------------------------------------- preflight
 
 command -v curl >/dev/null || die "curl is required"
-[[ $DURATION =~ ^[0-9]+[smh]?$ ]] || die "DURATION must look like 10s (got $DURATION)"
-[[ $WARMUP =~ ^[0-9]+[smh]?$ ]] || die "WARMUP must look like 2s (got $WARMUP)"
-[[ $CONNECTIONS =~ ^[0-9]+$ && $THREADS =~ ^[0-9]+$ ]] || die "CONNECTIONS and THREADS must be integers"
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer (got $RUNS)"
+[[ $DURATION =~ ^[0-9]+[smh]?$ ]] || die "DURATION must look like 5s (got $DURATION)"
+[[ $WARMUP =~ ^[0-9]+[smh]?$ ]] || die "WARMUP must look like 1s (got $WARMUP)"
+[[ $CONNECTIONS =~ ^[0-9]+$ && $THREADS =~ ^[0-9]+$ && $POST_BYTES =~ ^[0-9]+$ ]] ||
+    die "CONNECTIONS, THREADS and POST_BYTES must be integers"
 ((CONNECTIONS >= THREADS)) || die "CONNECTIONS ($CONNECTIONS) must be >= THREADS ($THREADS)"
+read -r -a METHOD_LIST <<<"$METHODS"
+read -r -a WORKER_LIST <<<"$WORKERS"
+((${#METHOD_LIST[@]} > 0 && ${#WORKER_LIST[@]} > 0)) || die "METHODS and WORKERS must not be empty"
+for m in "${METHOD_LIST[@]}"; do [[ $m == GET || $m == POST ]] || die "METHODS: GET and/or POST (got $m)"; done
+for w in "${WORKER_LIST[@]}"; do [[ $w =~ ^[1-9][0-9]?$ ]] || die "WORKERS: positive integers (got $w)"; done
 
-if ! command -v wrk >/dev/null; then
-    log "wrk not found; installing it with apt-get"
-    apt_install wrk || die "wrk is missing and apt-get install -y wrk failed (see $TMP/apt.log)"
-fi
-
-NGINX_BIN=
-if [[ $NGINX != 0 ]]; then
-    if ! NGINX_BIN=$(find_nginx); then
-        log "nginx not found; installing it with apt-get (it is run privately, never as a service)"
-        if apt_install nginx && NGINX_BIN=$(find_nginx); then
-            :
-        elif [[ $NGINX == 1 ]]; then
-            die "nginx is missing and apt-get install -y nginx failed (see $TMP/apt.log)"
-        else
-            warn "nginx is not installed and could not be installed; skipping the nginx target"
-            NGINX_BIN=
-        fi
+need_wrk
+NGINX_BIN=$(find_or_install nginx "$NGINX" nginx find_nginx)
+HAPROXY_BIN=$(find_or_install haproxy "$HAPROXY" haproxy find_haproxy)
+HAVE_REDIS=0
+if [[ $REDIS != 0 ]]; then
+    if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+        HAVE_REDIS=1
+    elif [[ $REDIS == 1 ]]; then
+        die "REDIS=1 but redis-server/redis-cli are not installed (apt-get install -y redis-server)"
     fi
 fi
+
+# The targets measured, in the order given (rotated per run).
+KEYS=()
+for key in $TARGETS; do
+    case $key in
+    direct | gateway | limit) ;;
+    plugins) [[ $PLUGINS == 1 ]] || continue ;;
+    routed) [[ $ROUTED == 1 ]] || continue ;;
+    redis) [[ $HAVE_REDIS == 1 ]] || continue ;;
+    nginx) [[ -n $NGINX_BIN ]] || continue ;;
+    haproxy) [[ -n $HAPROXY_BIN ]] || continue ;;
+    *) die "unknown target '$key' in TARGETS (direct gateway limit plugins routed redis nginx haproxy)" ;;
+    esac
+    KEYS+=("$key")
+done
+((${#KEYS[@]} > 0)) || die "no target to measure (TARGETS=$TARGETS)"
+has() { [[ " ${KEYS[*]} " == *" $1 "* ]]; }
 
 CLK_TCK=$(getconf CLK_TCK)
-case $PIN in
-auto)
-    PIN=0
-    if command -v taskset >/dev/null &&
-        taskset -c "$WRK_CPUS" true 2>/dev/null &&
-        taskset -c "$PROXY_CPUS" true 2>/dev/null &&
-        taskset -c "$BACKEND_CPUS" true 2>/dev/null; then
-        PIN=1
-    else
-        warn "not pinning: taskset missing or CPUs $WRK_CPUS/$PROXY_CPUS/$BACKEND_CPUS not usable"
-    fi
-    ;;
-0 | 1) ;;
-*) die "PIN must be auto, 0 or 1" ;;
-esac
-PIN_NOTE=
-[[ $PIN == 1 ]] && PIN_NOTE=1
+pin_setup "$WRK_CPUS" "$PROXY_CPUS" "$BACKEND_CPUS" "$WRK_CPUS_MW" "$PROXY_CPUS_MW" "$BACKEND_CPUS_MW"
 
-ports=()
+ports=("$GATEWAY_PORT" "$ADMIN_PORT")
 for ((i = 0; i < BACKEND_COUNT; i++)); do ports+=($((BASE_PORT + i))); done
-ports+=("$GATEWAY_PORT" "$ADMIN_PORT")
-[[ -n $NGINX_BIN ]] && ports+=("$NGINX_PORT")
-for port in "${ports[@]}"; do
-    if port_in_use "$port"; then
-        die "127.0.0.1:$port is already in use; stop what listens there or pick other ports (BASE_PORT, GATEWAY_PORT, NGINX_PORT, ADMIN_PORT)"
-    fi
-done
+has nginx && ports+=("$NGINX_PORT")
+has haproxy && ports+=("$HAPROXY_PORT")
+has redis && ports+=("$REDIS_PORT")
+check_ports "BASE_PORT, GATEWAY_PORT, NGINX_PORT, HAPROXY_PORT, ADMIN_PORT, REDIS_PORT" "${ports[@]}"
+if pgrep -x haproxy >/dev/null || pgrep -x nginx >/dev/null; then
+    warn "other nginx/haproxy processes are running (not started here); they are not measured (only this script's pids are read) but they share the CPUs"
+fi
 
 if [[ $SKIP_BUILD != 1 ]]; then
     log "building the gateway: cargo build --release -p gateway"
@@ -409,107 +218,95 @@ if [[ $SKIP_BUILD != 1 ]]; then
 fi
 [[ -x $GATEWAY_BIN ]] || die "gateway binary not found at $GATEWAY_BIN (set GATEWAY_BIN or drop SKIP_BUILD)"
 
-# ---------------------------------------------------------------- backends
-
-BACKEND_URLS=()
-for ((i = 0; i < BACKEND_COUNT; i++)); do BACKEND_URLS+=("http://127.0.0.1:$((BASE_PORT + i))"); done
-
-cat >"$TMP/backends.yaml" <<EOF
-# Only read for its log settings by 'gateway demo --backends-only'.
-listen: 127.0.0.1:$GATEWAY_PORT
-admin:
-  listen: 127.0.0.1:$ADMIN_PORT
-log:
-  level: warn
-  format: pretty
-  access: false
-EOF
-
-start "echo backends" "$BACKEND_CPUS" "$TMP/backends.log" \
-    "$GATEWAY_BIN" demo --backends-only --backends "$BACKEND_COUNT" --base-port "$BASE_PORT" \
-    -c "$TMP/backends.yaml"
-BACKENDS_PID=$STARTED_PID
-for url in "${BACKEND_URLS[@]}"; do
-    wait_ready "echo backend" "$BACKENDS_PID" "$url/" "$TMP/backends.log"
-done
-
-host_desc="$(uname -sm), $(nproc) CPUs"
-cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1 || true)
-[[ -n $cpu_model ]] && host_desc="$host_desc ($cpu_model)"
-if [[ $PIN == 1 ]]; then
-    pin_desc="wrk on CPU $WRK_CPUS, proxy on CPU $PROXY_CPUS, echo backends on CPU $BACKEND_CPUS (taskset)"
-else
-    pin_desc="no CPU pinning"
+if has plugins; then
+    if [[ $SKIP_BUILD == 1 && -f $WASM/api_key.wasm && -f $WASM/sticky.wasm ]]; then
+        log "using the example plugins already built in $WASM (SKIP_BUILD=1)"
+    else
+        log "building the example plugins (wasm32-wasip2)"
+        rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+        cargo build --release --target wasm32-wasip2 --manifest-path "$ROOT/plugins/Cargo.toml" \
+            >"$TMP/plugins-build.txt" 2>&1 || die "plugin build failed: $(tail -n 20 "$TMP/plugins-build.txt")"
+    fi
 fi
-gateway_version=$("$GATEWAY_BIN" --version 2>/dev/null || echo gateway)
-wrk_version=$(wrk -v 2>&1 | head -n 1 | awk '{print $1, $2}' || true)
 
-printf '\nBenchmark: wrk -t%s -c%s -d%s (warm-up %s), %s\n' "$THREADS" "$CONNECTIONS" "$DURATION" "$WARMUP" "$pin_desc"
-printf 'Host: %s; CLK_TCK=%s; %s; %s\n\n' "$host_desc" "$CLK_TCK" "$gateway_version" "${wrk_version:-wrk}"
+# ---------------------------------------------------------------- wrk scripts
 
-# ---------------------------------------------------------------- 1. direct
-
-bench direct "direct (1 backend)" "${BACKEND_URLS[0]}/"
-
-# ---------------------------------------------------------------- 2. gateway
-
-# gateway_yaml EXTRA: the gateway config, with EXTRA appended.
-gateway_yaml() {
-    echo "listen: 127.0.0.1:$GATEWAY_PORT"
-    echo "backends:"
-    for url in "${BACKEND_URLS[@]}"; do echo "  - $url"; done
+write_report_lua "$TMP/report.lua"
+cp "$TMP/report.lua" "$TMP/get.lua"
+{
     cat <<EOF
-health_check:
-  # nginx (open source) has no active checks; match it: passive only, a
-  # failed backend gets traffic again after 10s (nginx's fail_timeout).
-  enabled: false
-  interval: 10s
-admin:
-  listen: 127.0.0.1:$ADMIN_PORT
-log:
-  level: warn
-  format: pretty
-  access: false
+-- POST with a body of $POST_BYTES bytes; wrk adds Content-Length.
+wrk.method = "POST"
+wrk.body = string.rep("x", $POST_BYTES)
+wrk.headers["Content-Type"] = "application/octet-stream"
 EOF
-    printf '%s' "$1"
-}
+    cat "$TMP/report.lua"
+} >"$TMP/post.lua"
+head -c "$POST_BYTES" /dev/zero | tr '\0' x >"$TMP/body.bin"
 
-# run_gateway KEY LABEL EXTRA-YAML: start the gateway with that config and measure it.
-run_gateway() {
-    local key=$1 label=$2
-    gateway_yaml "$3" >"$TMP/$key.yaml"
-    "$GATEWAY_BIN" validate -c "$TMP/$key.yaml" >"$TMP/$key-validate.txt" 2>&1 ||
-        die "generated $key config is invalid: $(cat "$TMP/$key-validate.txt")"
-    start "$key" "$PROXY_CPUS" "$TMP/$key.log" "$GATEWAY_BIN" run -c "$TMP/$key.yaml"
-    GATEWAY_PID=$STARTED_PID
-    wait_ready "$key" "$GATEWAY_PID" "http://127.0.0.1:$GATEWAY_PORT/" "$TMP/$key.log"
-    check_round_robin "$key" "http://127.0.0.1:$GATEWAY_PORT/"
-    bench "$key" "$label" "http://127.0.0.1:$GATEWAY_PORT/" gateway_pids
-    stop_pid "$GATEWAY_PID"
-}
-gateway_pids() { echo "$GATEWAY_PID"; }
+# ---------------------------------------------------------------- targets
 
-run_gateway gateway "gateway" "balancer:
-  algorithm: round_robin
-"
-
-# ------------------------------------------- 2b. rate limiting, built-in vs plugins
+declare -A LABEL
+LABEL[direct]="direct (one echo backend)"
+LABEL[gateway]="gateway"
+LABEL[limit]="gateway + limiter (IP key)"
+LABEL[plugins]="gateway + limiter, api-key + sticky plugins"
+LABEL[routed]="gateway routed (10 routes, the last matches)"
+LABEL[redis]="gateway + limiter in Redis"
+gateway_version=$("$GATEWAY_BIN" --version 2>/dev/null || echo gateway)
+nginx_version=
+haproxy_version=
+if has nginx; then
+    nginx_version=$("$NGINX_BIN" -v 2>&1 | sed -n 's|.*nginx/\([^ ]*\).*|\1|p')
+    LABEL[nginx]="nginx $nginx_version"
+fi
+if has haproxy; then
+    haproxy_version=$("$HAPROXY_BIN" -v 2>&1 | sed -n 's/^HAProxy version \([^ ]*\).*/\1/p' | head -n 1)
+    LABEL[haproxy]="HAProxy $haproxy_version"
+fi
 
 LIMITS="  default:
     capacity: 1000000000
     refill_per_second: 1000000
   database: sqlite://$TMP/limits.db
 "
-if [[ $PLUGINS == 1 ]]; then
-    log "building the example plugins (wasm32-wasip2)"
-    rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-    cargo build --release --target wasm32-wasip2 --manifest-path "$ROOT/plugins/Cargo.toml" >"$TMP/plugins-build.txt" 2>&1 ||
-        die "plugin build failed: $(tail -n 20 "$TMP/plugins-build.txt")"
-    WASM="$ROOT/plugins/target/wasm32-wasip2/release"
-    run_gateway limit "gateway + rate limit (IP key, round robin)" "rate_limit:
-  key: ip
-$LIMITS"
-    run_gateway plugins "gateway + rate limit (api-key plugin, sticky plugin)" "rate_limit:
+
+# gateway_yaml KEY WORKERS: the gateway config of a gateway target.
+gateway_yaml() {
+    local key=$1 workers=$2 url
+    echo "listen: 127.0.0.1:$GATEWAY_PORT"
+    if [[ $key == routed ]]; then
+        gateway_routed_yaml
+    else
+        echo "backends:"
+        for url in "${BACKEND_URLS[@]}"; do echo "  - $url"; done
+        cat <<EOF
+health_check:
+  # nginx (open source) and haproxy without 'check' probe nothing; match
+  # them: passive only.
+  enabled: false
+  interval: 10s
+EOF
+    fi
+    cat <<EOF
+proxy:
+  workers: $workers
+admin:
+  listen: 127.0.0.1:$ADMIN_PORT
+log:
+  level: warn
+  format: pretty
+  access: false
+EOF
+    case $key in
+    gateway) printf 'balancer:\n  algorithm: round_robin\n' ;;
+    routed) ;; # the pool's default balancer: round robin
+    limit) printf 'balancer:\n  algorithm: round_robin\nrate_limit:\n  key: ip\n%s' "$LIMITS" ;;
+    redis) printf 'balancer:\n  algorithm: round_robin\nrate_limit:\n  key: ip\n  shared: redis://127.0.0.1:%s\n%s' \
+        "$REDIS_PORT" "$LIMITS" ;;
+    plugins)
+        cat <<EOF
+rate_limit:
   key: plugin
   key_plugin: $WASM/api_key.wasm
 $LIMITS
@@ -518,141 +315,415 @@ balancer:
   plugin: $WASM/sticky.wasm
 plugins:
   cache_dir: $TMP/plugin-cache
-"
-fi
+EOF
+        ;;
+    esac
+}
 
-# ------------------------------------------- 2c. rate limiting, local vs Redis
+# check_post LABEL URL: a POST with POST_BYTES of body reaches a backend whole.
+check_post() {
+    local label=$1 url=$2 body got method
+    body=$(curl -sf --max-time 5 -X POST -H 'Content-Type: application/octet-stream' \
+        --data-binary "@$TMP/body.bin" "$url") || die "$label: POST to $url failed"
+    got=$(sed -n 's/.*"body_bytes": *\([0-9]*\).*/\1/p' <<<"$body")
+    method=$(sed -n 's/.*"method": *"\([^"]*\)".*/\1/p' <<<"$body")
+    [[ $got == "$POST_BYTES" && $method == POST ]] ||
+        die "$label: a POST of $POST_BYTES bytes arrived as $method with ${got:-?} bytes"
+}
 
-if [[ $REDIS != 0 ]] && command -v redis-server >/dev/null; then
-    start redis "$REDIS_CPUS" "$TMP/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
-        --save "" --appendonly no
-    REDIS_PID=$STARTED_PID
-    for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-    if [[ $PLUGINS != 1 ]]; then
-        run_gateway limit "gateway + rate limit (IP key, round robin)" "rate_limit:
-  key: ip
-$LIMITS"
+# start_target KEY WORKERS: starts (and checks) the target; sets TARGET_PIDS
+# (the pids whose CPU time is measured; empty for direct), TARGET_URL and
+# TARGET_STOP (pids to stop afterwards).
+start_target() {
+    local key=$1 workers=$2 cfg
+    TARGET_PIDS=()
+    TARGET_STOP=()
+    case $key in
+    direct)
+        TARGET_URL="${BACKEND_URLS[0]}/"
+        check_post "${LABEL[$key]}" "$TARGET_URL"
+        return 0
+        ;;
+    nginx)
+        local np="$TMP/nginx-$workers"
+        mkdir -p "$np/logs" "$np/tmp"
+        chmod 755 "$np"
+        nginx_conf "$np" "$NGINX_PORT" "$BASE_PORT" "$BACKEND_COUNT" "" "$workers" >"$np/nginx.conf"
+        "$NGINX_BIN" -t -p "$np" -e "$np/logs/error.log" -c "$np/nginx.conf" >"$TMP/nginx-test.txt" 2>&1 ||
+            die "nginx rejected the generated config: $(cat "$TMP/nginx-test.txt")"
+        start nginx "$CUR_PROXY_CPUS" "$TMP/nginx.log" \
+            "$NGINX_BIN" -p "$np" -e "$np/logs/error.log" -c "$np/nginx.conf" -g 'daemon off;'
+        TARGET_STOP=("$STARTED_PID")
+        TARGET_URL="http://127.0.0.1:$NGINX_PORT/"
+        wait_ready nginx "$STARTED_PID" "$TARGET_URL" "$np/logs/error.log"
+        mapfile -t TARGET_PIDS < <(with_children "$STARTED_PID")
+        ((${#TARGET_PIDS[@]} == workers + 1)) ||
+            die "nginx: expected a master and $workers worker(s), found ${#TARGET_PIDS[@]} process(es)"
+        ;;
+    haproxy)
+        cfg="$TMP/haproxy-$workers.cfg"
+        haproxy_conf "$HAPROXY_PORT" "$BASE_PORT" "$BACKEND_COUNT" "$workers" >"$cfg"
+        "$HAPROXY_BIN" -c -f "$cfg" >"$TMP/haproxy-test.txt" 2>&1 ||
+            die "haproxy rejected the generated config: $(cat "$TMP/haproxy-test.txt")"
+        start haproxy "$CUR_PROXY_CPUS" "$TMP/haproxy.log" "$HAPROXY_BIN" -f "$cfg" -db
+        TARGET_STOP=("$STARTED_PID")
+        TARGET_URL="http://127.0.0.1:$HAPROXY_PORT/"
+        wait_ready haproxy "$STARTED_PID" "$TARGET_URL" "$TMP/haproxy.log"
+        mapfile -t TARGET_PIDS < <(with_children "$STARTED_PID")
+        log "haproxy: $(threads "$STARTED_PID") thread(s) (nbthread $workers)"
+        ;;
+    *) # the gateway targets
+        if [[ $key == redis ]]; then
+            start redis "$CUR_BACKEND_CPUS" "$TMP/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
+                --save "" --appendonly no
+            TARGET_STOP=("$STARTED_PID")
+            local i
+            for ((i = 0; i < 50; i++)); do
+                redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+                sleep 0.1
+            done
+        fi
+        cfg="$TMP/$key-$workers.yaml"
+        gateway_yaml "$key" "$workers" >"$cfg"
+        "$GATEWAY_BIN" validate -c "$cfg" >"$TMP/$key-validate.txt" 2>&1 ||
+            die "generated $key config is invalid: $(cat "$TMP/$key-validate.txt")"
+        start "$key" "$CUR_PROXY_CPUS" "$TMP/$key.log" "$GATEWAY_BIN" run -c "$cfg"
+        TARGET_STOP=("$STARTED_PID" "${TARGET_STOP[@]}")
+        TARGET_PIDS=("$STARTED_PID")
+        TARGET_URL="http://127.0.0.1:$GATEWAY_PORT/"
+        wait_ready "$key" "$STARTED_PID" "$TARGET_URL" "$TMP/$key.log"
+        log "$key: $(threads "$STARTED_PID") thread(s) (proxy.workers $workers, plus the admin and helper threads)"
+        ;;
+    esac
+    check_round_robin "${LABEL[$key]}" "$TARGET_URL"
+    check_post "${LABEL[$key]}" "$TARGET_URL"
+}
+
+threads() { awk '/^Threads:/ { print $2 }' "/proc/$1/status"; }
+
+stop_target() {
+    local pid
+    for pid in "${TARGET_STOP[@]}"; do stop_started "$pid"; done
+    TARGET_STOP=()
+}
+
+# use_workers N: the CPU sets for N workers.
+use_workers() {
+    if (($1 == 1)); then
+        CUR_PROXY_CPUS=$PROXY_CPUS CUR_BACKEND_CPUS=$BACKEND_CPUS CUR_WRK_CPUS=$WRK_CPUS_1
+    else
+        CUR_PROXY_CPUS=$PROXY_CPUS_MW CUR_BACKEND_CPUS=$BACKEND_CPUS_MW CUR_WRK_CPUS=$WRK_CPUS_MW
     fi
-    # Round trips = EVALSHA (+ EVAL/SCRIPT when the script had to be loaded).
-    script_calls() {
-        redis-cli -p "$REDIS_PORT" info commandstats |
-            awk -F'[:=,]' '/^cmdstat_(evalsha|eval|script)(\||:)/ { n += $3 } END { print n + 0 }'
-    }
-    calls_before=$(script_calls)
-    run_gateway redis "gateway + rate limit in Redis" "rate_limit:
-  key: ip
-  shared: redis://127.0.0.1:$REDIS_PORT
-$LIMITS"
-    calls_after=$(script_calls)
-    # Every request of the warm-up and the measured run went to Redis.
-    redis_requests=$(grep -h '^WRK_RESULT' "$TMP/wrk-redis-warmup.txt" "$TMP/wrk-redis.txt" |
-        sed -n 's/.* requests=\([0-9]*\).*/\1/p' | awk '{ n += $1 } END { print n + 0 }')
-    REDIS_PER_REQUEST=$(awk -v c=$((calls_after - calls_before)) -v n="$redis_requests" 'BEGIN { printf "%.2f", c / n }')
-    stop_pid "$REDIS_PID"
-    HAVE_REDIS=1
-else
-    HAVE_REDIS=0
-fi
+    WRK_CPUS=$CUR_WRK_CPUS # read by run_wrk
+}
+WRK_CPUS_1=$WRK_CPUS
 
-# ---------------------------------------------------------------- 3. nginx
+# Redis script calls so far (EVALSHA, plus EVAL/SCRIPT when the script had to be loaded).
+redis_calls() {
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" info commandstats |
+        awk -F'[:=,]' '/^cmdstat_(evalsha|eval|script)(\||:)/ { n += $3 } END { print n + 0 }'
+}
 
-nginx_version=
-if [[ -n $NGINX_BIN ]]; then
-    nginx_version=$("$NGINX_BIN" -v 2>&1 | sed -n 's|.*nginx/\([^ ]*\).*|\1|p')
-    NP="$TMP/nginx"
-    mkdir -p "$NP/logs" "$NP/tmp"
-    chmod 755 "$NP"
-    nginx_conf "$NP" "$NGINX_PORT" "$BASE_PORT" "$BACKEND_COUNT" >"$NP/nginx.conf"
+# ---------------------------------------------------------------- measuring
 
-    "$NGINX_BIN" -t -p "$NP" -e "$NP/logs/error.log" -c "$NP/nginx.conf" >"$TMP/nginx-test.txt" 2>&1 ||
-        die "nginx rejected the generated config: $(cat "$TMP/nginx-test.txt")"
-    start nginx "$PROXY_CPUS" "$TMP/nginx.log" \
-        "$NGINX_BIN" -p "$NP" -e "$NP/logs/error.log" -c "$NP/nginx.conf" -g 'daemon off;'
-    NGINX_PID=$STARTED_PID
-    wait_ready nginx "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/" "$NP/logs/error.log"
-    check_round_robin nginx "http://127.0.0.1:$NGINX_PORT/"
+# Results: R["KEY|WORKERS|METHOD|RUN|FIELD"], FIELD one of rps p50 p99 cpu
+# util err rt (Redis round trips per request).
+declare -A R
+val() { echo "${R["$1|$2|$3|$4|$5"]:-}"; }
 
-    nginx_pids() { with_children "$NGINX_PID"; }
-    workers=$(($(nginx_pids | wc -l) - 1))
-    ((workers >= 1)) || die "nginx master $NGINX_PID has no worker process"
-    bench nginx "nginx ${nginx_version}" "http://127.0.0.1:$NGINX_PORT/" nginx_pids
-    stop_pid "$NGINX_PID"
-fi
+# measure KEY WORKERS METHOD RUN: warm up, then measure the running target.
+measure() {
+    local key=$1 workers=$2 method=$3 run=$4
+    local label="${LABEL[$key]}, $method, $workers worker(s)" tag="$key-$workers-$method-$run"
+    local lua="$TMP/get.lua"
+    [[ $method == POST ]] && lua="$TMP/post.lua"
+    # Every target gets the same request headers (the plugins read them).
+    local cmd=(wrk -t"$THREADS" -c"$CONNECTIONS" --latency -s "$lua"
+        -H "X-API-Key: bench-key" -H "X-User: bench-user")
+    local calls_before=0 calls_after=0
+    [[ $key == redis ]] && calls_before=$(redis_calls)
+    log "run $run, $label: warm-up $WARMUP"
+    run_wrk "$TMP/wrk-$tag-warmup.txt" "${cmd[@]}" -d"$WARMUP" "$TARGET_URL" ||
+        die "wrk warm-up against $label failed: $(tail -n 5 "$TMP/wrk-$tag-warmup.txt")"
+    local before=0 after=0
+    ((${#TARGET_PIDS[@]} == 0)) || before=$(cpu_ticks "${TARGET_PIDS[@]}")
+    log "run $run, $label: measuring $DURATION (wrk -t$THREADS -c$CONNECTIONS)"
+    run_wrk "$TMP/wrk-$tag.txt" "${cmd[@]}" -d"$DURATION" "$TARGET_URL" ||
+        die "wrk against $label failed: $(tail -n 5 "$TMP/wrk-$tag.txt")"
+    ((${#TARGET_PIDS[@]} == 0)) || after=$(cpu_ticks "${TARGET_PIDS[@]}")
+    [[ $key == redis ]] && calls_after=$(redis_calls)
 
-stop_pid "$BACKENDS_PID"
+    local out="$TMP/wrk-$tag.txt"
+    wrk_result "$out" "$label"
+    local k="$key|$workers|$method|$run" ticks=$((after - before))
+    R["$k|rps"]=$(awk -v n="$W_REQUESTS" -v us="$W_DURATION" 'BEGIN { printf "%.0f", n / (us / 1e6) }')
+    R["$k|p50"]=$W_P50
+    R["$k|p99"]=$W_P99
+    R["$k|err"]=$W_ERRORS
+    R["$k|cpu"]=
+    R["$k|util"]=
+    if ((${#TARGET_PIDS[@]} > 0)); then
+        R["$k|cpu"]=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$W_REQUESTS" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+        R["$k|util"]=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v us="$W_DURATION" 'BEGIN { printf "%.0f", t / hz * 100 / (us / 1e6) }')
+    fi
+    if [[ $key == redis ]]; then
+        # Every request of the warm-up and the measured run went to Redis.
+        local warm_requests
+        wrk_result "$TMP/wrk-$tag-warmup.txt" "$label (warm-up)"
+        warm_requests=$W_REQUESTS
+        wrk_result "$out" "$label"
+        R["$k|rt"]=$(awk -v c=$((calls_after - calls_before)) -v n=$((warm_requests + W_REQUESTS)) \
+            'BEGIN { printf "%.2f", c / n }')
+    fi
+    if ((W_ERRORS > 0)); then
+        warn "$label: $W_STATUS non-2xx/3xx responses, socket errors connect $W_CONNECT read $W_READ write $W_WRITE timeout $W_TIMEOUT"
+    fi
+    printf '  -> %s: %s req/s, p50 %s, p99 %s%s, errors %s%s\n' "$label" "${R["$k|rps"]}" \
+        "$(fmt_latency "$W_P50")" "$(fmt_latency "$W_P99")" \
+        "${R["$k|cpu"]:+, proxy CPU ${R["$k|cpu"]} µs/request (${R["$k|util"]}% of a CPU, ${#TARGET_PIDS[@]} process(es))}" \
+        "${R["$k|err"]}" "${R["$k|rt"]:+, Redis round trips/request ${R["$k|rt"]}}"
+}
+
+# ---------------------------------------------------------------- plan
+
+describe_host
+wrk_version=$(wrk -v 2>&1 | head -n 1 | awk '{print $1, $2}' || true)
+versions="$gateway_version${nginx_version:+, nginx $nginx_version}${haproxy_version:+, HAProxy $haproxy_version}"
+pin_desc() { # pin_desc WORKERS
+    if [[ $PIN != 1 ]]; then
+        echo "no CPU pinning"
+    elif (($1 == 1)); then
+        echo "wrk on CPU $WRK_CPUS_1, proxy on CPU $PROXY_CPUS, echo backends on CPU $BACKEND_CPUS"
+    else
+        echo "proxy on CPUs $PROXY_CPUS_MW, sharing them with wrk (CPUs $WRK_CPUS_MW) and the echo backends (CPUs $BACKEND_CPUS_MW)"
+    fi
+}
+
+n_measure=$((RUNS * ${#WORKER_LIST[@]} * ${#KEYS[@]} * ${#METHOD_LIST[@]}))
+per_measure=$(($(seconds "$WARMUP") + $(seconds "$DURATION")))
+# Measured on a 2-CPU VM: about 0.3 s per measurement beyond warm-up +
+# duration, 0.5 s per target start and check, 1 s per backends start.
+estimate=$(awk -v n="$n_measure" -v d="$per_measure" -v s=$((RUNS * ${#WORKER_LIST[@]} * ${#KEYS[@]})) \
+    -v b=$((RUNS * ${#WORKER_LIST[@]})) 'BEGIN { printf "%.0f", n * (d + 0.3) + s * 0.5 + b }')
+
+printf '\nBenchmark: %s run(s) × workers {%s} × targets {%s} × methods {%s} = %s measurements of wrk -t%s -c%s -d%s after a %s warm-up; POST body %s bytes\n' \
+    "$RUNS" "${WORKER_LIST[*]}" "${KEYS[*]}" "${METHOD_LIST[*]}" "$n_measure" "$THREADS" "$CONNECTIONS" \
+    "$DURATION" "$WARMUP" "$POST_BYTES"
+for w in "${WORKER_LIST[@]}"; do printf 'CPUs with %s worker(s): %s\n' "$w" "$(pin_desc "$w")"; done
+printf 'Host: %s; CLK_TCK=%s; %s; %s\n' "$HOST_DESC" "$CLK_TCK" "$versions" "${wrk_version:-wrk}"
+printf 'Estimated time: about %s min (%s s)\n\n' "$(((estimate + 59) / 60))" "$estimate"
+START_SECONDS=$SECONDS
+
+# ---------------------------------------------------------------- runs
+
+n=${#KEYS[@]}
+nm=${#METHOD_LIST[@]}
+for ((run = 1; run <= RUNS; run++)); do
+    # Rotate the order so that no target (or method) always goes first.
+    order=()
+    for ((i = 0; i < n; i++)); do order+=("${KEYS[(i + run - 1) % n]}"); done
+    methods=()
+    for ((i = 0; i < nm; i++)); do methods+=("${METHOD_LIST[(i + run - 1) % nm]}"); done
+    for workers in "${WORKER_LIST[@]}"; do
+        use_workers "$workers"
+        printf '=== run %s of %s, %s worker(s) (order: %s; methods: %s; %s s elapsed)\n' "$run" "$RUNS" "$workers" \
+            "${order[*]}" "${methods[*]}" $((SECONDS - START_SECONDS))
+        start_backends "$CUR_BACKEND_CPUS" "$GATEWAY_PORT" "$ADMIN_PORT"
+        for key in "${order[@]}"; do
+            start_target "$key" "$workers"
+            for method in "${methods[@]}"; do measure "$key" "$workers" "$method" "$run"; done
+            for pid in "${TARGET_PIDS[@]}"; do
+                kill -0 "$pid" 2>/dev/null || die "${LABEL[$key]} (pid $pid) died during the benchmark"
+            done
+            stop_target
+        done
+        stop_started "$BACKENDS_PID"
+        echo
+    done
+done
+ELAPSED=$((SECONDS - START_SECONDS))
 
 # ---------------------------------------------------------------- summary
 
-ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
-row() { # row KEY LABEL
-    local k=$1
-    printf '| %s | %s | %s | %s | %s | %s |\n' "$2" "${R_RPS[$k]}" "$(ms "${R_P50[$k]}")" \
-        "$(ms "${R_P99[$k]}")" "${R_CPU[$k]:-—}" "${R_ERR[$k]}"
+# series KEY WORKERS METHOD FIELD: the per-run values.
+series() {
+    local run
+    for ((run = 1; run <= RUNS; run++)); do val "$1" "$2" "$3" "$run" "$4"; done
+}
+# ratio_series A WA B WB METHOD FIELD: per run, A (WA workers) ÷ B (WB workers).
+ratio_series() {
+    local run
+    for ((run = 1; run <= RUNS; run++)); do
+        ratio "$(val "$1" "$2" "$5" "$run" "$6")" "$(val "$3" "$4" "$5" "$run" "$6")"
+    done
+}
+col() { # col FIELD KEY WORKERS METHOD: median (min–max) of the per-run values
+    local values
+    mapfile -t values < <(series "$2" "$3" "$4" "$1")
+    cell "$1" "${values[@]}"
+}
+med() { # med FIELD KEY WORKERS METHOD: the median alone
+    local values s
+    mapfile -t values < <(series "$2" "$3" "$4" "$1")
+    s=$(stats "${values[@]}")
+    if [[ -n $s ]]; then fmt "$1" "${s%% *}"; else echo "—"; fi
+}
+rcell() { # rcell A WA B WB METHOD FIELD: median (min–max) of the per-run ratios
+    local values
+    mapfile -t values < <(ratio_series "$@")
+    cell ratio "${values[@]}"
+}
+rmed() { # rmed A WA B WB METHOD FIELD: the median of the per-run ratios
+    local values s
+    mapfile -t values < <(ratio_series "$@")
+    s=$(stats "${values[@]}")
+    [[ -n $s ]] && fmt ratio "${s%% *}"
+}
+errors() { # errors KEY WORKERS METHOD: summed over the runs
+    series "$1" "$2" "$3" err | awk '{ n += $1 } END { print n + 0 }'
 }
 
+GATEWAYS=()
+for key in gateway limit plugins routed redis; do has "$key" && GATEWAYS+=("$key"); done
+REFS=()
+for key in haproxy nginx; do has "$key" && REFS+=("$key"); done
+spread=""
+((RUNS > 1)) && spread=" (min–max)"
+
 echo
-echo "Ratios"
-printf '  gateway vs direct:  requests/s %s×, p50 %s×, p99 %s×\n' \
-    "$(ratio "${R_RPS[gateway]}" "${R_RPS[direct]}")" \
-    "$(ratio "${R_P50[gateway]}" "${R_P50[direct]}")" \
-    "$(ratio "${R_P99[gateway]}" "${R_P99[direct]}")"
-if [[ -n $NGINX_BIN ]]; then
-    printf '  gateway vs nginx:   CPU µs/request %s×, p99 %s×, p50 %s×, requests/s %s×\n' \
-        "$(ratio "${R_CPU[gateway]}" "${R_CPU[nginx]}")" \
-        "$(ratio "${R_P99[gateway]}" "${R_P99[nginx]}")" \
-        "$(ratio "${R_P50[gateway]}" "${R_P50[nginx]}")" \
-        "$(ratio "${R_RPS[gateway]}" "${R_RPS[nginx]}")"
+echo "Per run (raw; CPU = proxy CPU µs/request, busy = proxy CPU time ÷ wall time):"
+echo
+printf '%-4s %-7s %-6s %-8s %9s %9s %9s %8s %6s %7s\n' run workers method target req/s p50_us p99_us cpu_us busy% errors
+for ((run = 1; run <= RUNS; run++)); do
+    for workers in "${WORKER_LIST[@]}"; do
+        for method in "${METHOD_LIST[@]}"; do
+            for key in "${KEYS[@]}"; do
+                printf '%-4s %-7s %-6s %-8s %9s %9s %9s %8s %6s %7s\n' "$run" "$workers" "$method" "$key" \
+                    "$(val "$key" "$workers" "$method" "$run" rps)" "$(val "$key" "$workers" "$method" "$run" p50)" \
+                    "$(val "$key" "$workers" "$method" "$run" p99)" "$(val "$key" "$workers" "$method" "$run" cpu)" \
+                    "$(val "$key" "$workers" "$method" "$run" util)" "$(val "$key" "$workers" "$method" "$run" err)"
+            done
+        done
+    done
+done
+
+echo
+if ((RUNS > 1)); then
+    echo "Results: median$spread over $RUNS runs (markdown, for the README):"
 else
-    echo "  gateway vs nginx:   not measured (nginx skipped or not installable)"
+    echo "Results (markdown, for the README):"
+fi
+echo
+echo "| Target | Workers | Method | Requests/s | p50 (ms) | p99 (ms) | Proxy CPU (µs/request) | Errors |"
+echo "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
+for workers in "${WORKER_LIST[@]}"; do
+    for method in "${METHOD_LIST[@]}"; do
+        for key in "${KEYS[@]}"; do
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$key]}" "$workers" "$method" \
+                "$(col rps "$key" "$workers" "$method")" "$(med p50 "$key" "$workers" "$method")" \
+                "$(col p99 "$key" "$workers" "$method")" "$(col cpu "$key" "$workers" "$method")" \
+                "$(errors "$key" "$workers" "$method")"
+        done
+    done
+done
+
+if ((${#REFS[@]} > 0)); then
+    echo
+    echo "Gateway ÷ reference: median$spread of the per-run ratios (markdown; lower is better for CPU and p99):"
+    echo
+    hdr="| Gateway | Workers | Method"
+    sep="| --- | ---: | ---"
+    for ref in "${REFS[@]}"; do
+        hdr="$hdr | CPU ÷ ${ref/haproxy/HAProxy} | p99 ÷ ${ref/haproxy/HAProxy} | req/s ÷ ${ref/haproxy/HAProxy}"
+        sep="$sep | ---: | ---: | ---:"
+    done
+    echo "$hdr |"
+    echo "$sep |"
+    for workers in "${WORKER_LIST[@]}"; do
+        for method in "${METHOD_LIST[@]}"; do
+            for key in "${GATEWAYS[@]}"; do
+                line="| ${LABEL[$key]} | $workers | $method"
+                for ref in "${REFS[@]}"; do
+                    line="$line | $(rcell "$key" "$workers" "$ref" "$workers" "$method" cpu)"
+                    line="$line | $(rcell "$key" "$workers" "$ref" "$workers" "$method" p99)"
+                    line="$line | $(rcell "$key" "$workers" "$ref" "$workers" "$method" rps)"
+                done
+                echo "$line |"
+            done
+        done
+    done
+fi
+
+if has gateway && has limit; then
+    echo
+    echo "Limiter on ÷ off (gateway + limiter ÷ gateway), median$spread of the per-run ratios:"
+    echo
+    echo "| Workers | Method | CPU µs/request | p99 | Requests/s |"
+    echo "| ---: | --- | ---: | ---: | ---: |"
+    for workers in "${WORKER_LIST[@]}"; do
+        for method in "${METHOD_LIST[@]}"; do
+            printf '| %s | %s | %s | %s | %s |\n' "$workers" "$method" \
+                "$(rcell limit "$workers" gateway "$workers" "$method" cpu)" \
+                "$(rcell limit "$workers" gateway "$workers" "$method" p99)" \
+                "$(rcell limit "$workers" gateway "$workers" "$method" rps)"
+        done
+    done
+fi
+
+# Scaling: every other worker count against the first (1 by default).
+base_w=${WORKER_LIST[0]}
+if ((${#WORKER_LIST[@]} > 1)); then
+    echo
+    echo "Scaling: $base_w → N workers, median$spread of the per-run ratios (N workers ÷ $base_w; requests/s: higher is better; on this machine wrk and the backends share the CPUs with N > 1):"
+    echo
+    echo "| Target | Method | Workers | Requests/s ratio | CPU µs/request ratio | Proxy busy % ($base_w → N) |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: |"
+    for key in "${KEYS[@]}"; do
+        [[ $key == direct ]] && continue
+        for method in "${METHOD_LIST[@]}"; do
+            for workers in "${WORKER_LIST[@]:1}"; do
+                printf '| %s | %s | %s | %s | %s | %s → %s |\n' "${LABEL[$key]}" "$method" "$workers" \
+                    "$(rcell "$key" "$workers" "$key" "$base_w" "$method" rps)" \
+                    "$(rcell "$key" "$workers" "$key" "$base_w" "$method" cpu)" \
+                    "$(med util "$key" "$base_w" "$method")" "$(med util "$key" "$workers" "$method")"
+            done
+        done
+    done
+fi
+
+if has redis; then
+    echo
+    for workers in "${WORKER_LIST[@]}"; do
+        for method in "${METHOD_LIST[@]}"; do
+            printf 'Redis, %s worker(s), %s: round trips (script calls) per request %s; requests/s ÷ local buckets %s\n' \
+                "$workers" "$method" "$(med rt redis "$workers" "$method")" \
+                "$(has limit && rcell redis "$workers" limit "$workers" "$method" rps || echo —)"
+        done
+    done
+fi
+
+if has limit && has haproxy; then
+    echo
+    echo "Target (the issue): gateway + limiter CPU µs/request ≤ 0.9× HAProxy's and p99 ≤ HAProxy's (medians of the per-run ratios)"
+    for workers in "${WORKER_LIST[@]}"; do
+        for method in "${METHOD_LIST[@]}"; do
+            c=$(rmed limit "$workers" haproxy "$workers" "$method" cpu)
+            p=$(rmed limit "$workers" haproxy "$workers" "$method" p99)
+            verdict_cpu=MISSES
+            verdict_p99=MISSES
+            awk -v r="$c" 'BEGIN { exit !(r != "" && r <= 0.90) }' && verdict_cpu=meets
+            awk -v r="$p" 'BEGIN { exit !(r != "" && r <= 1.00) }' && verdict_p99=meets
+            printf '  %s worker(s), %s: CPU %s× (%s ≤ 0.9×), p99 %s× (%s ≤ 1.0×)\n' "$workers" "$method" \
+                "${c:-n/a}" "$verdict_cpu" "${p:-n/a}" "$verdict_p99"
+        done
+    done
 fi
 
 echo
-echo "Markdown (paste into README):"
-echo
-echo "| Target | Requests/s | p50 (ms) | p99 (ms) | Proxy CPU (µs/request) | Errors |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-row direct "Direct to one echo backend"
-row gateway "gateway (round robin, 3 backends)"
-if [[ $PLUGINS == 1 ]]; then
-    row limit "gateway + rate limit (IP key, round robin)"
-    row plugins "gateway + rate limit, api-key + sticky plugins"
-fi
-if [[ $HAVE_REDIS == 1 ]]; then
-    [[ $PLUGINS == 1 ]] || row limit "gateway + rate limit (IP key, round robin)"
-    row redis "gateway + rate limit in Redis"
-fi
-[[ -n $NGINX_BIN ]] && row nginx "nginx $nginx_version (same setup)"
-echo
-echo "| Ratio | gateway ÷ direct | gateway ÷ nginx |"
-echo "| --- | ---: | ---: |"
-if [[ -n $NGINX_BIN ]]; then
-    n_rps=$(ratio "${R_RPS[gateway]}" "${R_RPS[nginx]}")
-    n_p99=$(ratio "${R_P99[gateway]}" "${R_P99[nginx]}")
-    n_cpu=$(ratio "${R_CPU[gateway]}" "${R_CPU[nginx]}")
-else
-    n_rps="—" n_p99="—" n_cpu="—"
-fi
-echo "| Requests/s | $(ratio "${R_RPS[gateway]}" "${R_RPS[direct]}") | $n_rps |"
-echo "| p99 latency | $(ratio "${R_P99[gateway]}" "${R_P99[direct]}") | $n_p99 |"
-echo "| Proxy CPU per request | — | $n_cpu |"
-if [[ $PLUGINS == 1 ]]; then
-    echo
-    printf 'Plugins vs built-in (both with rate limiting): requests/s %s×, p99 %s×, CPU µs/request %s×\n' \
-        "$(ratio "${R_RPS[plugins]}" "${R_RPS[limit]}")" \
-        "$(ratio "${R_P99[plugins]}" "${R_P99[limit]}")" \
-        "$(ratio "${R_CPU[plugins]}" "${R_CPU[limit]}")"
-fi
-if [[ $HAVE_REDIS == 1 ]]; then
-    echo
-    printf 'Redis vs local buckets: requests/s %s×, p99 %s×; Redis round trips (script calls) per request: %s (the script runs TIME, HMGET, HSET, PEXPIRE inside Redis)\n' \
-        "$(ratio "${R_RPS[redis]}" "${R_RPS[limit]}")" \
-        "$(ratio "${R_P99[redis]}" "${R_P99[limit]}")" \
-        "$REDIS_PER_REQUEST"
-fi
-echo
-printf '_wrk -t%s -c%s -d%s after a %s warm-up, loopback, %s; %s; %s%s. Proxy CPU = utime+stime from /proc/PID/stat%s over the measured run ÷ requests completed._\n' \
-    "$THREADS" "$CONNECTIONS" "$DURATION" "$WARMUP" "$pin_desc" "$host_desc" "$gateway_version" \
-    "${nginx_version:+, nginx $nginx_version (worker_processes 1, keepalive 64)}" \
-    "${nginx_version:+ (nginx: master + worker)}"
+notes=""
+for w in "${WORKER_LIST[@]}"; do notes="$notes; $w worker(s): $(pin_desc "$w")"; done
+printf '_wrk -t%s -c%s -d%s after a %s warm-up, %s run(s) (targets interleaved, order rotated per run), loopback; GET / and POST / with a %s-byte body%s; %s; %s. Proxy CPU = utime+stime from /proc/PID/stat (all threads; nginx: master + workers) over the measured run ÷ requests completed. The gateway runs proxy.workers = workers, nginx worker_processes = workers (keepalive 64), HAProxy nbthread = workers (http-reuse always)._\n' \
+    "$THREADS" "$CONNECTIONS" "$DURATION" "$WARMUP" "$RUNS" "$POST_BYTES" "$notes" "$HOST_DESC" "$versions"
+printf '\nMeasured in %s s (estimated %s s).\n' "$ELAPSED" "$estimate"
 
 FAILED=0
