@@ -1,150 +1,244 @@
 #!/usr/bin/env bash
-# User-space instructions per proxied request, gateway vs nginx, counted by
-# valgrind's callgrind: unlike CPU time on a shared VM, the count repeats
-# from run to run, so it shows what a change to the request path costs.
+# User-space instructions per proxied request, gateway vs nginx and HAProxy,
+# counted by valgrind's callgrind: unlike CPU time on a shared VM, the count
+# repeats from run to run, so it shows what a change to the request path costs.
 #
-# Both proxies run under callgrind with the same three echo backends and the
-# same settings as benches/proxy.sh (round robin, keep-alive, access log off);
-# wrk warms up, the counters are zeroed, wrk runs DURATION, the counters are
-# dumped; instructions ÷ completed requests is printed. Kernel work (the TCP
-# stack) is not counted: strace shows both proxies make the same two
-# recv/writev pairs per request.
+# Rows (each proxy runs under callgrind, one thread of work, with the same
+# three echo backends and the settings of benches/proxy.sh: round robin,
+# keep-alive, access log off, no active health checks):
+#   gateway   proxy.workers 1, one backend list (no routes)
+#   limit     the same + rate limiting: key ip, a bucket so large that no
+#             request is refused, buckets persisted to SQLite in the temp dir
+#             (benches/proxy.sh's limit target); the issue's target is
+#             limit ÷ gateway ≤ 1.05
+#   routed    pools and routes: nine routes (hosts, wildcard hosts, prefixes
+#             with methods) that the benchmark's requests do not match, then
+#             a catch-all to the pool; the table is walked on every request
+#             (ROUTED=0 leaves the row out)
+#   nginx     benches/nginx_conf.sh with master_process off (one process)
+#   haproxy   benches/haproxy_conf.sh with nbthread 1, in the foreground (-db)
 #
-# With ROUTED=1 the gateway routes through pools and routes: nine routes
-# (hosts, prefixes, methods) that the benchmark's requests do not match,
-# then a catch-all to the pool; the table is walked on every request.
+# Per row: wrk warms up, the counters are zeroed (callgrind_control -z), wrk
+# runs DURATION, the counters are dumped (callgrind_control -d) and
+# instructions ÷ completed requests is printed. Kernel work (the TCP stack)
+# is not counted: strace shows the proxies make the same two recv/writev
+# pairs per request. Valgrind runs the threads of a process one at a time;
+# HAProxy is run with nbthread 1 (its own default would be one thread per
+# CPU), so it is one thread of work like the others; callgrind_control
+# reaches it like the others (checked: the dump has to appear).
 #
-# Usage: benches/proxy_instructions.sh   (DURATION [8s], SKIP_BUILD [0],
-#        ROUTED [0], GATEWAY_BIN, BASE_PORT [9001], PORT [18090]); needs
-#        valgrind, wrk, and nginx for the reference (skipped when missing).
-#        Loopback only.
+# With RUNS=N the rows are measured N times, interleaved (the order rotated
+# per run), and the per-run counts and the median are printed.
+#
+# Usage: benches/proxy_instructions.sh
+#   Environment (defaults in brackets): DURATION [8s], WARMUP [3s],
+#   CONNECTIONS [64], RUNS [1], ROUTED [1], NGINX [auto], HAPROXY [auto]
+#   (auto: the row when installed/installable with apt-get; 0: skip; 1:
+#   required), SKIP_BUILD [0], GATEWAY_BIN, BASE_PORT [9001], PORT [18090]
+#   (every proxy listens there in turn; the gateway's admin on PORT+1),
+#   READY_TIMEOUT [60], KEEP_TMP [0].
+#   Needs valgrind (callgrind_control), wrk, curl. Loopback only.
 
 set -euo pipefail
 
 DURATION=${DURATION:-8s}
+WARMUP=${WARMUP:-3s}
+CONNECTIONS=${CONNECTIONS:-64}
+RUNS=${RUNS:-1}
+ROUTED=${ROUTED:-1}
+NGINX=${NGINX:-auto}
+HAPROXY=${HAPROXY:-auto}
 BASE_PORT=${BASE_PORT:-9001}
 PORT=${PORT:-18090}
+ADMIN_PORT=$((PORT + 1))
+READY_TIMEOUT=${READY_TIMEOUT:-60} # callgrind starts slowly
+KEEP_TMP=${KEEP_TMP:-0}
+PIN=0 # valgrind runs the threads one at a time anyway
+PIN_NOTE=
+WRK_CPUS=0
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 # shellcheck source=benches/nginx_conf.sh
 source "$ROOT/benches/nginx_conf.sh"
+# shellcheck source=benches/haproxy_conf.sh
+source "$ROOT/benches/haproxy_conf.sh"
 GATEWAY_BIN=${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/gateway}
-unset GATEWAY_CONFIG GATEWAY_LISTEN GATEWAY_BACKENDS GATEWAY_LOG_FORMAT GATEWAY_ADMIN_LISTEN
+BACKEND_COUNT=3
+
+bench_init gateway-instr
 
 for tool in valgrind callgrind_control wrk curl; do
-    command -v "$tool" >/dev/null || {
-        echo "error: $tool is required" >&2
-        exit 1
-    }
+    command -v "$tool" >/dev/null || die "$tool is required"
 done
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer (got $RUNS)"
+[[ $DURATION =~ ^[0-9]+[smh]?$ && $WARMUP =~ ^[0-9]+[smh]?$ ]] || die "DURATION and WARMUP must look like 8s"
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    (cd "$ROOT" && cargo build --release -p gateway)
+    (cd "$ROOT" && cargo build --release -p gateway) || die "cargo build --release -p gateway failed"
 fi
+[[ -x $GATEWAY_BIN ]] || die "gateway binary not found at $GATEWAY_BIN (set GATEWAY_BIN or drop SKIP_BUILD)"
+NGINX_BIN=$(find_or_install nginx "$NGINX" nginx find_nginx)
+HAPROXY_BIN=$(find_or_install haproxy "$HAPROXY" haproxy find_haproxy)
+ports=("$PORT" "$ADMIN_PORT")
+for ((i = 0; i < BACKEND_COUNT; i++)); do ports+=($((BASE_PORT + i))); done
+check_ports "BASE_PORT, PORT" "${ports[@]}"
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/gateway-instr.XXXXXX")
-chmod 755 "$TMP"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+start_backends "" "$PORT" "$ADMIN_PORT"
+write_report_lua "$TMP/report.lua"
 
-wait_port() {
-    local i
-    for ((i = 0; i < 600; i++)); do
-        curl -fs -o /dev/null "http://127.0.0.1:$1/" && return 0
-        sleep 0.1
-    done
-    echo "error: nothing answers on port $1" >&2
-    exit 1
-}
+# ---------------------------------------------------------------- configs
 
-cat >"$TMP/backends.yaml" <<EOF
-listen: 127.0.0.1:$PORT
-admin:
-  listen: 127.0.0.1:$((PORT + 1))
-log:
-  level: warn
-  access: false
-EOF
-"$GATEWAY_BIN" demo --backends-only --backends 3 --base-port "$BASE_PORT" -c "$TMP/backends.yaml" \
-    >"$TMP/backends.log" 2>&1 &
-PIDS+=($!)
-wait_port "$BASE_PORT"
-
-{
+# gateway_yaml ROW: the gateway's config for a row.
+gateway_yaml() {
     echo "listen: 127.0.0.1:$PORT"
-    if [[ ${ROUTED:-0} == 1 ]]; then
-        cat <<EOF
-pools:
-  main:
-    backends:
-      - http://127.0.0.1:$BASE_PORT
-      - http://127.0.0.1:$((BASE_PORT + 1))
-      - http://127.0.0.1:$((BASE_PORT + 2))
-    health_check:
-      enabled: false
-routes:
-EOF
-        for i in 1 2 3; do
-            echo "  - {match: {host: api-$i.example.com, path_prefix: /v$i}, pool: main}"
-            echo "  - {match: {host: \"*.cdn$i.example.com\"}, pool: main}"
-            echo "  - {match: {path_prefix: /admin$i, methods: [POST]}, pool: main}"
-        done
-        echo "  - {match: {path_prefix: /}, pool: main}"
+    if [[ $1 == routed ]]; then
+        gateway_routed_yaml
     else
-        cat <<EOF
-backends:
-  - http://127.0.0.1:$BASE_PORT
-  - http://127.0.0.1:$((BASE_PORT + 1))
-  - http://127.0.0.1:$((BASE_PORT + 2))
-health_check:
-  enabled: false
-EOF
+        echo "backends:"
+        for url in "${BACKEND_URLS[@]}"; do echo "  - $url"; done
+        echo "health_check:"
+        echo "  enabled: false"
     fi
     cat <<EOF
 proxy:
   workers: 1
 admin:
-  listen: 127.0.0.1:$((PORT + 1))
+  listen: 127.0.0.1:$ADMIN_PORT
 log:
   level: warn
   access: false
 EOF
-} >"$TMP/gateway.yaml"
-
-mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
-nginx_conf "$TMP/nginx" "$PORT" "$BASE_PORT" 3 $'master_process off;\ndaemon off;' >"$TMP/nginx/nginx.conf"
-
-# measure LABEL COMMAND...: prints instructions per request of COMMAND.
-measure() {
-    local label=$1
-    shift
-    valgrind --tool=callgrind --callgrind-out-file="$TMP/$label.%p" "$@" >"$TMP/$label.log" 2>&1 &
-    local pid=$!
-    PIDS+=("$pid")
-    wait_port "$PORT"
-    wrk -t1 -c64 -d3s "http://127.0.0.1:$PORT/" >/dev/null
-    callgrind_control -z "$pid" >/dev/null 2>&1
-    local out requests instructions
-    out=$(wrk -t1 -c64 -d"$DURATION" "http://127.0.0.1:$PORT/")
-    callgrind_control -d "$pid" >/dev/null 2>&1
-    requests=$(awk '/requests in/ {print $1}' <<<"$out")
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
-    instructions=$(awk '/^summary:/ {print $2}' "$TMP/$label".*.1)
-    echo "$label $requests $instructions"
+    if [[ $1 == limit ]]; then
+        # benches/proxy.sh's limit target.
+        cat <<EOF
+rate_limit:
+  key: ip
+  default:
+    capacity: 1000000000
+    refill_per_second: 1000000
+  database: sqlite://$TMP/limits.db
+EOF
+    fi
 }
 
-results=$(measure gateway "$GATEWAY_BIN" run -c "$TMP/gateway.yaml")
-NGINX_BIN=$(command -v nginx || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; } || true)
+ROWS=(gateway limit)
+[[ $ROUTED == 1 ]] && ROWS+=(routed)
+for row in "${ROWS[@]}"; do
+    gateway_yaml "$row" >"$TMP/$row.yaml"
+    "$GATEWAY_BIN" validate -c "$TMP/$row.yaml" >"$TMP/$row-validate.txt" 2>&1 ||
+        die "generated $row config is invalid: $(cat "$TMP/$row-validate.txt")"
+done
+declare -A LABEL=([gateway]="gateway" [limit]="gateway + limiter (IP key)"
+    [routed]="gateway routed (10 routes, the last matches)")
 if [[ -n $NGINX_BIN ]]; then
-    results+=$'\n'$(measure nginx "$NGINX_BIN" -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf")
+    mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
+    nginx_conf "$TMP/nginx" "$PORT" "$BASE_PORT" "$BACKEND_COUNT" $'master_process off;\ndaemon off;' \
+        >"$TMP/nginx/nginx.conf"
+    ROWS+=(nginx)
+    LABEL[nginx]="nginx $("$NGINX_BIN" -v 2>&1 | sed -n 's|.*nginx/\([^ ]*\).*|\1|p')"
+fi
+if [[ -n $HAPROXY_BIN ]]; then
+    haproxy_conf "$PORT" "$BASE_PORT" "$BACKEND_COUNT" 1 >"$TMP/haproxy.cfg"
+    "$HAPROXY_BIN" -c -f "$TMP/haproxy.cfg" >"$TMP/haproxy-test.txt" 2>&1 ||
+        die "haproxy rejected the generated config: $(cat "$TMP/haproxy-test.txt")"
+    ROWS+=(haproxy)
+    LABEL[haproxy]="HAProxy $("$HAPROXY_BIN" -v 2>&1 | sed -n 's/^HAProxy version \([^ ]*\).*/\1/p' | head -n 1)"
 fi
 
+row_command() { # row_command ROW: sets CMD to the proxy's command line
+    case $1 in
+    nginx) CMD=("$NGINX_BIN" -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf") ;;
+    haproxy) CMD=("$HAPROXY_BIN" -f "$TMP/haproxy.cfg" -db) ;;
+    *) CMD=("$GATEWAY_BIN" run -c "$TMP/$1.yaml") ;;
+    esac
+}
+
+# ---------------------------------------------------------------- measuring
+
+declare -A REQS INSTR
+# measure ROW RUN: instructions per request of the row's proxy under callgrind.
+measure() {
+    local row=$1 run=$2 url="http://127.0.0.1:$PORT/" pid CMD=() tag="$1-$2"
+    row_command "$row"
+    start "${LABEL[$row]} under callgrind" "" "$TMP/$tag.log" \
+        valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind-$tag.%p" "${CMD[@]}"
+    pid=$STARTED_PID
+    wait_ready "${LABEL[$row]}" "$pid" "$url" "$TMP/$tag.log"
+    check_round_robin "${LABEL[$row]}" "$url"
+    local wrk_cmd=(wrk -t1 -c"$CONNECTIONS" -s "$TMP/report.lua")
+    run_wrk "$TMP/wrk-$tag-warmup.txt" "${wrk_cmd[@]}" -d"$WARMUP" "$url" ||
+        die "wrk warm-up against ${LABEL[$row]} failed: $(tail -n 5 "$TMP/wrk-$tag-warmup.txt")"
+    callgrind_control -z "$pid" >"$TMP/callgrind-control-$tag.txt" 2>&1 ||
+        die "callgrind_control -z $pid failed: $(cat "$TMP/callgrind-control-$tag.txt")"
+    run_wrk "$TMP/wrk-$tag.txt" "${wrk_cmd[@]}" -d"$DURATION" "$url" ||
+        die "wrk against ${LABEL[$row]} failed: $(tail -n 5 "$TMP/wrk-$tag.txt")"
+    callgrind_control -d "$pid" >>"$TMP/callgrind-control-$tag.txt" 2>&1 ||
+        die "callgrind_control -d $pid failed: $(cat "$TMP/callgrind-control-$tag.txt")"
+    stop_started "$pid"
+    wrk_result "$TMP/wrk-$tag.txt" "${LABEL[$row]}"
+    ((W_ERRORS == 0)) || warn "${LABEL[$row]}: $W_STATUS non-2xx/3xx responses, $((W_ERRORS - W_STATUS)) socket errors"
+    local dump="$TMP/callgrind-$tag.$pid.1" instructions
+    [[ -s $dump ]] || die "no callgrind dump $dump after callgrind_control -d (see $TMP/callgrind-control-$tag.txt)"
+    instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
+    [[ -n $instructions ]] || die "no instruction total in $dump"
+    REQS[$row|$run]=$W_REQUESTS
+    INSTR[$row|$run]=$(awk -v i="$instructions" -v n="$W_REQUESTS" 'BEGIN { printf "%.0f", i / n }')
+    log "run $run, ${LABEL[$row]}: ${INSTR[$row|$run]} instructions/request over $W_REQUESTS requests"
+}
+
+n=${#ROWS[@]}
+for ((run = 1; run <= RUNS; run++)); do
+    for ((i = 0; i < n; i++)); do measure "${ROWS[(i + run - 1) % n]}" "$run"; done
+done
+
+# ---------------------------------------------------------------- report
+
+per() { # per ROW: the median instructions/request over the runs
+    local run values=()
+    for ((run = 1; run <= RUNS; run++)); do values+=("${INSTR[$1|$run]}"); done
+    stats "${values[@]}" | awk '{ printf "%.0f", $1 }'
+}
+has() { [[ " ${ROWS[*]} " == *" $1 "* ]]; }
+
 echo
-echo "| Proxy | Requests counted | Instructions per request (user space) |"
-echo "| --- | ---: | ---: |"
-awk '{printf "| %s | %d | %d |\n", $1, $2, $3 / $2; per[$1] = $3 / $2}
-     END {if ("nginx" in per) printf "\ngateway ÷ nginx: %.2f×\n", per["gateway"] / per["nginx"]}' <<<"$results"
+if ((RUNS > 1)); then
+    echo "| Proxy | Requests counted (per run) | Instructions per request (user space; per run) | Median |"
+    echo "| --- | ---: | ---: | ---: |"
+else
+    echo "| Proxy | Requests counted | Instructions per request (user space) |"
+    echo "| --- | ---: | ---: |"
+fi
+for row in "${ROWS[@]}"; do
+    reqs=()
+    instr=()
+    for ((run = 1; run <= RUNS; run++)); do
+        reqs+=("${REQS[$row|$run]}")
+        instr+=("$(printf "%'d" "${INSTR[$row|$run]}")")
+    done
+    if ((RUNS > 1)); then
+        printf '| %s | %s | %s | %s |\n' "${LABEL[$row]}" "$(IFS=/ && echo "${reqs[*]}")" \
+            "$(printf '%s · ' "${instr[@]}" | sed 's/ · $//')" "$(printf "%'d" "$(per "$row")")"
+    else
+        printf '| %s | %s | %s |\n' "${LABEL[$row]}" "${reqs[0]}" "${instr[0]}"
+    fi
+done
+
+echo
+echo "Ratios (instructions per request$( ((RUNS > 1)) && echo ", medians")):"
+limit_ratio=$(ratio "$(per limit)" "$(per gateway)")
+if awk -v r="$limit_ratio" 'BEGIN { exit !(r <= 1.05) }'; then
+    printf '  %-30s %s× (target ≤ 1.05×: met)\n' "limiter on ÷ off:" "$limit_ratio"
+else
+    printf '  %-30s %s× (target ≤ 1.05×: MISSED)\n' "limiter on ÷ off:" "$limit_ratio"
+fi
+has routed && printf '  %-30s %s×\n' "routed ÷ plain:" "$(ratio "$(per routed)" "$(per gateway)")"
+for ref in nginx haproxy; do
+    has "$ref" || {
+        printf '  %-30s not measured (skipped or not installable)\n' "gateway ÷ $ref:"
+        continue
+    }
+    printf '  %-30s %s×\n' "gateway ÷ $ref:" "$(ratio "$(per gateway)" "$(per "$ref")")"
+    printf '  %-30s %s×\n' "gateway + limiter ÷ $ref:" "$(ratio "$(per limit)" "$(per "$ref")")"
+done
+
+FAILED=0
