@@ -16,6 +16,9 @@ use std::mem::MaybeUninit;
 
 /// The most header fields a backend response may carry.
 const MAX_HEADERS: usize = 100;
+/// Fields the proxy adds to a response: `X-Request-Id`, `RateLimit`,
+/// `RateLimit-Policy`.
+const ADDED_FIELDS: usize = 3;
 
 /// How the request body travels to the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +158,9 @@ pub fn parse_response(
             fields.push((name, start, start + h.value.len()));
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(fields.len());
+        // Room for the fields the gateway adds (request id, RateLimit),
+        // so adding them never grows and rehashes the map.
+        let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_FIELDS);
         for (name, start, end) in fields {
             let value = HeaderValue::from_maybe_shared(head.slice(start..end))
                 .map_err(|_| WireError::Malformed("bad header value"))?;

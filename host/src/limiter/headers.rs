@@ -1,10 +1,11 @@
 //! IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers-10) and the 429 answer.
 
-use super::Decision;
+use super::{Decision, Limits};
 use crate::json_error::json_error;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
+use std::cell::RefCell;
 
 /// The policy named in the fields: `client` for a per-client override of
 /// the top-level policy, else the policy's own name.
@@ -16,29 +17,70 @@ fn policy_name<'a>(decision: &Decision, policy: &'a str) -> &'a str {
     }
 }
 
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
 /// `RateLimit-Policy: "default";q=100;w=10` and `RateLimit: "default";r=41;t=5`.
 ///
 /// `q` is the capacity, `w` the seconds an empty bucket takes to fill; `r`
 /// the tokens left; `t` the seconds until the bucket is full again, or, when
 /// nothing is left, until the next token (the same as `Retry-After`).
+///
+/// On every allowed response, so written without `format!`: the policy
+/// field, the same for every client on the default limits, comes from a
+/// one-entry cache per thread, and the state field is put together with
+/// `itoa` in one allocation.
 pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision, policy: &str) {
     let name = policy_name(decision, policy);
-    let window = decision
-        .limits
-        .seconds_for(u64::from(decision.limits.capacity) * 1000);
-    let policy = format!("\"{name}\";q={};w={window}", decision.limits.capacity);
+    if let Some(value) = policy_field(name, decision.limits) {
+        headers.insert(RATELIMIT_POLICY.clone(), value);
+    }
     let t = if decision.remaining == 0 {
         decision.retry_after
     } else {
         decision.reset
     };
-    let state = format!("\"{name}\";r={};t={t}", decision.remaining);
-    if let Ok(v) = HeaderValue::from_str(&policy) {
-        headers.insert("ratelimit-policy", v);
+    let mut state = Vec::with_capacity(name.len() + 2 + 3 + 20 + 3 + 20);
+    quoted(&mut state, name);
+    number(&mut state, b";r=", decision.remaining);
+    number(&mut state, b";t=", t);
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(state)) {
+        headers.insert(RATELIMIT.clone(), value);
     }
-    if let Ok(v) = HeaderValue::from_str(&state) {
-        headers.insert("ratelimit", v);
+}
+
+/// The `RateLimit-Policy` value for `name` under `limits`.
+fn policy_field(name: &str, limits: Limits) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST: RefCell<Option<(Box<str>, Limits, HeaderValue)>> = const { RefCell::new(None) };
     }
+    LAST.with_borrow_mut(|last| {
+        if let Some((n, l, value)) = last
+            && *l == limits
+            && **n == *name
+        {
+            return Some(value.clone());
+        }
+        let window = limits.seconds_for(u64::from(limits.capacity) * 1000);
+        let mut field = Vec::with_capacity(name.len() + 2 + 3 + 10 + 3 + 20);
+        quoted(&mut field, name);
+        number(&mut field, b";q=", u64::from(limits.capacity));
+        number(&mut field, b";w=", window);
+        let value = HeaderValue::from_maybe_shared(Bytes::from(field)).ok()?;
+        *last = Some((name.into(), limits, value.clone()));
+        Some(value)
+    })
+}
+
+fn quoted(out: &mut Vec<u8>, name: &str) {
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'"');
+}
+
+fn number(out: &mut Vec<u8>, label: &[u8], n: u64) {
+    out.extend_from_slice(label);
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// The 429 answer: exact JSON body, `Retry-After` and the RateLimit fields.
@@ -54,7 +96,6 @@ pub fn rejection(decision: &Decision, policy: &str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limiter::Limits;
     use http_body_util::BodyExt;
 
     #[tokio::test]
@@ -80,5 +121,73 @@ mod tests {
             &body[..],
             br#"{"code":429,"message":"Rate limit exceeded"}"#
         );
+    }
+
+    #[test]
+    fn the_cached_policy_field_follows_the_name_and_the_limits() {
+        let decision = |capacity, refill, is_override, remaining| Decision {
+            allowed: true,
+            remaining,
+            retry_after: 1,
+            reset: 3,
+            limits: Limits {
+                is_override,
+                ..Limits::new(capacity, refill).unwrap()
+            },
+            overflow: false,
+        };
+        let fields = |d: &Decision, policy: &str| {
+            let mut headers = HeaderMap::new();
+            apply_headers(&mut headers, d, policy);
+            (
+                headers["ratelimit-policy"].to_str().unwrap().to_owned(),
+                headers["ratelimit"].to_str().unwrap().to_owned(),
+            )
+        };
+        let cases = [
+            (
+                decision(100, 10.0, false, 41),
+                "default",
+                "\"default\";q=100;w=10",
+                "\"default\";r=41;t=3",
+            ),
+            (
+                decision(100, 10.0, false, 40),
+                "default",
+                "\"default\";q=100;w=10",
+                "\"default\";r=40;t=3",
+            ),
+            (
+                decision(100, 10.0, false, 0),
+                "api",
+                "\"api\";q=100;w=10",
+                "\"api\";r=0;t=1",
+            ),
+            (
+                decision(50, 10.0, false, 7),
+                "api",
+                "\"api\";q=50;w=5",
+                "\"api\";r=7;t=3",
+            ),
+            (
+                decision(50, 10.0, true, 7),
+                "api",
+                "\"client\";q=50;w=5",
+                "\"client\";r=7;t=3",
+            ),
+            (
+                decision(100, 10.0, false, 41),
+                "default",
+                "\"default\";q=100;w=10",
+                "\"default\";r=41;t=3",
+            ),
+        ];
+        for (d, policy, expected_policy, expected_state) in cases {
+            assert_eq!(
+                fields(&d, policy),
+                (expected_policy.to_owned(), expected_state.to_owned()),
+                "{d:?} {policy}"
+            );
+        }
     }
 }
