@@ -13,6 +13,7 @@ mod metrics;
 mod plugin_sandbox;
 mod plugins;
 mod rate_limit;
+mod redis_cluster;
 mod reload;
 mod routing;
 mod scale_out;

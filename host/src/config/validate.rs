@@ -796,13 +796,8 @@ fn rate_limit(c: &mut Checker, raw: Option<&RawRateLimit>) -> RateLimitConfig {
     let shared = raw.and_then(|r| r.shared.as_ref()).map(|url| {
         let input = spanned("rate_limit.shared", url);
         let text = input.value.trim();
-        if !(text.starts_with("redis://")
-            || text.starts_with("rediss://")
-            || text.starts_with("redis+unix://"))
-        {
-            c.problems.push(input.problem(format!(
-                "unsupported shared store {text:?}; allowed: redis://HOST:PORT[/DB]"
-            )));
+        if let Err(reason) = crate::limiter::SharedTarget::parse(text) {
+            c.problems.push(input.problem(reason));
         }
         let on_failure = match raw.and_then(|r| r.on_shared_failure.as_ref()) {
             None => OnSharedFailure::Local,

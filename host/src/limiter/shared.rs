@@ -7,8 +7,8 @@
 //! so idle clients cost Redis nothing. When Redis is slow or down, the
 //! configured policy decides: a local bucket, allow, or deny.
 
+use super::link::{Link, Target};
 use super::{ClientKey, Decision, Limiter, Limits, bucket::MILLI};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -76,8 +76,8 @@ return {allowed, tokens}
 ";
 
 pub struct SharedLimiter {
-    /// Multiplexed, pipelined connection; reconnects by itself.
-    connection: ConnectionManager,
+    /// Multiplexed, pipelined connection(s); reconnect by themselves.
+    connection: Link,
     script: redis::Script,
     /// `gateway:{prefix}:bucket:`, followed in each Redis key by the client
     /// key with its source (`ip:…`, `header:NAME:…`, `plugin:…`).
@@ -99,13 +99,7 @@ impl SharedLimiter {
         timeout: Duration,
         policy: OnSharedFailure,
     ) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
-            .set_response_timeout(Some(timeout))
-            .set_max_delay(Duration::from_secs(2));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("cannot set up Redis connection: {e}"))?;
+        let connection = Link::open(&Target::parse(url)?, timeout)?;
         Ok(SharedLimiter {
             connection,
             script: redis::Script::new(SCRIPT),
@@ -148,7 +142,6 @@ impl SharedLimiter {
         limits: Limits,
         cost: u32,
     ) -> Result<Decision, String> {
-        let mut connection = self.connection.clone();
         let mut name = Vec::with_capacity(self.namespace.len() + 64);
         name.extend_from_slice(self.namespace.as_bytes());
         key.write_bytes(&mut name);
@@ -158,7 +151,7 @@ impl SharedLimiter {
             .arg(limits.refill_milli.max(1))
             .arg(u64::from(cost) * MILLI);
         let answer: Result<Result<(i64, i64), redis::RedisError>, _> =
-            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection)).await;
+            tokio::time::timeout(self.timeout, self.connection.invoke(&invocation)).await;
         let outcome = match answer {
             Ok(Ok((allowed, left))) => Ok(decision(allowed == 1, left.max(0) as u64, limits, cost)),
             Ok(Err(e)) => Err(e.to_string()),
