@@ -2,19 +2,27 @@
 //! HTTP/1.1 codec (RFC 9112). Pure functions over buffers, so every rule is
 //! tested without a socket.
 //!
-//! The codec serves the common request shape itself: HTTP/1.1 without a
-//! body, an upgrade or `Expect`. Anything else is [`Parsed::HandOver`]: the
-//! connection goes, with its unread bytes, to hyper's complete implementation.
+//! The codec serves the common request shape itself: HTTP/1.1 without an
+//! upgrade or `Expect`, and with no body or a small one of declared length
+//! (one `Content-Length` of at most [`MAX_BODY`] bytes) that has already
+//! arrived whole with its head. Anything else — chunked or large uploads,
+//! repeated or odd lengths, a body still on its way — is
+//! [`Parsed::HandOver`]: the connection goes, with its unread bytes, to
+//! hyper's complete implementation (and its body timeouts).
 
 use super::chunked::{chunk_header, encode_trailers};
 use super::fields::field;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
 use std::mem::MaybeUninit;
 
 /// More fields than this in one head get 431, as hyper does.
 pub const MAX_FIELDS: usize = 100;
+
+/// The largest body the codec reads itself (the proxy reads bodies up to
+/// this size whole before choosing a backend in any case).
+pub const MAX_BODY: u64 = 64 * 1024;
 
 /// The first bytes of an HTTP/2 connection with prior knowledge.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
@@ -37,6 +45,8 @@ pub struct Head {
     pub close: bool,
     /// The client accepts trailers (`TE: trailers`).
     pub trailers: bool,
+    /// The body (`Content-Length` bytes), taken off the buffer after the head.
+    pub body: Option<Bytes>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -81,13 +91,17 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Parsed, Head
     let target_range = target_start..target_start + target.len();
     let mut close = false;
     let mut trailers = false;
+    let mut length: Option<u64> = None;
     let mut kept = Vec::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| HeadError::Malformed("bad header name"))?;
         if name == header::CONTENT_LENGTH {
-            if h.value != b"0" {
-                return Ok(Parsed::HandOver);
+            // One plain decimal length, small enough; anything else
+            // (repeats, signs, lists, large) by hyper's rules.
+            match (length, decimal(h.value)) {
+                (None, Some(n)) if n <= MAX_BODY => length = Some(n),
+                _ => return Ok(Parsed::HandOver),
             }
         } else if name == header::TRANSFER_ENCODING
             || name == header::EXPECT
@@ -108,7 +122,14 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Parsed, Head
         let start = h.value.as_ptr() as usize - base;
         kept.push((name, start, start + h.value.len()));
     }
+    let length = length.unwrap_or(0) as usize;
+    if buf.len() - len < length {
+        // The body is still on its way: hyper waits for it, under the
+        // client body timeout.
+        return Ok(Parsed::HandOver);
+    }
     let head = buf.split_to(len).freeze();
+    let body = (length > 0).then(|| buf.split_to(length).freeze());
     let uri = Uri::from_maybe_shared(head.slice(target_range))
         .map_err(|_| HeadError::Malformed("bad request target"))?;
     let mut headers = HeaderMap::with_capacity(kept.len());
@@ -125,7 +146,18 @@ pub fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Parsed, Head
         request,
         close,
         trailers,
+        body,
     }))
+}
+
+/// `1*DIGIT` (RFC 9110 §8.6) that fits a `u64`.
+fn decimal(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// The comma-separated tokens of a field value, trimmed.
@@ -275,10 +307,10 @@ mod tests {
     #[test]
     fn what_the_codec_does_not_serve_is_handed_over_untouched() {
         assert!(handed_over(
-            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
         ));
         assert!(handed_over(
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello"
         ));
         assert!(handed_over(
             b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n"
@@ -294,6 +326,49 @@ mod tests {
             b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n"
         ));
         assert!(handed_over(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_small_body_that_has_arrived_is_served_with_its_head() {
+        let (head, rest) = served(b"POST /in HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /next");
+        assert_eq!(head.body.as_deref(), Some(&b"hello"[..]));
+        assert_eq!(head.request.headers()["content-length"], "5");
+        assert_eq!(rest.as_ref(), b"GET /next");
+        let (head, rest) = served(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\nx");
+        assert!(head.body.is_none());
+        assert_eq!(rest.as_ref(), b"x");
+        let large = MAX_BODY as usize;
+        let mut whole = format!("PUT / HTTP/1.1\r\nContent-Length: {large}\r\n\r\n").into_bytes();
+        whole.resize(whole.len() + large, b'a');
+        let mut buf = BytesMut::from(&whole[..]);
+        match parse_request(&mut buf, 1024) {
+            Ok(Parsed::Request(head)) => assert_eq!(head.body.map(|b| b.len()), Some(large)),
+            _ => panic!("a body of MAX_BODY bytes is served"),
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn bodies_the_codec_does_not_read_itself_are_handed_over_untouched() {
+        for request in [
+            // Still on its way.
+            &b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhel"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+            // Repeated, even when equal; lists; signs; not digits; too long.
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nContent-Length: 0x5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nContent-Length: \r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\nhello",
+        ] {
+            assert!(handed_over(request), "{}", String::from_utf8_lossy(request));
+        }
+        let over = MAX_BODY as usize + 1;
+        let mut whole = format!("PUT / HTTP/1.1\r\nContent-Length: {over}\r\n\r\n").into_bytes();
+        whole.resize(whole.len() + over, b'a');
+        assert!(handed_over(&whole));
     }
 
     #[test]

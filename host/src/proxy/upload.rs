@@ -45,6 +45,14 @@ impl Upload {
         gap: Duration,
         received: Counter,
     ) -> Result<Upload, ProxyError> {
+        if let ClientBody::Whole(data) = body {
+            // Read with its head by the codec: only the limit is left to check.
+            if data.len() as u64 > max_bytes {
+                return Err(ProxyError::BodyTooLarge);
+            }
+            received.inc_by(data.len() as u64);
+            return Ok(Upload::Whole(Some(data)));
+        }
         let declared = body.size_hint().exact();
         let empty = body.is_end_stream();
         let streamed = Limited::new(

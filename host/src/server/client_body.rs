@@ -1,6 +1,7 @@
-//! The body of a client's request as the proxy sees it: none at all (the
-//! gateway's own HTTP/1.1 codec serves bodiless requests), or hyper's
-//! streamed body (HTTP/2, and HTTP/1.1 requests that carry one).
+//! The body of a client's request as the proxy sees it: none at all or a
+//! small one read whole with its head (the gateway's own HTTP/1.1 codec),
+//! or hyper's streamed body (HTTP/2, and HTTP/1.1 uploads the codec hands
+//! over: chunked, large, or not arrived yet).
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -10,6 +11,8 @@ use std::task::{Context, Poll};
 
 pub enum ClientBody {
     Empty,
+    /// All of a `Content-Length` body, read with the head.
+    Whole(Bytes),
     Streamed(Incoming),
 }
 
@@ -21,8 +24,13 @@ impl Body for ClientBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        match this {
             ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Whole(_) => match std::mem::replace(this, ClientBody::Empty) {
+                ClientBody::Whole(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                _ => Poll::Ready(None),
+            },
             ClientBody::Streamed(body) => Pin::new(body).poll_frame(cx),
         }
     }
@@ -30,6 +38,7 @@ impl Body for ClientBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ClientBody::Empty => true,
+            ClientBody::Whole(data) => data.is_empty(),
             ClientBody::Streamed(body) => body.is_end_stream(),
         }
     }
@@ -37,6 +46,7 @@ impl Body for ClientBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Whole(data) => SizeHint::with_exact(data.len() as u64),
             ClientBody::Streamed(body) => body.size_hint(),
         }
     }

@@ -3,8 +3,8 @@
 //!
 //! hyper's server connection is general (any IO, any service, a state
 //! machine that suits every use); on the proxy's hot path it was a third of
-//! the instructions per request. This loop does only what a bodiless
-//! HTTP/1.1 request needs and hands the connection, unread bytes first, to
+//! the instructions per request. This loop does only what an HTTP/1.1
+//! request without a body or with a small one already read needs and hands the connection, unread bytes first, to
 //! hyper when a request needs more (see `head`).
 
 use super::refusal;
@@ -152,6 +152,7 @@ where
             request,
             close,
             trailers,
+            body,
         } = loop {
             match head::parse_request(&mut read, limits.max_header_bytes) {
                 Ok(Parsed::Request(head)) => break head,
@@ -194,7 +195,8 @@ where
         };
 
         let head_request = request.method() == Method::HEAD;
-        let mut handling = pin!(handler(request.map(|()| ClientBody::Empty), peer.clone()));
+        let body = body.map_or(ClientBody::Empty, ClientBody::Whole);
+        let mut handling = pin!(handler(request.map(|()| body), peer.clone()));
         // While the request is in flight, a client that closes its side
         // cancels it, as with hyper (without half-close) and nginx: the
         // backend exchange is dropped with the future. Pipelined bytes are
