@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
             match reference.parse(data) {
                 Ok(httparse::Status::Complete(len)) => {
                     assert_eq!(len, consumed - body);
-                    assert_eq!(head.body.as_deref().unwrap_or_default(), &data[len..len + body]);
+                    assert_eq!(
+                        head.body.as_deref().unwrap_or_default(),
+                        &data[len..len + body]
+                    );
                 }
                 other => panic!("served a head httparse reads as {other:?}"),
             }
@@ -35,9 +38,12 @@ fuzz_target!(|data: &[u8]| {
             assert!(headers.get("upgrade").is_none());
             let lengths: Vec<_> = headers.get_all("content-length").iter().collect();
             assert!(lengths.len() <= 1, "repeated lengths are hyper's");
-            let declared = lengths
-                .first()
-                .map_or(0, |v| std::str::from_utf8(v.as_bytes()).unwrap().parse::<usize>().unwrap());
+            let declared = lengths.first().map_or(0, |v| {
+                std::str::from_utf8(v.as_bytes())
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap()
+            });
             assert_eq!(declared, body);
             assert!(body as u64 <= gateway::http1::server::MAX_BODY);
         }
