@@ -619,3 +619,43 @@ async fn an_idle_keep_alive_connection_costs_under_4_kib() {
     last.read_to_end(&mut answer).await.unwrap();
     assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
 }
+
+/// The limiter's `RateLimit` fields are the gateway's alone, whichever side
+/// serves the connection: the own codec writes them with the head, hyper
+/// (HTTP/1.0, chunked uploads) gets them in the map; a backend's own
+/// fields of those names never reach the client.
+#[tokio::test]
+async fn the_gateways_ratelimit_fields_replace_a_backends_on_every_path() {
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nRateLimit: \"backend\";r=1;t=1\r\n\
+        RateLimit-Policy: \"backend\";q=1;w=1\r\nContent-Length: 2\r\n\r\nok";
+    let recorder = Recorder::start(ANSWER).await;
+    let gw = gateway_for(
+        &recorder.url(""),
+        "rate_limit:\n  default:\n    capacity: 100\n    refill_per_second: 1\n",
+    );
+    let requests: [&[u8]; 4] = [
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        b"GET / HTTP/1.0\r\nHost: h\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          2\r\nhi\r\n0\r\n\r\n",
+    ];
+    for (sent, request) in requests.iter().enumerate() {
+        let answer = exchange(gw.addr, request).await;
+        let lower = answer.to_ascii_lowercase();
+        assert_eq!(status_of(&answer), "200", "{answer}");
+        assert_eq!(lower.matches("\r\nratelimit: ").count(), 1, "{answer}");
+        assert_eq!(
+            lower.matches("\r\nratelimit-policy: ").count(),
+            1,
+            "{answer}"
+        );
+        assert!(
+            lower.contains("\r\nratelimit-policy: \"default\";q=100;w=100\r\n"),
+            "{answer}"
+        );
+        let state = format!("\r\nratelimit: \"default\";r={};t=", 99 - sent);
+        assert!(lower.contains(&state), "{state:?} in {answer}");
+        assert!(!lower.contains("backend"), "{answer}");
+    }
+}

@@ -204,7 +204,8 @@ pub fn delimit(
     }
 }
 
-/// Writes a response head: status line, the fields, then what the codec adds
+/// Writes a response head: status line, the fields, those `more` writes
+/// (head lines the caller keeps outside the map), then what the codec adds
 /// (framing when `add_framing`, `Date` when missing, `Connection: close`).
 pub fn encode_response(
     out: &mut Vec<u8>,
@@ -213,6 +214,7 @@ pub fn encode_response(
     (delimit, add_framing): (Delimit, bool),
     close: bool,
     date: &[u8],
+    more: impl FnOnce(&mut Vec<u8>),
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -222,6 +224,7 @@ pub fn encode_response(
     for (name, value) in headers {
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    more(out);
     if add_framing {
         match delimit {
             Delimit::Length(n) => {
@@ -446,10 +449,11 @@ mod tests {
             (Delimit::Length(12), true),
             true,
             b"Sat, 28 Nov 2026 03:00:00 GMT",
+            |out| out.extend_from_slice(b"x-late: 2\r\n"),
         );
         assert_eq!(
             out.as_slice(),
-            &b"HTTP/1.1 404 Not Found\r\nx-a: 1\r\ncontent-length: 12\r\ndate: Sat, 28 Nov 2026 03:00:00 GMT\r\nconnection: close\r\n\r\n"[..]
+            &b"HTTP/1.1 404 Not Found\r\nx-a: 1\r\nx-late: 2\r\ncontent-length: 12\r\ndate: Sat, 28 Nov 2026 03:00:00 GMT\r\nconnection: close\r\n\r\n"[..]
         );
         headers.insert(header::DATE, HeaderValue::from_static("then"));
         out.clear();
@@ -460,6 +464,7 @@ mod tests {
             (Delimit::Chunked, true),
             false,
             b"now",
+            |_| {},
         );
         assert_eq!(
             out.as_slice(),

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use std::cell::RefCell;
+use std::sync::Arc;
 
 /// The policy named in the fields: `client` for a per-client override of
 /// the top-level policy, else the policy's own name.
@@ -26,49 +27,111 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// the tokens left; `t` the seconds until the bucket is full again, or, when
 /// nothing is left, until the next token (the same as `Retry-After`).
 ///
-/// On every allowed response, so written without `format!`: the policy
-/// field, the same for every client on the default limits, comes from a
-/// one-entry cache per thread, and the state field is put together with
-/// `itoa` in one allocation.
-pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision, policy: &str) {
-    let name = policy_name(decision, policy);
-    if let Some(value) = policy_field(name, decision.limits) {
-        headers.insert(RATELIMIT_POLICY.clone(), value);
+/// On every allowed response, so built without `format!` or allocation:
+/// the policy field and the quoted name, the same for every client on the
+/// default limits, come from a one-entry cache per thread; the state is two
+/// numbers written when the head is.
+#[derive(Debug, Clone)]
+pub struct RateLimitFields {
+    policy: Arc<Policy>,
+    remaining: u64,
+    t: u64,
+}
+
+/// What a policy's fields share for one set of limits.
+#[derive(Debug)]
+struct Policy {
+    /// The `RateLimit-Policy` value.
+    value: HeaderValue,
+    /// `"name"`, as the `RateLimit` value begins.
+    quoted_name: Bytes,
+}
+
+impl RateLimitFields {
+    pub fn new(decision: &Decision, policy: &str) -> Option<RateLimitFields> {
+        let policy = policy_field(policy_name(decision, policy), decision.limits)?;
+        let t = if decision.remaining == 0 {
+            decision.retry_after
+        } else {
+            decision.reset
+        };
+        Some(RateLimitFields {
+            policy,
+            remaining: decision.remaining,
+            t,
+        })
     }
-    let t = if decision.remaining == 0 {
-        decision.retry_after
-    } else {
-        decision.reset
-    };
-    let mut state = Vec::with_capacity(name.len() + 2 + 3 + 20 + 3 + 20);
-    quoted(&mut state, name);
-    number(&mut state, b";r=", decision.remaining);
-    number(&mut state, b";t=", t);
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(state)) {
-        headers.insert(RATELIMIT.clone(), value);
+
+    /// Both fields as head lines (`name: value\r\n`).
+    pub fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"ratelimit-policy: ");
+        out.extend_from_slice(self.policy.value.as_bytes());
+        out.extend_from_slice(b"\r\nratelimit: ");
+        self.write_state(out);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Both fields into `headers`, replacing any of the same names.
+    pub fn insert(&self, headers: &mut HeaderMap) {
+        headers.insert(RATELIMIT_POLICY.clone(), self.policy.value.clone());
+        let mut state = Vec::with_capacity(self.policy.quoted_name.len() + 3 + 20 + 3 + 20);
+        self.write_state(&mut state);
+        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(state)) {
+            headers.insert(RATELIMIT.clone(), value);
+        }
+    }
+
+    /// Takes out fields of these names `headers` already has (a backend's
+    /// own), so that the ones written with the head are the only ones.
+    pub fn clear(headers: &mut HeaderMap) {
+        // A walk over a response's few names costs less than two lookups.
+        if headers
+            .keys()
+            .any(|name| name == RATELIMIT || name == RATELIMIT_POLICY)
+        {
+            headers.remove(&RATELIMIT_POLICY);
+            headers.remove(&RATELIMIT);
+        }
+    }
+
+    fn write_state(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.policy.quoted_name);
+        number(out, b";r=", self.remaining);
+        number(out, b";t=", self.t);
     }
 }
 
-/// The `RateLimit-Policy` value for `name` under `limits`.
-fn policy_field(name: &str, limits: Limits) -> Option<HeaderValue> {
+/// Sets the RateLimit fields of `decision` in `headers`.
+pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision, policy: &str) {
+    if let Some(fields) = RateLimitFields::new(decision, policy) {
+        fields.insert(headers);
+    }
+}
+
+/// The shared part of the fields for `name` under `limits`.
+fn policy_field(name: &str, limits: Limits) -> Option<Arc<Policy>> {
+    /// The last name and limits asked for, with their fields.
+    type Cached = Option<(Box<str>, Limits, Arc<Policy>)>;
     thread_local! {
-        static LAST: RefCell<Option<(Box<str>, Limits, HeaderValue)>> = const { RefCell::new(None) };
+        static LAST: RefCell<Cached> = const { RefCell::new(None) };
     }
     LAST.with_borrow_mut(|last| {
-        if let Some((n, l, value)) = last
+        if let Some((n, l, policy)) = last
             && *l == limits
             && **n == *name
         {
-            return Some(value.clone());
+            return Some(Arc::clone(policy));
         }
         let window = limits.seconds_for(u64::from(limits.capacity) * 1000);
         let mut field = Vec::with_capacity(name.len() + 2 + 3 + 10 + 3 + 20);
         quoted(&mut field, name);
+        let quoted_name = Bytes::copy_from_slice(&field);
         number(&mut field, b";q=", u64::from(limits.capacity));
         number(&mut field, b";w=", window);
         let value = HeaderValue::from_maybe_shared(Bytes::from(field)).ok()?;
-        *last = Some((name.into(), limits, value.clone()));
-        Some(value)
+        let policy = Arc::new(Policy { value, quoted_name });
+        *last = Some((name.into(), limits, Arc::clone(&policy)));
+        Some(policy)
     })
 }
 
@@ -138,11 +201,24 @@ mod tests {
         };
         let fields = |d: &Decision, policy: &str| {
             let mut headers = HeaderMap::new();
+            headers.insert("ratelimit", HeaderValue::from_static("from a backend"));
             apply_headers(&mut headers, d, policy);
-            (
+            let (p, state) = (
                 headers["ratelimit-policy"].to_str().unwrap().to_owned(),
                 headers["ratelimit"].to_str().unwrap().to_owned(),
-            )
+            );
+            assert_eq!(headers.len(), 2);
+            // Written with the head, the same fields.
+            let mut lines = Vec::new();
+            RateLimitFields::new(d, policy).unwrap().write(&mut lines);
+            assert_eq!(
+                String::from_utf8(lines).unwrap(),
+                format!("ratelimit-policy: {p}\r\nratelimit: {state}\r\n")
+            );
+            let mut cleared = headers.clone();
+            RateLimitFields::clear(&mut cleared);
+            assert!(cleared.is_empty());
+            (p, state)
         };
         let cases = [
             (

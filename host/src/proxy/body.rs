@@ -123,6 +123,11 @@ impl<B, F> ObservedBody<B, F> {
             finish: Some(finish),
         }
     }
+
+    /// What is told when the body is done, until then.
+    pub fn finish(&self) -> Option<&F> {
+        self.finish.as_ref()
+    }
 }
 
 impl<B, F> Body for ObservedBody<B, F>

@@ -3,6 +3,7 @@
 
 use super::body::Finish;
 use crate::balancer::InFlight;
+use crate::limiter::RateLimitFields;
 use crate::metrics::RouteMetrics;
 use http::{HeaderValue, Method, StatusCode, Uri};
 use std::net::IpAddr;
@@ -25,6 +26,8 @@ pub struct Exchange {
     pub grpc: bool,
     /// `X-Request-Id`, logged and returned to the client.
     pub id: HeaderValue,
+    /// The limiter's fields for the answer, once a request was let through.
+    pub rate_limit: Option<RateLimitFields>,
 }
 
 impl Finish for Exchange {

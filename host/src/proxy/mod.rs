@@ -24,12 +24,12 @@ pub use error::{ProxyError, client_closed};
 use crate::acme::{self, Challenges};
 use crate::config::Protocol;
 use crate::limiter::shared::Verdict;
-use crate::limiter::{self, ClientKey, KeyKind};
+use crate::limiter::{self, ClientKey, KeyKind, RateLimitFields};
 use crate::metrics::Metrics;
 use crate::plugin::{KeyRole, Plugin, RequestView};
 use crate::routes;
 use crate::routing::{PoolCore, Routing};
-use crate::server::{ClientBody, Peer};
+use crate::server::{ClientBody, HeadFields, Peer};
 use arc_swap::ArcSwap;
 use backend_body::BackendBody;
 use body::{BodySlot, ObservedBody};
@@ -143,6 +143,7 @@ impl Proxy {
             metrics: Arc::clone(route.map_or(&routing.unrouted, |r| &r.metrics)),
             grpc: grpc::is_grpc(request.version(), request.headers()),
             id: request_id::take_or_make(request.headers_mut()),
+            rate_limit: None,
         };
         if let Some(challenges) = &self.edge.acme
             && let Some(token) = request.uri().path().strip_prefix(acme::CHALLENGE_PREFIX)
@@ -169,68 +170,63 @@ impl Proxy {
             return local(error, exchange);
         };
 
-        let decision = match &route.policy {
-            Some(policy) => {
-                let from_plugin = match &policy.key_plugin {
-                    Some(plugin) => {
-                        match plugin_key(plugin, &mut request, client, peer.tls.as_ref()) {
-                            Ok(key) => key,
-                            Err(_) if routing.fail_closed => {
-                                return local(ProxyError::PluginFailed, exchange);
-                            }
-                            Err(_) => None,
-                        }
+        if let Some(policy) = &route.policy {
+            let from_plugin = match &policy.key_plugin {
+                Some(plugin) => match plugin_key(plugin, &mut request, client, peer.tls.as_ref()) {
+                    Ok(key) => key,
+                    Err(_) if routing.fail_closed => {
+                        return local(ProxyError::PluginFailed, exchange);
                     }
-                    None => None,
-                };
-                let claimed = match (&from_plugin, &policy.key.kind) {
-                    (Some(key), _) => Some(ClientKey::Plugin(key.as_bytes())),
-                    (None, KeyKind::Header(name)) => ClientKey::header(name, request.headers()),
-                    (None, KeyKind::TlsSubject) => peer
-                        .tls
-                        .as_ref()
-                        .and_then(|t| t.subject.as_deref())
-                        .map(|s| ClientKey::Tls(s.as_bytes())),
-                    (None, KeyKind::TlsFingerprint) => peer
-                        .tls
-                        .as_ref()
-                        .and_then(|t| t.fingerprint.as_deref())
-                        .map(|s| ClientKey::Tls(s.as_bytes())),
-                    (None, _) => None,
-                };
-                let budget = &policy.buckets.budget;
-                let address = ClientKey::address(client, policy.key.ipv6_prefix);
-                let Some(key) = budget.local().charge(claimed, address, policy.unknown_keys) else {
-                    self.metrics.record_unknown_key();
-                    return local(ProxyError::UnknownApiKey, exchange);
-                };
-                let decision = match budget.check(&key, route.config.cost).await {
-                    Verdict::Decided(decision) => decision,
-                    Verdict::Unavailable => {
-                        return local(ProxyError::LimiterUnavailable, exchange);
-                    }
-                };
-                self.metrics.record_decision(&decision);
-                if !decision.allowed {
-                    tracing::debug!(client = %key, policy = %policy.name, overflow = decision.overflow, "rate limited");
-                    self.metrics
-                        .limited
-                        .record(&key.to_string(), &policy.name, start);
-                    exchange.status = StatusCode::TOO_MANY_REQUESTS;
-                    let mut response = limiter::rejection(&decision, &policy.name);
-                    if exchange.grpc {
-                        response = grpc::convert(response, "Rate limit exceeded");
-                    }
-                    exchange.bytes = response.body().size_hint().exact().unwrap_or(0);
-                    response
-                        .headers_mut()
-                        .insert(request_id::X_REQUEST_ID.clone(), exchange.id.clone());
-                    return response.map(Either::Right);
+                    Err(_) => None,
+                },
+                None => None,
+            };
+            let claimed = match (&from_plugin, &policy.key.kind) {
+                (Some(key), _) => Some(ClientKey::Plugin(key.as_bytes())),
+                (None, KeyKind::Header(name)) => ClientKey::header(name, request.headers()),
+                (None, KeyKind::TlsSubject) => peer
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.subject.as_deref())
+                    .map(|s| ClientKey::Tls(s.as_bytes())),
+                (None, KeyKind::TlsFingerprint) => peer
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.fingerprint.as_deref())
+                    .map(|s| ClientKey::Tls(s.as_bytes())),
+                (None, _) => None,
+            };
+            let budget = &policy.buckets.budget;
+            let address = ClientKey::address(client, policy.key.ipv6_prefix);
+            let Some(key) = budget.local().charge(claimed, address, policy.unknown_keys) else {
+                self.metrics.record_unknown_key();
+                return local(ProxyError::UnknownApiKey, exchange);
+            };
+            let decision = match budget.check(&key, route.config.cost).await {
+                Verdict::Decided(decision) => decision,
+                Verdict::Unavailable => {
+                    return local(ProxyError::LimiterUnavailable, exchange);
                 }
-                Some((decision, &policy.name))
+            };
+            self.metrics.record_decision(&decision);
+            if !decision.allowed {
+                tracing::debug!(client = %key, policy = %policy.name, overflow = decision.overflow, "rate limited");
+                self.metrics
+                    .limited
+                    .record(&key.to_string(), &policy.name, start);
+                exchange.status = StatusCode::TOO_MANY_REQUESTS;
+                let mut response = limiter::rejection(&decision, &policy.name);
+                if exchange.grpc {
+                    response = grpc::convert(response, "Rate limit exceeded");
+                }
+                exchange.bytes = response.body().size_hint().exact().unwrap_or(0);
+                response
+                    .headers_mut()
+                    .insert(request_id::X_REQUEST_ID.clone(), exchange.id.clone());
+                return response.map(Either::Right);
             }
-            None => None,
-        };
+            exchange.rate_limit = RateLimitFields::new(&decision, &policy.name);
+        }
         // Forwarding is written out here rather than in a function of its
         // own: an awaited function's future is moved into its caller's, and
         // this one (it holds the whole backend exchange) cost about 800
@@ -296,7 +292,10 @@ impl Proxy {
             };
             exchange.status = response.status();
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                let (parts, body) = response.into_parts();
+                let (mut parts, body) = response.into_parts();
+                if let Some(fields) = &exchange.rate_limit {
+                    fields.insert(&mut parts.headers);
+                }
                 if let (Some(client_upgrade), Some(backend), Some(in_flight)) = (
                     client_upgrade,
                     body.into_upgraded(),
@@ -311,11 +310,13 @@ impl Proxy {
                 // A 101 nobody asked for cannot be relayed over this connection.
                 break 'routed local(ProxyError::BadGateway, exchange);
             }
+            let mut response = response;
+            if exchange.rate_limit.is_some() {
+                // Written with the head (`HeadFields`): a backend's own go.
+                RateLimitFields::clear(response.headers_mut());
+            }
             response.map(|body| Either::Left(ObservedBody::new(body, exchange)))
         };
-        if let Some((decision, policy)) = &decision {
-            limiter::apply_headers(response.headers_mut(), decision, policy);
-        }
         response
             .headers_mut()
             .insert(request_id::X_REQUEST_ID.clone(), request_id);
@@ -474,7 +475,32 @@ fn local(error: ProxyError, mut exchange: Exchange) -> Response<ResponseBody> {
     response
         .headers_mut()
         .insert(request_id::X_REQUEST_ID.clone(), exchange.id.clone());
+    if let Some(fields) = exchange.rate_limit.take() {
+        fields.insert(response.headers_mut());
+    }
     exchange.bytes = response.body().size_hint().exact().unwrap_or(0);
     drop(exchange);
     response.map(Either::Right)
+}
+
+/// The limiter's fields of a relayed answer are written with its head.
+impl HeadFields for ResponseBody {
+    fn write_fields(&self, out: &mut Vec<u8>) {
+        if let Some(fields) = rate_limit(self) {
+            fields.write(out);
+        }
+    }
+
+    fn insert_fields(&self, headers: &mut http::HeaderMap) {
+        if let Some(fields) = rate_limit(self) {
+            fields.insert(headers);
+        }
+    }
+}
+
+fn rate_limit(body: &ResponseBody) -> Option<&RateLimitFields> {
+    match body {
+        Either::Left(body) => body.finish()?.rate_limit.as_ref(),
+        Either::Right(_) => None,
+    }
 }

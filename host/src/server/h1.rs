@@ -9,7 +9,9 @@
 
 use super::refusal;
 use super::rewind::Rewound;
-use super::{ClientBody, ClientStream, ConnLimits, Peer, date, serve_with_hyper, stop_requested};
+use super::{
+    ClientBody, ClientStream, ConnLimits, HeadFields, Peer, date, serve_with_hyper, stop_requested,
+};
 use crate::http1::server::{self as head, Delimit, Head, HeadError, Parsed};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response};
@@ -49,7 +51,7 @@ pub async fn serve_connection<S, H, F, B>(
     S: ClientStream,
     H: Fn(Request<ClientBody>, Peer) -> F + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
+    B: Body<Data = Bytes> + HeadFields + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     match requests(&mut stream, &peer, &handler, limits, signal.clone()).await {
@@ -62,7 +64,15 @@ pub async fn serve_connection<S, H, F, B>(
             };
             // Boxed: hyper's connection state would otherwise make every
             // connection's task as large as the rare handed-over one.
-            Box::pin(serve_with_hyper(io, addr, serve, &builder, signal)).await;
+            Box::pin(serve_with_hyper(
+                io,
+                addr,
+                serve,
+                B::insert_fields,
+                &builder,
+                signal,
+            ))
+            .await;
         }
     }
 }
@@ -94,7 +104,7 @@ where
     S: ClientStream,
     H: Fn(Request<ClientBody>, Peer) -> F,
     F: Future<Output = Response<B>>,
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + HeadFields,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     let mut waiting_since = Instant::now();
@@ -135,7 +145,7 @@ where
     S: ClientStream,
     H: Fn(Request<ClientBody>, Peer) -> F,
     F: Future<Output = Response<B>>,
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + HeadFields,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     let mut read = BytesMut::with_capacity(BUFFER);
@@ -225,7 +235,15 @@ where
             body.size_hint().exact(),
         );
         date::with_now(|now| {
-            head::encode_response(&mut out, parts.status, &parts.headers, delimit, close, now);
+            head::encode_response(
+                &mut out,
+                parts.status,
+                &parts.headers,
+                delimit,
+                close,
+                now,
+                |out| body.write_fields(out),
+            );
         });
         let complete = write_body(stream, &mut out, body, delimit.0, trailers).await;
         if close || !complete {
@@ -377,6 +395,8 @@ mod tests {
     use tokio::sync::mpsc;
 
     type TestBody = BoxBody<Bytes, Infallible>;
+
+    impl HeadFields for TestBody {}
 
     /// Answers by path: `/chunked` streams two chunks and a trailer, `/echo`
     /// reports the body it read, `/nothing` is a 204; anything else is "hello".

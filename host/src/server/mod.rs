@@ -17,7 +17,7 @@ mod rewind;
 
 pub use client_body::ClientBody;
 
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -64,6 +64,19 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
     fn socket(&self) -> &TcpStream {
         self.get_ref().0
     }
+}
+
+/// Response fields that travel with the body rather than in the response's
+/// header map: the codec writes them after the map's own fields, straight
+/// into its output; connections hyper serves get them inserted into the map
+/// before the head goes out. The rate limiter's fields, on every allowed
+/// response, take this way: as two more map entries (insert, encode, drop)
+/// they cost more than the limiter's decision itself.
+pub trait HeadFields {
+    /// Writes the fields as head lines (`name: value\r\n`).
+    fn write_fields(&self, _out: &mut Vec<u8>) {}
+    /// Inserts the fields into `headers`, replacing any of the same names.
+    fn insert_fields(&self, _headers: &mut HeaderMap) {}
 }
 
 /// Hands the proxy listener a new socket to accept from (a reload changed
@@ -113,7 +126,15 @@ pub async fn serve<H, F, B>(
         let builder = Arc::clone(&builder);
         async move {
             let serve = move |request| handler(request, peer);
-            serve_with_hyper(TokioIo::new(stream), peer, serve, &builder, signal).await;
+            serve_with_hyper(
+                TokioIo::new(stream),
+                peer,
+                serve,
+                no_fields,
+                &builder,
+                signal,
+            )
+            .await;
         }
     })
     .await;
@@ -131,7 +152,7 @@ pub async fn serve_proxy<H, F, B>(
 ) where
     H: Fn(Request<ClientBody>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B: Body<Data = bytes::Bytes> + HeadFields + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     let builder = Arc::new(hyper_builder(limits));
@@ -166,7 +187,7 @@ pub async fn serve_tls<H, F, B>(
 ) where
     H: Fn(Request<ClientBody>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B: Body<Data = bytes::Bytes> + HeadFields + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     let builder = Arc::new(hyper_builder(limits));
@@ -201,7 +222,15 @@ pub async fn serve_tls<H, F, B>(
                 let serve = move |request: Request<Incoming>| {
                     handler(request.map(ClientBody::Streamed), peer.clone())
                 };
-                serve_with_hyper(TokioIo::new(stream), addr, serve, &builder, signal).await;
+                serve_with_hyper(
+                    TokioIo::new(stream),
+                    addr,
+                    serve,
+                    B::insert_fields,
+                    &builder,
+                    signal,
+                )
+                .await;
             } else {
                 h1::serve_connection(stream, peer, handler, limits, builder, signal).await;
             }
@@ -311,10 +340,17 @@ impl FailureLog {
 
 /// Runs hyper on one connection until it ends; on shutdown, hyper finishes
 /// the request in flight and closes.
+/// A response body with no fields beside its head's (`serve_with_hyper`'s
+/// `fields` for the admin listener).
+fn no_fields<B>(_: &B, _: &mut HeaderMap) {}
+
+/// Serves one connection with hyper; `fields` puts a response's
+/// [`HeadFields`] into its header map.
 async fn serve_with_hyper<I, H, F, B>(
     io: TokioIo<I>,
     peer: SocketAddr,
     handler: H,
+    fields: fn(&B, &mut HeaderMap),
     builder: &auto::Builder<TokioExecutor>,
     signal: watch::Receiver<bool>,
 ) where
@@ -328,7 +364,11 @@ async fn serve_with_hyper<I, H, F, B>(
         // Boxed once here, the request's future (kilobytes: the proxy's
         // whole request path) is not copied again on its way into hyper.
         let response = Box::pin(handler(request));
-        async move { Ok::<_, Infallible>(response.await) }
+        async move {
+            let (mut parts, body) = response.await.into_parts();
+            fields(&body, &mut parts.headers);
+            Ok::<_, Infallible>(Response::from_parts(parts, body))
+        }
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);

@@ -36,6 +36,7 @@ pub fn json_answer(status: StatusCode, message: &str, date: &[u8]) -> Vec<u8> {
         (Delimit::Length(body.len() as u64), true),
         true,
         date,
+        |_| {},
     );
     out.extend_from_slice(&body);
     out
