@@ -132,6 +132,15 @@ impl Cluster {
         }
     }
 
+    /// The node holding the one key matching `pattern`.
+    fn owner_of_pattern(&self, pattern: &str) -> u16 {
+        *self
+            .ports
+            .iter()
+            .find(|&&p| self.keys_on(p, pattern) == 1)
+            .unwrap_or_else(|| panic!("no node holds {pattern}"))
+    }
+
     fn keys_on(&self, port: u16, pattern: &str) -> usize {
         cli(port, &["--scan", "--pattern", pattern]).lines().count()
     }
@@ -184,16 +193,6 @@ fn yaml(
     )
 }
 
-async fn call(client: &HttpClient, gw: &Gateway, key: &str) -> u16 {
-    send(
-        client,
-        request("GET", &gw.url("/"), &[("x-api-key", key)], ""),
-    )
-    .await
-    .0
-    .as_u16()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buckets_spread_over_the_cluster_and_budgets_stay_exact_across_gateways() {
     let cluster = Cluster::start();
@@ -207,7 +206,7 @@ async fn buckets_spread_over_the_cluster_and_budgets_stay_exact_across_gateways(
     for round in 0..6 {
         for (c, count) in allowed.iter_mut().enumerate() {
             let gw = if (round + c) % 2 == 0 { &one } else { &two };
-            match call(&client, gw, &format!("client-{c}")).await {
+            match call_with_api_key(&client, gw, &format!("client-{c}")).await {
                 200 => *count += 1,
                 429 => {}
                 other => panic!("client-{c}: status {other}"),
@@ -235,7 +234,7 @@ async fn a_bucket_whose_slot_moves_to_another_node_keeps_its_tokens() {
     let gw = Gateway::start(&yaml(&backend, &cluster.url(3), "moving", &db, 10));
     let client = client();
     for _ in 0..4 {
-        assert_eq!(call(&client, &gw, "mover").await, 200);
+        assert_eq!(call_with_api_key(&client, &gw, "mover").await, 200);
     }
     let key = cli(
         cluster.owner_of_pattern("gateway:moving:*"),
@@ -247,7 +246,7 @@ async fn a_bucket_whose_slot_moves_to_another_node_keeps_its_tokens() {
     assert_eq!(cluster.owner(&key), to);
     let mut allowed = 0;
     for _ in 0..10 {
-        match call(&client, &gw, "mover").await {
+        match call_with_api_key(&client, &gw, "mover").await {
             200 => allowed += 1,
             429 => {}
             other => panic!("status {other} after the slot moved"),
@@ -256,15 +255,4 @@ async fn a_bucket_whose_slot_moves_to_another_node_keeps_its_tokens() {
     assert_eq!(allowed, 6, "the moved bucket kept its 6 tokens");
     assert_eq!(cluster.keys_on(from, "gateway:moving:*"), 0);
     assert_eq!(cluster.keys_on(to, "gateway:moving:*"), 1);
-}
-
-impl Cluster {
-    /// The node holding the one key matching `pattern`.
-    fn owner_of_pattern(&self, pattern: &str) -> u16 {
-        *self
-            .ports
-            .iter()
-            .find(|&&p| self.keys_on(p, pattern) == 1)
-            .unwrap_or_else(|| panic!("no node holds {pattern}"))
-    }
 }

@@ -24,16 +24,6 @@ fn prefix() -> String {
     format!("test{}", fastrand::u64(..))
 }
 
-async fn call(client: &HttpClient, gw: &Gateway, key: &str) -> u16 {
-    send(
-        client,
-        request("GET", &gw.url("/"), &[("x-api-key", key)], ""),
-    )
-    .await
-    .0
-    .as_u16()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_alternating_between_two_gateways_gets_its_capacity_once() {
     let Some(redis) = redis_url() else { return };
@@ -52,7 +42,7 @@ async fn a_client_alternating_between_two_gateways_gets_its_capacity_once() {
     let mut allowed = 0;
     for i in 0..30 {
         let gw = if i % 2 == 0 { &one } else { &two };
-        if call(&client, gw, "roaming").await == 200 {
+        if call_with_api_key(&client, gw, "roaming").await == 200 {
             allowed += 1;
         }
     }
@@ -81,7 +71,10 @@ async fn twenty_parallel_clients_across_two_gateways_never_exceed_capacity() {
             let gateways = std::sync::Arc::clone(&gateways);
             tasks.spawn(async move {
                 let gw = if r % 2 == 0 { &gateways.0 } else { &gateways.1 };
-                (c, call(&client, gw, &format!("parallel-{c}")).await)
+                (
+                    c,
+                    call_with_api_key(&client, gw, &format!("parallel-{c}")).await,
+                )
             });
         }
     }
@@ -113,12 +106,16 @@ async fn outage(policy: &str) -> (Vec<u16>, Gateway, PrivateRedis, TestBackend) 
     );
     let mut gw = Gateway::start(&yaml);
     let client = client();
-    assert_eq!(call(&client, &gw, "k").await, 200, "through Redis first");
+    assert_eq!(
+        call_with_api_key(&client, &gw, "k").await,
+        200,
+        "through Redis first"
+    );
     redis.kill();
     let mut statuses = Vec::new();
     for _ in 0..5 {
         let started = Instant::now();
-        statuses.push(call(&client, &gw, "k").await);
+        statuses.push(call_with_api_key(&client, &gw, "k").await);
         assert!(
             started.elapsed() < Duration::from_millis(600),
             "request hung for {:?}",
@@ -148,7 +145,7 @@ async fn redis_down_with_policy_local_uses_a_local_bucket_and_recovers() {
     let deadline = Instant::now() + Duration::from_secs(10);
     // The restarted Redis is empty: the client's budget starts again there.
     loop {
-        let status = call(&client, &gw, "k").await;
+        let status = call_with_api_key(&client, &gw, "k").await;
         if gw.count_log(|l| l.contains(r#""event":"shared_limiter_up""#)) == 1 {
             assert_eq!(status, 200);
             break;
@@ -192,8 +189,8 @@ async fn a_limit_changed_on_one_gateway_is_enforced_by_the_other_within_a_second
     );
     let (one, two) = (Gateway::start(&yaml), Gateway::start(&yaml));
     let client = client();
-    assert_eq!(call(&client, &two, "pushed").await, 200);
-    assert_eq!(call(&client, &two, "pushed").await, 429);
+    assert_eq!(call_with_api_key(&client, &two, "pushed").await, 200);
+    assert_eq!(call_with_api_key(&client, &two, "pushed").await, 429);
     // Let both finish their first sync and open their LISTEN connection.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let create = request(
@@ -205,7 +202,7 @@ async fn a_limit_changed_on_one_gateway_is_enforced_by_the_other_within_a_second
     assert_eq!(send(&client, create).await.0, 201);
     let changed = Instant::now();
     loop {
-        if call(&client, &two, "pushed").await == 200 {
+        if call_with_api_key(&client, &two, "pushed").await == 200 {
             break;
         }
         assert!(

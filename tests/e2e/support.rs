@@ -709,6 +709,17 @@ pub fn javascript_plugin(name: &str, world: &str) -> std::path::PathBuf {
     )
 }
 
+/// The status of a GET of `/` through `gw` with `X-API-Key: key`.
+pub async fn call_with_api_key(client: &HttpClient, gw: &Gateway, key: &str) -> u16 {
+    send(
+        client,
+        request("GET", &gw.url("/"), &[("x-api-key", key)], ""),
+    )
+    .await
+    .0
+    .as_u16()
+}
+
 /// Redis for tests from `GATEWAY_TEST_REDIS`; skips loudly without it (fails
 /// when `GATEWAY_TEST_REQUIRE_SERVICES` is set).
 pub fn redis_url() -> Option<String> {
