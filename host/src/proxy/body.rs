@@ -53,6 +53,11 @@ impl<B: Body> BodySlot<B> {
     pub fn replayable(&self) -> bool {
         self.end_stream || lock(&self.slot).is_some()
     }
+
+    /// `look` at the body while no attempt has taken it.
+    pub fn peek<T>(&self, look: impl FnOnce(&B) -> Option<T>) -> Option<T> {
+        lock(&self.slot).as_ref().and_then(look)
+    }
 }
 
 fn lock<B>(slot: &Mutex<Option<B>>) -> std::sync::MutexGuard<'_, Option<B>> {

@@ -45,6 +45,11 @@ impl Proxy {
             body.exact_len(),
         );
         let idempotent = is_idempotent(&parts.method);
+        // A small body read already goes out in the same write as the head:
+        // one send per request, and every attempt can send it again.
+        let inline = body
+            .peek(Upload::inline)
+            .filter(|data| framing == RequestFraming::Length(data.len() as u64));
         let backends = &target.pool.core.backends;
         let route = target.route;
         for attempt in 0..=target.pool.core.config.retries {
@@ -73,9 +78,14 @@ impl Proxy {
                     tokio::time::timeout(route.request_timeout, sending).await
                 }
                 None => {
+                    let mut head = target.pool.upstreams[index].encode(parts, framing, forwarding);
+                    if let Some(data) = &inline {
+                        head.extend_from_slice(data);
+                    }
                     let request = Sending {
-                        head: target.pool.upstreams[index].encode(parts, framing, forwarding),
+                        head,
                         body: &body,
+                        inline: inline.is_some(),
                         framing,
                         head_request: parts.method == Method::HEAD,
                         idempotent,

@@ -93,6 +93,8 @@ pub struct Sending<'a, B> {
     /// The encoded request head.
     pub head: Vec<u8>,
     pub body: &'a BodySlot<B>,
+    /// The body is in `head` already; `body` is not read.
+    pub inline: bool,
     pub framing: RequestFraming,
     pub head_request: bool,
     /// May go again on a fresh connection if a kept-alive one turns out closed.
@@ -187,7 +189,7 @@ impl Pool {
             let (conn, reused) = self.acquire(index).await?;
             let outgoing = Outgoing {
                 head: &request.head,
-                body: (!request.body.is_empty()).then(|| request.body.attempt()),
+                body: (!request.inline && !request.body.is_empty()).then(|| request.body.attempt()),
                 framing: request.framing,
                 head_request: request.head_request,
             };
@@ -200,7 +202,9 @@ impl Pool {
                     return Ok(response);
                 }
                 Err(Failure { error, stale: true })
-                    if reused && request.idempotent && request.body.replayable() =>
+                    if reused
+                        && request.idempotent
+                        && (request.inline || request.body.replayable()) =>
                 {
                     tracing::debug!(%error, "kept-alive backend connection was closed; sending again");
                 }
@@ -421,6 +425,7 @@ mod tests {
         Sending {
             head: head.as_bytes().to_vec(),
             body,
+            inline: false,
             framing,
             head_request: false,
             idempotent: true,

@@ -28,6 +28,10 @@ use tokio::time::{Instant, Sleep};
 /// Bodies of at most this many declared bytes are read before a backend is chosen.
 pub const BUFFERED_BYTES: u64 = 64 * 1024;
 
+/// Bodies read whole of at most this many bytes are written to a backend
+/// together with the request head: one copy, one send.
+const INLINE_BYTES: usize = 16 * 1024;
+
 /// The body as sent to backends: read already, or streamed from the client.
 pub enum Upload {
     Whole(Option<Bytes>),
@@ -67,6 +71,17 @@ impl Upload {
                 Ok(Upload::Whole(Some(whole)))
             }
             _ => Ok(Upload::Streamed(streamed, received)),
+        }
+    }
+}
+
+impl Upload {
+    /// The body, when it was read whole and is small enough to go out in the
+    /// head's write (a cheap reference-counted clone).
+    pub fn inline(&self) -> Option<Bytes> {
+        match self {
+            Upload::Whole(Some(data)) if data.len() <= INLINE_BYTES => Some(data.clone()),
+            _ => None,
         }
     }
 }
