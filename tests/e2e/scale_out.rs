@@ -4,7 +4,8 @@
 use crate::support::*;
 use std::time::{Duration, Instant};
 
-/// Two gateways sharing `redis`. Unless `extra` sets it, `shared_timeout`
+/// Two gateways sharing `redis`, each with two workers (so each with two
+/// Redis connections of its own). Unless `extra` sets it, `shared_timeout`
 /// is generous: these tests check exact counts across gateways, and on a
 /// loaded test machine the 50 ms default can expire and fall back to a
 /// local bucket (which the outage tests below cover on purpose).
@@ -15,7 +16,7 @@ fn shared_yaml(b: &TestBackend, redis: &str, prefix: &str, db: &str, extra: &str
         "  shared_timeout: 5s\n"
     };
     format!(
-        "backends:\n  - {}\nadmin:\n  token: test-token\nlog:\n  access: false\nrate_limit:\n  key: header:X-API-Key\n  unknown_keys: own\n  database: {db}\n  shared: {redis}\n  shared_prefix: {prefix}\n{timeout}{extra}",
+        "backends:\n  - {}\nadmin:\n  token: test-token\nlog:\n  access: false\nproxy:\n  workers: 2\nrate_limit:\n  key: header:X-API-Key\n  unknown_keys: own\n  database: {db}\n  shared: {redis}\n  shared_prefix: {prefix}\n{timeout}{extra}",
         b.url()
     )
 }
@@ -184,7 +185,7 @@ async fn a_limit_changed_on_one_gateway_is_enforced_by_the_other_within_a_second
     let b = TestBackend::start("b").await;
     // Polling every 30 s: only the NOTIFY can deliver the change in time.
     let yaml = format!(
-        "backends:\n  - {}\nadmin:\n  token: test-token\nlog:\n  access: false\nrate_limit:\n  key: header:X-API-Key\n  database: {database}\n  sync_interval: 30s\n  default:\n    capacity: 1\n    refill_per_second: 0.001\n",
+        "backends:\n  - {}\nadmin:\n  token: test-token\nlog:\n  access: false\nproxy:\n  workers: 2\nrate_limit:\n  key: header:X-API-Key\n  database: {database}\n  sync_interval: 30s\n  default:\n    capacity: 1\n    refill_per_second: 0.001\n",
         b.url()
     );
     let (one, two) = (Gateway::start(&yaml), Gateway::start(&yaml));

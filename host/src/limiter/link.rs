@@ -1,8 +1,10 @@
 //! How the shared limiter reaches Redis: one server (`redis://…`) or a
 //! Redis Cluster (`redis+cluster://host:port[,host:port…]`, seed nodes).
 //!
-//! Both are multiplexed connections that reconnect by themselves; concurrent
-//! decisions share one connection per node and are written to it together.
+//! Both are multiplexed connections that reconnect by themselves; each
+//! thread that decides (each proxy worker) opens its own, so concurrent
+//! decisions of a worker share one connection per node and are written to
+//! it together, on the worker's own runtime.
 //! Every decision touches exactly one key (its bucket), so in a cluster it
 //! runs on the node that owns the key's slot; `MOVED` and `ASK` redirections
 //! and slot-map refreshes are the `redis` crate's.
@@ -11,6 +13,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, RedisResult, ScriptInvocation};
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 const CLUSTER_SCHEME: &str = "redis+cluster://";
@@ -72,52 +77,117 @@ fn cluster_seeds(rest: &str) -> Result<Vec<String>, String> {
     Ok(seeds)
 }
 
-/// A connection to one server or to a cluster.
+/// How to reach Redis; clones share one set of per-thread connections.
 #[derive(Clone)]
-pub enum Link {
+pub struct Link {
+    opener: Arc<Opener>,
+}
+
+enum Opener {
+    Single {
+        id: usize,
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    },
+    Cluster {
+        id: usize,
+        client: ClusterClient,
+        config: ClusterConfig,
+    },
+}
+
+/// One thread's open connection for a [`Link`].
+#[derive(Clone)]
+enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
+thread_local! {
+    /// This thread's connections, by link id. Each proxy worker has its own
+    /// so that the connection's driver task runs on the worker's runtime:
+    /// decisions are written and their answers read without a hand-off to
+    /// another thread, and the decisions of one worker's concurrent requests
+    /// still go out together.
+    static CONNECTIONS: RefCell<Vec<(usize, Connection)>> = const { RefCell::new(Vec::new()) };
+}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
 impl Link {
-    /// Sets up the connection without waiting for Redis (it may be down at start).
+    /// Checks the target; connections are made on first use, one per
+    /// thread, without waiting for Redis (it may be down at start).
     pub fn open(target: &Target, timeout: Duration) -> Result<Link, String> {
         let connect = timeout.max(Duration::from_millis(250));
-        match target {
-            Target::Single(url) => {
-                let client = redis::Client::open(url.as_str())
-                    .map_err(|e| format!("invalid Redis URL: {e}"))?;
-                let config = ConnectionManagerConfig::new()
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let opener = match target {
+            Target::Single(url) => Opener::Single {
+                id,
+                client: redis::Client::open(url.as_str())
+                    .map_err(|e| format!("invalid Redis URL: {e}"))?,
+                config: ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(connect))
                     .set_response_timeout(Some(timeout))
-                    .set_max_delay(Duration::from_secs(2));
-                ConnectionManager::new_lazy_with_config(client, config)
-                    .map(Link::Single)
-                    .map_err(|e| format!("cannot set up Redis connection: {e}"))
-            }
-            Target::Cluster(seeds) => {
-                let client = ClusterClient::builder(seeds.iter().map(String::as_str))
+                    .set_max_delay(Duration::from_secs(2)),
+            },
+            Target::Cluster(seeds) => Opener::Cluster {
+                id,
+                client: ClusterClient::builder(seeds.iter().map(String::as_str))
                     // A decision waits `timeout` at most anyway; retrying
                     // longer only queues work behind a dead node.
                     .retries(2)
                     .build()
-                    .map_err(|e| format!("invalid Redis Cluster seeds: {e}"))?;
-                let config = ClusterConfig::new()
+                    .map_err(|e| format!("invalid Redis Cluster seeds: {e}"))?,
+                config: ClusterConfig::new()
                     .set_connection_timeout(connect)
-                    .set_response_timeout(timeout);
-                Ok(Link::Cluster(
-                    client.get_pending_async_connection_with_config(config),
-                ))
-            }
+                    .set_response_timeout(timeout),
+            },
+        };
+        Ok(Link {
+            opener: Arc::new(opener),
+        })
+    }
+
+    /// Runs `script` (EVALSHA, loaded again on NOSCRIPT) where its key lives,
+    /// on this thread's connection. Must be called inside a tokio runtime.
+    pub async fn invoke<T: FromRedisValue>(&self, script: &ScriptInvocation<'_>) -> RedisResult<T> {
+        match self.connection()? {
+            Connection::Single(mut connection) => script.invoke_async(&mut connection).await,
+            Connection::Cluster(mut connection) => script.invoke_async(&mut connection).await,
         }
     }
 
-    /// Runs `script` (EVALSHA, loaded again on NOSCRIPT) where its key lives.
-    pub async fn invoke<T: FromRedisValue>(&self, script: &ScriptInvocation<'_>) -> RedisResult<T> {
+    /// This thread's connection, opened (lazily, on this thread's runtime)
+    /// the first time the thread asks.
+    fn connection(&self) -> RedisResult<Connection> {
+        let id = self.opener.id();
+        CONNECTIONS.with_borrow_mut(|connections| {
+            if let Some((_, connection)) = connections.iter().find(|(own, _)| *own == id) {
+                return Ok(connection.clone());
+            }
+            let connection = self.opener.connect()?;
+            connections.push((id, connection.clone()));
+            Ok(connection)
+        })
+    }
+}
+
+impl Opener {
+    fn id(&self) -> usize {
         match self {
-            Link::Single(connection) => script.invoke_async(&mut connection.clone()).await,
-            Link::Cluster(connection) => script.invoke_async(&mut connection.clone()).await,
+            Opener::Single { id, .. } | Opener::Cluster { id, .. } => *id,
         }
+    }
+
+    fn connect(&self) -> RedisResult<Connection> {
+        Ok(match self {
+            Opener::Single { client, config, .. } => Connection::Single(
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?,
+            ),
+            Opener::Cluster { client, config, .. } => {
+                Connection::Cluster(client.get_pending_async_connection_with_config(config.clone()))
+            }
+        })
     }
 }
 
