@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Load benchmark for the gateway against nginx and HAProxy, all in the same
-# run, with wrk on loopback only. Per run it measures every target below,
+# Load benchmark for the gateway against nginx, HAProxy and Caddy, all in the
+# same run, with wrk on loopback only. Per run it measures every target below,
 # for each method (GET, POST) and each worker count (1, 2):
 #
 #   direct    wrk -> one echo backend (127.0.0.1:BASE_PORT), the floor
@@ -21,23 +21,29 @@
 #   haproxy   Debian's haproxy in the foreground (-db), nbthread = workers,
 #             mode http, keep-alive, http-reuse always, round robin to the 3
 #             backends, no logging (benches/haproxy_conf.sh)
+#   caddy     Debian's caddy (`caddy run`), GOMAXPROCS = workers, HTTP/1.1
+#             only, reverse_proxy round robin to the 3 backends with
+#             keep-alive (64 idle connections), no admin endpoint, no
+#             automatic HTTPS, no access log (benches/caddy_conf.sh)
 #
-# The three proxies add the same request headers (X-Forwarded-For, -Proto,
+# The four proxies add the same request headers (X-Forwarded-For, -Proto,
 # -Host), so the backends' answers are the same size. GET is a plain GET /;
 # POST sends POST_BYTES of body with Content-Length (a wrk Lua script); the
 # echo backends read the body and answer with its size (checked with curl).
 #
 # Workers and CPUs (taskset):
 #   1 worker:  wrk alone on CPU 1; the proxy (gateway proxy.workers 1, nginx
-#              worker_processes 1, haproxy nbthread 1) and the echo backends
-#              share CPU 0: every target gets the same one-CPU budget.
+#              worker_processes 1, haproxy nbthread 1, caddy GOMAXPROCS 1)
+#              and the echo backends share CPU 0: every target gets the same
+#              one-CPU budget.
 #   2 workers: the proxy gets CPUs 0 and 1 (proxy.workers 2, worker_processes
-#              2, nbthread 2), and wrk and the backends share those same two
-#              CPUs: on a 2-CPU machine nothing is left for the client, so the
-#              2-worker figures are for a proxy that competes with its load
-#              generator and its backends. What they tell is the scaling
-#              (requests/s with 2 workers ÷ with 1) and the CPU µs per request
-#              with two threads; not what a proxy on two free cores would do.
+#              2, nbthread 2, GOMAXPROCS 2), and wrk and the backends share
+#              those same two CPUs: on a 2-CPU machine nothing is left for
+#              the client, so the 2-worker figures are for a proxy that
+#              competes with its load generator and its backends. What they
+#              tell is the scaling (requests/s with 2 workers ÷ with 1) and
+#              the CPU µs per request with two threads; not what a proxy on
+#              two free cores would do.
 #
 # Method: RUNS runs; in each, for each worker count, the echo backends start
 # (pinned for that worker count), then every target in turn (the order
@@ -53,11 +59,12 @@
 # Report: per target, method and worker count the median over the runs of
 # requests/s, p50, p99 and CPU µs/request, with the spread (min–max) of
 # requests/s, p99 and CPU µs/request; then, as the median (min–max) of the
-# per-run ratios: each gateway variant ÷ HAProxy and ÷ nginx (CPU µs/request,
-# p99, requests/s), limiter on ÷ off, and 2 workers ÷ 1 (requests/s, CPU
-# µs/request) for the gateway, nginx and HAProxy; the issue's target (CPU µs
-# per request with the limiter on ≤ 0.9× HAProxy's, p99 ≤ HAProxy's) is
-# checked; markdown tables for the README and every run's raw figures.
+# per-run ratios: each gateway variant and Caddy ÷ HAProxy and ÷ nginx (CPU
+# µs/request, p99, requests/s), limiter on ÷ off, and 2 workers ÷ 1
+# (requests/s, CPU µs/request) for the gateway, nginx, HAProxy and Caddy;
+# the issue's target (CPU µs per request with the limiter on ≤ 0.9×
+# HAProxy's, p99 ≤ HAProxy's) is checked; markdown tables for the README
+# and every run's raw figures.
 #
 # Usage (from anywhere):
 #   benches/proxy.sh
@@ -80,7 +87,7 @@
 #                      echo backends (and Redis) with 1 worker
 #   WRK_CPUS_MW, PROXY_CPUS_MW, BACKEND_CPUS_MW [0-(nproc-1), i.e. 0-1]
 #                      the same with 2 (or more) workers
-#   TARGETS [direct gateway limit plugins routed redis nginx haproxy]
+#   TARGETS [direct gateway limit plugins routed redis nginx haproxy caddy]
 #                      which targets to measure (order is rotated per run);
 #                      the switches below drop some of them too
 #   PLUGINS [1]        0: no plugins target (1 builds the example plugins with
@@ -89,24 +96,25 @@
 #   ROUTED [1]         0: no routed target
 #   REDIS [auto]       auto: the redis target when redis-server and redis-cli
 #                      are installed; 0: skip; 1: required
-#   NGINX [auto], HAPROXY [auto]  auto: measure it when installed/installable
-#                      (apt-get); 0: skip; 1: required
+#   NGINX [auto], HAPROXY [auto], CADDY [auto]
+#                      auto: measure it when installed/installable (apt-get);
+#                      0: skip; 1: required
 #   BASE_PORT [9001]   first echo backend port (3 backends: BASE_PORT..+2)
 #   GATEWAY_PORT [18080], NGINX_PORT [18081], HAPROXY_PORT [18082],
-#   ADMIN_PORT [19091], REDIS_PORT [16379]
+#   CADDY_PORT [18083], ADMIN_PORT [19091], REDIS_PORT [16379]
 #   SKIP_BUILD [0]     1: do not run cargo build (use the existing binary)
 #   GATEWAY_BIN        gateway binary [${CARGO_TARGET_DIR:-<repo>/target}/release/gateway]
 #   KEEP_TMP [0]       1: keep the temp dir (configs, logs, raw wrk output)
 #   READY_TIMEOUT [30] seconds a server gets to answer after it starts
 #
-# A full default run (5 runs × 2 worker counts × 8 targets × 2 methods = 160
-# measurements of 1 s + 5 s, plus starts) takes about 18 minutes; the script
+# A full default run (5 runs × 2 worker counts × 9 targets × 2 methods = 180
+# measurements of 1 s + 5 s, plus starts) takes about 20 minutes; the script
 # prints its estimate first and the time taken at the end.
 # Everything binds 127.0.0.1 and all traffic goes to 127.0.0.1; everything
 # the script starts is stopped on exit. Needs: bash, curl, wrk, and
-# (optionally) nginx, haproxy, redis-server; wrk, nginx and haproxy are
-# installed with `apt-get install -y` when missing (apt-get update only if
-# that fails) and run privately, never as services.
+# (optionally) nginx, haproxy, caddy, redis-server; wrk, nginx, haproxy and
+# caddy are installed with `apt-get install -y` when missing (apt-get update
+# only if that fails) and run privately, never as services.
 
 set -euo pipefail
 
@@ -126,16 +134,18 @@ ALL_CPUS="0-$(($(nproc) - 1))"
 WRK_CPUS_MW=${WRK_CPUS_MW:-$ALL_CPUS}
 PROXY_CPUS_MW=${PROXY_CPUS_MW:-$ALL_CPUS}
 BACKEND_CPUS_MW=${BACKEND_CPUS_MW:-$ALL_CPUS}
-TARGETS=${TARGETS:-direct gateway limit plugins routed redis nginx haproxy}
+TARGETS=${TARGETS:-direct gateway limit plugins routed redis nginx haproxy caddy}
 PLUGINS=${PLUGINS:-1}
 ROUTED=${ROUTED:-1}
 REDIS=${REDIS:-auto}
 NGINX=${NGINX:-auto}
 HAPROXY=${HAPROXY:-auto}
+CADDY=${CADDY:-auto}
 BASE_PORT=${BASE_PORT:-9001}
 GATEWAY_PORT=${GATEWAY_PORT:-18080}
 NGINX_PORT=${NGINX_PORT:-18081}
 HAPROXY_PORT=${HAPROXY_PORT:-18082}
+CADDY_PORT=${CADDY_PORT:-18083}
 ADMIN_PORT=${ADMIN_PORT:-19091}
 REDIS_PORT=${REDIS_PORT:-16379}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -149,6 +159,8 @@ source "$ROOT/benches/lib.sh"
 source "$ROOT/benches/nginx_conf.sh"
 # shellcheck source=benches/haproxy_conf.sh
 source "$ROOT/benches/haproxy_conf.sh"
+# shellcheck source=benches/caddy_conf.sh
+source "$ROOT/benches/caddy_conf.sh"
 GATEWAY_BIN=${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/gateway}
 BACKEND_COUNT=3
 WASM="$ROOT/plugins/target/wasm32-wasip2/release"
@@ -173,6 +185,7 @@ for w in "${WORKER_LIST[@]}"; do [[ $w =~ ^[1-9][0-9]?$ ]] || die "WORKERS: posi
 need_wrk
 NGINX_BIN=$(find_or_install nginx "$NGINX" nginx find_nginx)
 HAPROXY_BIN=$(find_or_install haproxy "$HAPROXY" haproxy find_haproxy)
+CADDY_BIN=$(find_or_install caddy "$CADDY" caddy find_caddy)
 HAVE_REDIS=0
 if [[ $REDIS != 0 ]]; then
     if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
@@ -192,7 +205,8 @@ for key in $TARGETS; do
     redis) [[ $HAVE_REDIS == 1 ]] || continue ;;
     nginx) [[ -n $NGINX_BIN ]] || continue ;;
     haproxy) [[ -n $HAPROXY_BIN ]] || continue ;;
-    *) die "unknown target '$key' in TARGETS (direct gateway limit plugins routed redis nginx haproxy)" ;;
+    caddy) [[ -n $CADDY_BIN ]] || continue ;;
+    *) die "unknown target '$key' in TARGETS (direct gateway limit plugins routed redis nginx haproxy caddy)" ;;
     esac
     KEYS+=("$key")
 done
@@ -206,10 +220,11 @@ ports=("$GATEWAY_PORT" "$ADMIN_PORT")
 for ((i = 0; i < BACKEND_COUNT; i++)); do ports+=($((BASE_PORT + i))); done
 has nginx && ports+=("$NGINX_PORT")
 has haproxy && ports+=("$HAPROXY_PORT")
+has caddy && ports+=("$CADDY_PORT")
 has redis && ports+=("$REDIS_PORT")
-check_ports "BASE_PORT, GATEWAY_PORT, NGINX_PORT, HAPROXY_PORT, ADMIN_PORT, REDIS_PORT" "${ports[@]}"
-if pgrep -x haproxy >/dev/null || pgrep -x nginx >/dev/null; then
-    warn "other nginx/haproxy processes are running (not started here); they are not measured (only this script's pids are read) but they share the CPUs"
+check_ports "BASE_PORT, GATEWAY_PORT, NGINX_PORT, HAPROXY_PORT, CADDY_PORT, ADMIN_PORT, REDIS_PORT" "${ports[@]}"
+if pgrep -x haproxy >/dev/null || pgrep -x nginx >/dev/null || pgrep -x caddy >/dev/null; then
+    warn "other nginx/haproxy/caddy processes are running (not started here); they are not measured (only this script's pids are read) but they share the CPUs"
 fi
 
 if [[ $SKIP_BUILD != 1 ]]; then
@@ -256,6 +271,7 @@ LABEL[redis]="gateway + limiter in Redis"
 gateway_version=$("$GATEWAY_BIN" --version 2>/dev/null || echo gateway)
 nginx_version=
 haproxy_version=
+caddy_version=
 if has nginx; then
     nginx_version=$("$NGINX_BIN" -v 2>&1 | sed -n 's|.*nginx/\([^ ]*\).*|\1|p')
     LABEL[nginx]="nginx $nginx_version"
@@ -263,6 +279,11 @@ fi
 if has haproxy; then
     haproxy_version=$("$HAPROXY_BIN" -v 2>&1 | sed -n 's/^HAProxy version \([^ ]*\).*/\1/p' | head -n 1)
     LABEL[haproxy]="HAProxy $haproxy_version"
+fi
+if has caddy; then
+    # Debian's build prints "2.6.2", upstream's "v2.6.2 h1:…".
+    caddy_version=$("$CADDY_BIN" version 2>/dev/null | awk 'NR == 1 { sub(/^v/, "", $1); print $1 }')
+    LABEL[caddy]="Caddy $caddy_version"
 fi
 
 LIMITS="  default:
@@ -371,6 +392,27 @@ start_target() {
         wait_ready haproxy "$STARTED_PID" "$TARGET_URL" "$TMP/haproxy.log"
         mapfile -t TARGET_PIDS < <(with_children "$STARTED_PID")
         log "haproxy: $(threads "$STARTED_PID") thread(s) (nbthread $workers)"
+        ;;
+    caddy)
+        local cdir="$TMP/caddy-$workers"
+        mkdir -p "$cdir/config" "$cdir/data"
+        cfg="$cdir/Caddyfile"
+        caddy_conf "$CADDY_PORT" "$BASE_PORT" "$BACKEND_COUNT" >"$cfg"
+        # Caddy writes autosave.json (and would keep certificates) under the
+        # XDG directories even with the admin endpoint off: keep them in the
+        # temp dir, not in the user's home. GOMAXPROCS is its worker count
+        # (the Go runtime's running threads; there is no config setting);
+        # env execs caddy, so the pid (and /proc/PID/stat) is caddy's own.
+        local caddy_env=(env "GOMAXPROCS=$workers" "XDG_CONFIG_HOME=$cdir/config" "XDG_DATA_HOME=$cdir/data")
+        "${caddy_env[@]}" "$CADDY_BIN" validate --config "$cfg" --adapter caddyfile >"$TMP/caddy-test.txt" 2>&1 ||
+            die "caddy rejected the generated config: $(cat "$TMP/caddy-test.txt")"
+        start caddy "$CUR_PROXY_CPUS" "$TMP/caddy.log" \
+            "${caddy_env[@]}" "$CADDY_BIN" run --config "$cfg" --adapter caddyfile
+        TARGET_STOP=("$STARTED_PID")
+        TARGET_URL="http://127.0.0.1:$CADDY_PORT/"
+        wait_ready caddy "$STARTED_PID" "$TARGET_URL" "$TMP/caddy.log"
+        mapfile -t TARGET_PIDS < <(with_children "$STARTED_PID")
+        log "caddy: $(threads "$STARTED_PID") thread(s) (GOMAXPROCS $workers, plus the Go runtime's idle and syscall threads)"
         ;;
     *) # the gateway targets
         if [[ $key == redis ]]; then
@@ -488,7 +530,7 @@ measure() {
 
 describe_host
 wrk_version=$(wrk -v 2>&1 | head -n 1 | awk '{print $1, $2}' || true)
-versions="$gateway_version${nginx_version:+, nginx $nginx_version}${haproxy_version:+, HAProxy $haproxy_version}"
+versions="$gateway_version${nginx_version:+, nginx $nginx_version}${haproxy_version:+, HAProxy $haproxy_version}${caddy_version:+, Caddy $caddy_version}"
 pin_desc() { # pin_desc WORKERS
     if [[ $PIN != 1 ]]; then
         echo "no CPU pinning"
@@ -585,6 +627,11 @@ errors() { # errors KEY WORKERS METHOD: summed over the runs
 
 GATEWAYS=()
 for key in gateway limit plugins routed redis; do has "$key" && GATEWAYS+=("$key"); done
+# Rows of the ÷ reference table: the gateway variants, then Caddy, another
+# proxy measured against the same references (HAProxy and nginx stay the
+# columns, so every row is comparable with every other).
+MEASURED=("${GATEWAYS[@]}")
+has caddy && MEASURED+=(caddy)
 REFS=()
 for key in haproxy nginx; do has "$key" && REFS+=("$key"); done
 spread=""
@@ -629,9 +676,9 @@ done
 
 if ((${#REFS[@]} > 0)); then
     echo
-    echo "Gateway ÷ reference: median$spread of the per-run ratios (markdown; lower is better for CPU and p99):"
+    echo "Gateway (and Caddy) ÷ reference: median$spread of the per-run ratios (markdown; lower is better for CPU and p99):"
     echo
-    hdr="| Gateway | Workers | Method"
+    hdr="| Target | Workers | Method"
     sep="| --- | ---: | ---"
     for ref in "${REFS[@]}"; do
         hdr="$hdr | CPU ÷ ${ref/haproxy/HAProxy} | p99 ÷ ${ref/haproxy/HAProxy} | req/s ÷ ${ref/haproxy/HAProxy}"
@@ -641,7 +688,7 @@ if ((${#REFS[@]} > 0)); then
     echo "$sep |"
     for workers in "${WORKER_LIST[@]}"; do
         for method in "${METHOD_LIST[@]}"; do
-            for key in "${GATEWAYS[@]}"; do
+            for key in "${MEASURED[@]}"; do
                 line="| ${LABEL[$key]} | $workers | $method"
                 for ref in "${REFS[@]}"; do
                     line="$line | $(rcell "$key" "$workers" "$ref" "$workers" "$method" cpu)"
@@ -722,8 +769,9 @@ fi
 echo
 notes=""
 for w in "${WORKER_LIST[@]}"; do notes="$notes; $w worker(s): $(pin_desc "$w")"; done
-printf '_wrk -t%s -c%s -d%s after a %s warm-up, %s run(s) (targets interleaved, order rotated per run), loopback; GET / and POST / with a %s-byte body%s; %s; %s. Proxy CPU = utime+stime from /proc/PID/stat (all threads; nginx: master + workers) over the measured run ÷ requests completed. The gateway runs proxy.workers = workers, nginx worker_processes = workers (keepalive 64), HAProxy nbthread = workers (http-reuse always)._\n' \
-    "$THREADS" "$CONNECTIONS" "$DURATION" "$WARMUP" "$RUNS" "$POST_BYTES" "$notes" "$HOST_DESC" "$versions"
+printf '_wrk -t%s -c%s -d%s after a %s warm-up, %s run(s) (targets interleaved, order rotated per run), loopback; GET / and POST / with a %s-byte body%s; %s; %s. Proxy CPU = utime+stime from /proc/PID/stat (all threads; nginx: master + workers) over the measured run ÷ requests completed. The gateway runs proxy.workers = workers, nginx worker_processes = workers (keepalive 64), HAProxy nbthread = workers (http-reuse always)%s._\n' \
+    "$THREADS" "$CONNECTIONS" "$DURATION" "$WARMUP" "$RUNS" "$POST_BYTES" "$notes" "$HOST_DESC" "$versions" \
+    "${caddy_version:+, Caddy GOMAXPROCS = workers (64 idle upstream connections)}"
 printf '\nMeasured in %s s (estimated %s s).\n' "$ELAPSED" "$estimate"
 
 FAILED=0
