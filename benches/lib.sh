@@ -2,14 +2,15 @@
 # Sourced by benches/proxy.sh, benches/tls.sh and benches/proxy_instructions.sh:
 # the helpers they share (logging, a temp dir and the cleanup of everything
 # started, apt installs, finding nginx/haproxy, CPU pinning, starting and
-# waiting for servers, CPU time from /proc, wrk runs and their results,
-# medians and ratios, the echo backends). Sourcing it defines functions and
-# unsets the gateway's environment variables; nothing else happens until a
-# script calls bench_init.
+# waiting for servers, CPU time from /proc, wrk runs (GET and POST scripts)
+# and their results, medians and ratios, the echo backends). Sourcing it
+# defines functions and unsets the gateway's environment variables; nothing
+# else happens until a script calls bench_init.
 #
 # A script sets (before calling the functions that read them):
 #   PIN (0/1, or auto until pin_setup), READY_TIMEOUT (seconds), KEEP_TMP,
-#   BACKEND_COUNT, BASE_PORT, GATEWAY_BIN.
+#   BACKEND_COUNT, BASE_PORT, GATEWAY_BIN, POST_BYTES (write_method_luas,
+#   check_post).
 
 # The gateway reads these; a value left in the caller's environment would
 # silently override the generated configs.
@@ -358,6 +359,38 @@ done = function(summary, latency, requests)
     latency.mean, e.connect, e.read, e.write, e.status, e.timeout))
 end
 EOF
+}
+
+# write_method_luas: the wrk scripts of the two request methods, in TMP:
+# report.lua (write_report_lua), get.lua (the same: a plain GET /) and
+# post.lua (POST / with POST_BYTES bytes of body; wrk adds Content-Length),
+# and body.bin (that body, for check_post).
+write_method_luas() {
+    write_report_lua "$TMP/report.lua"
+    cp "$TMP/report.lua" "$TMP/get.lua"
+    {
+        cat <<EOF
+-- POST with a body of $POST_BYTES bytes; wrk adds Content-Length.
+wrk.method = "POST"
+wrk.body = string.rep("x", $POST_BYTES)
+wrk.headers["Content-Type"] = "application/octet-stream"
+EOF
+        cat "$TMP/report.lua"
+    } >"$TMP/post.lua"
+    head -c "$POST_BYTES" /dev/zero | tr '\0' x >"$TMP/body.bin"
+}
+
+# check_post LABEL URL: a POST with POST_BYTES of body (TMP/body.bin, see
+# write_method_luas) reaches a backend whole (the echo body names the method
+# and the body size).
+check_post() {
+    local label=$1 url=$2 body got method
+    body=$(curl -sf --max-time 5 -X POST -H 'Content-Type: application/octet-stream' \
+        --data-binary "@$TMP/body.bin" "$url") || die "$label: POST to $url failed"
+    got=$(sed -n 's/.*"body_bytes": *\([0-9]*\).*/\1/p' <<<"$body")
+    method=$(sed -n 's/.*"method": *"\([^"]*\)".*/\1/p' <<<"$body")
+    [[ $got == "$POST_BYTES" && $method == POST ]] ||
+        die "$label: a POST of $POST_BYTES bytes arrived as $method with ${got:-?} bytes"
 }
 
 # run_wrk OUTFILE WRK-COMMAND...: run wrk pinned to WRK_CPUS, in the

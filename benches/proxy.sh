@@ -246,18 +246,7 @@ fi
 
 # ---------------------------------------------------------------- wrk scripts
 
-write_report_lua "$TMP/report.lua"
-cp "$TMP/report.lua" "$TMP/get.lua"
-{
-    cat <<EOF
--- POST with a body of $POST_BYTES bytes; wrk adds Content-Length.
-wrk.method = "POST"
-wrk.body = string.rep("x", $POST_BYTES)
-wrk.headers["Content-Type"] = "application/octet-stream"
-EOF
-    cat "$TMP/report.lua"
-} >"$TMP/post.lua"
-head -c "$POST_BYTES" /dev/zero | tr '\0' x >"$TMP/body.bin"
+write_method_luas
 
 # ---------------------------------------------------------------- targets
 
@@ -339,17 +328,6 @@ plugins:
 EOF
         ;;
     esac
-}
-
-# check_post LABEL URL: a POST with POST_BYTES of body reaches a backend whole.
-check_post() {
-    local label=$1 url=$2 body got method
-    body=$(curl -sf --max-time 5 -X POST -H 'Content-Type: application/octet-stream' \
-        --data-binary "@$TMP/body.bin" "$url") || die "$label: POST to $url failed"
-    got=$(sed -n 's/.*"body_bytes": *\([0-9]*\).*/\1/p' <<<"$body")
-    method=$(sed -n 's/.*"method": *"\([^"]*\)".*/\1/p' <<<"$body")
-    [[ $got == "$POST_BYTES" && $method == POST ]] ||
-        die "$label: a POST of $POST_BYTES bytes arrived as $method with ${got:-?} bytes"
 }
 
 # start_target KEY WORKERS: starts (and checks) the target; sets TARGET_PIDS

@@ -18,25 +18,37 @@
 #   nginx     benches/nginx_conf.sh with master_process off (one process)
 #   haproxy   benches/haproxy_conf.sh with nbthread 1, in the foreground (-db)
 #
-# Per row: wrk warms up, the counters are zeroed (callgrind_control -z), wrk
-# runs DURATION, the counters are dumped (callgrind_control -d) and
-# instructions ÷ completed requests is printed. Kernel work (the TCP stack)
-# is not counted: strace shows the proxies make the same two recv/writev
-# pairs per request. Valgrind runs the threads of a process one at a time;
+# Methods (METHODS): GET is a plain GET /; POST sends POST_BYTES of body with
+# Content-Length (the wrk Lua script of benches/proxy.sh, from lib.sh), and
+# the echo backends read the body and answer with its size (checked with
+# curl before the POST is measured).
+#
+# Per row the proxy is started once and, for each method: wrk warms up, the
+# counters are zeroed (callgrind_control -z), wrk runs DURATION, the counters
+# are dumped (callgrind_control -d) and instructions ÷ completed requests is
+# printed. Kernel work (the TCP stack) is not counted: for GET, strace shows
+# the proxies make the same two recv/writev pairs per request; for POST the
+# number of reads and writes can differ (head and body in one write or two),
+# and only the user-space side of that difference is counted here. Valgrind
+# runs the threads of a process one at a time;
 # HAProxy is run with nbthread 1 (its own default would be one thread per
 # CPU), so it is one thread of work like the others; callgrind_control
 # reaches it like the others (checked: the dump has to appear).
 #
-# With RUNS=N the rows are measured N times, interleaved (the order rotated
-# per run), and the per-run counts and the median are printed.
+# With RUNS=N the rows are measured N times, interleaved (the order of the
+# rows and of the methods rotated per run), and the per-run counts and the
+# median are printed. The table has a row per proxy and method; the ratios
+# are per method, and with both methods POST ÷ GET is printed per proxy.
 #
 # Usage: benches/proxy_instructions.sh
-#   Environment (defaults in brackets): DURATION [8s], WARMUP [3s],
-#   CONNECTIONS [64], RUNS [1], ROUTED [1], NGINX [auto], HAPROXY [auto]
-#   (auto: the row when installed/installable with apt-get; 0: skip; 1:
-#   required), SKIP_BUILD [0], GATEWAY_BIN, BASE_PORT [9001], PORT [18090]
-#   (every proxy listens there in turn; the gateway's admin on PORT+1),
-#   READY_TIMEOUT [60], KEEP_TMP [0].
+#   METHODS="GET POST" benches/proxy_instructions.sh
+#   Environment (defaults in brackets): METHODS [GET] (GET, POST or
+#   "GET POST"), POST_BYTES [1024] (the POST body), DURATION [8s],
+#   WARMUP [3s] (both per method), CONNECTIONS [64], RUNS [1], ROUTED [1],
+#   NGINX [auto], HAPROXY [auto] (auto: the row when installed/installable
+#   with apt-get; 0: skip; 1: required), SKIP_BUILD [0], GATEWAY_BIN,
+#   BASE_PORT [9001], PORT [18090] (every proxy listens there in turn; the
+#   gateway's admin on PORT+1), READY_TIMEOUT [60], KEEP_TMP [0].
 #   Needs valgrind (callgrind_control), wrk, curl. Loopback only.
 
 set -euo pipefail
@@ -45,6 +57,8 @@ DURATION=${DURATION:-8s}
 WARMUP=${WARMUP:-3s}
 CONNECTIONS=${CONNECTIONS:-64}
 RUNS=${RUNS:-1}
+METHODS=${METHODS:-GET}
+POST_BYTES=${POST_BYTES:-1024}
 ROUTED=${ROUTED:-1}
 NGINX=${NGINX:-auto}
 HAPROXY=${HAPROXY:-auto}
@@ -73,6 +87,12 @@ for tool in valgrind callgrind_control wrk curl; do
 done
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer (got $RUNS)"
 [[ $DURATION =~ ^[0-9]+[smh]?$ && $WARMUP =~ ^[0-9]+[smh]?$ ]] || die "DURATION and WARMUP must look like 8s"
+[[ $POST_BYTES =~ ^[0-9]+$ ]] || die "POST_BYTES must be an integer (got $POST_BYTES)"
+read -r -a METHOD_LIST <<<"$METHODS"
+case "${METHOD_LIST[*]}" in
+GET | POST | "GET POST" | "POST GET") ;;
+*) die "METHODS must be GET, POST or \"GET POST\" (got \"$METHODS\")" ;;
+esac
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     (cd "$ROOT" && cargo build --release -p gateway) || die "cargo build --release -p gateway failed"
 fi
@@ -84,7 +104,7 @@ for ((i = 0; i < BACKEND_COUNT; i++)); do ports+=($((BASE_PORT + i))); done
 check_ports "BASE_PORT, PORT" "${ports[@]}"
 
 start_backends "" "$PORT" "$ADMIN_PORT"
-write_report_lua "$TMP/report.lua"
+write_method_luas # $TMP/get.lua, $TMP/post.lua, $TMP/body.bin
 
 # ---------------------------------------------------------------- configs
 
@@ -156,89 +176,120 @@ row_command() { # row_command ROW: sets CMD to the proxy's command line
 # ---------------------------------------------------------------- measuring
 
 declare -A REQS INSTR
-# measure ROW RUN: instructions per request of the row's proxy under callgrind.
+has_method() { [[ " ${METHOD_LIST[*]} " == *" $1 "* ]]; }
+
+# measure ROW RUN METHOD...: starts the row's proxy under callgrind and
+# counts its instructions per request for each METHOD in turn.
 measure() {
-    local row=$1 run=$2 url="http://127.0.0.1:$PORT/" pid CMD=() tag="$1-$2"
+    local row=$1 run=$2 url="http://127.0.0.1:$PORT/" pid CMD=() tag="$1-$2" dumps=0 method
+    shift 2
     row_command "$row"
     start "${LABEL[$row]} under callgrind" "" "$TMP/$tag.log" \
         valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind-$tag.%p" "${CMD[@]}"
     pid=$STARTED_PID
     wait_ready "${LABEL[$row]}" "$pid" "$url" "$TMP/$tag.log"
     check_round_robin "${LABEL[$row]}" "$url"
-    local wrk_cmd=(wrk -t1 -c"$CONNECTIONS" -s "$TMP/report.lua")
-    run_wrk "$TMP/wrk-$tag-warmup.txt" "${wrk_cmd[@]}" -d"$WARMUP" "$url" ||
-        die "wrk warm-up against ${LABEL[$row]} failed: $(tail -n 5 "$TMP/wrk-$tag-warmup.txt")"
-    callgrind_control -z "$pid" >"$TMP/callgrind-control-$tag.txt" 2>&1 ||
-        die "callgrind_control -z $pid failed: $(cat "$TMP/callgrind-control-$tag.txt")"
-    run_wrk "$TMP/wrk-$tag.txt" "${wrk_cmd[@]}" -d"$DURATION" "$url" ||
-        die "wrk against ${LABEL[$row]} failed: $(tail -n 5 "$TMP/wrk-$tag.txt")"
-    callgrind_control -d "$pid" >>"$TMP/callgrind-control-$tag.txt" 2>&1 ||
-        die "callgrind_control -d $pid failed: $(cat "$TMP/callgrind-control-$tag.txt")"
+    if has_method POST; then check_post "${LABEL[$row]}" "$url"; fi
+    for method in "$@"; do
+        local mtag="$tag-$method" lua="$TMP/get.lua" name="${LABEL[$row]}, $method"
+        [[ $method == POST ]] && lua="$TMP/post.lua"
+        local wrk_cmd=(wrk -t1 -c"$CONNECTIONS" -s "$lua")
+        run_wrk "$TMP/wrk-$mtag-warmup.txt" "${wrk_cmd[@]}" -d"$WARMUP" "$url" ||
+            die "wrk warm-up against $name failed: $(tail -n 5 "$TMP/wrk-$mtag-warmup.txt")"
+        callgrind_control -z "$pid" >>"$TMP/callgrind-control-$tag.txt" 2>&1 ||
+            die "callgrind_control -z $pid failed: $(cat "$TMP/callgrind-control-$tag.txt")"
+        run_wrk "$TMP/wrk-$mtag.txt" "${wrk_cmd[@]}" -d"$DURATION" "$url" ||
+            die "wrk against $name failed: $(tail -n 5 "$TMP/wrk-$mtag.txt")"
+        callgrind_control -d "$pid" >>"$TMP/callgrind-control-$tag.txt" 2>&1 ||
+            die "callgrind_control -d $pid failed: $(cat "$TMP/callgrind-control-$tag.txt")"
+        dumps=$((dumps + 1)) # callgrind numbers its dumps .1, .2, …
+        wrk_result "$TMP/wrk-$mtag.txt" "$name"
+        ((W_ERRORS == 0)) || warn "$name: $W_STATUS non-2xx/3xx responses, $((W_ERRORS - W_STATUS)) socket errors"
+        local dump="$TMP/callgrind-$tag.$pid.$dumps" instructions
+        [[ -s $dump ]] || die "no callgrind dump $dump after callgrind_control -d (see $TMP/callgrind-control-$tag.txt)"
+        instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
+        [[ -n $instructions ]] || die "no instruction total in $dump"
+        REQS[$row|$method|$run]=$W_REQUESTS
+        INSTR[$row|$method|$run]=$(awk -v i="$instructions" -v n="$W_REQUESTS" 'BEGIN { printf "%.0f", i / n }')
+        log "run $run, $name: ${INSTR[$row|$method|$run]} instructions/request over $W_REQUESTS requests"
+    done
     stop_started "$pid"
-    wrk_result "$TMP/wrk-$tag.txt" "${LABEL[$row]}"
-    ((W_ERRORS == 0)) || warn "${LABEL[$row]}: $W_STATUS non-2xx/3xx responses, $((W_ERRORS - W_STATUS)) socket errors"
-    local dump="$TMP/callgrind-$tag.$pid.1" instructions
-    [[ -s $dump ]] || die "no callgrind dump $dump after callgrind_control -d (see $TMP/callgrind-control-$tag.txt)"
-    instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
-    [[ -n $instructions ]] || die "no instruction total in $dump"
-    REQS[$row|$run]=$W_REQUESTS
-    INSTR[$row|$run]=$(awk -v i="$instructions" -v n="$W_REQUESTS" 'BEGIN { printf "%.0f", i / n }')
-    log "run $run, ${LABEL[$row]}: ${INSTR[$row|$run]} instructions/request over $W_REQUESTS requests"
 }
 
+log "rows: ${ROWS[*]}; methods: ${METHOD_LIST[*]}$(has_method POST && echo " (POST body $POST_BYTES bytes)"); $RUNS run(s) of a $WARMUP warm-up and $DURATION counted per row and method"
 n=${#ROWS[@]}
+nm=${#METHOD_LIST[@]}
 for ((run = 1; run <= RUNS; run++)); do
-    for ((i = 0; i < n; i++)); do measure "${ROWS[(i + run - 1) % n]}" "$run"; done
+    methods=()
+    for ((i = 0; i < nm; i++)); do methods+=("${METHOD_LIST[(i + run - 1) % nm]}"); done
+    for ((i = 0; i < n; i++)); do measure "${ROWS[(i + run - 1) % n]}" "$run" "${methods[@]}"; done
 done
 
 # ---------------------------------------------------------------- report
 
-per() { # per ROW: the median instructions/request over the runs
+per() { # per ROW METHOD: the median instructions/request over the runs
     local run values=()
-    for ((run = 1; run <= RUNS; run++)); do values+=("${INSTR[$1|$run]}"); done
+    for ((run = 1; run <= RUNS; run++)); do values+=("${INSTR[$1|$2|$run]}"); done
     stats "${values[@]}" | awk '{ printf "%.0f", $1 }'
 }
 has() { [[ " ${ROWS[*]} " == *" $1 "* ]]; }
 
 echo
 if ((RUNS > 1)); then
-    echo "| Proxy | Requests counted (per run) | Instructions per request (user space; per run) | Median |"
-    echo "| --- | ---: | ---: | ---: |"
+    echo "| Proxy | Method | Requests counted (per run) | Instructions per request (user space; per run) | Median |"
+    echo "| --- | --- | ---: | ---: | ---: |"
 else
-    echo "| Proxy | Requests counted | Instructions per request (user space) |"
-    echo "| --- | ---: | ---: |"
+    echo "| Proxy | Method | Requests counted | Instructions per request (user space) |"
+    echo "| --- | --- | ---: | ---: |"
 fi
-for row in "${ROWS[@]}"; do
-    reqs=()
-    instr=()
-    for ((run = 1; run <= RUNS; run++)); do
-        reqs+=("${REQS[$row|$run]}")
-        instr+=("$(printf "%'d" "${INSTR[$row|$run]}")")
+for method in "${METHOD_LIST[@]}"; do
+    for row in "${ROWS[@]}"; do
+        reqs=()
+        instr=()
+        for ((run = 1; run <= RUNS; run++)); do
+            reqs+=("${REQS[$row|$method|$run]}")
+            instr+=("$(printf "%'d" "${INSTR[$row|$method|$run]}")")
+        done
+        if ((RUNS > 1)); then
+            printf '| %s | %s | %s | %s | %s |\n' "${LABEL[$row]}" "$method" "$(IFS=/ && echo "${reqs[*]}")" \
+                "$(printf '%s · ' "${instr[@]}" | sed 's/ · $//')" "$(printf "%'d" "$(per "$row" "$method")")"
+        else
+            printf '| %s | %s | %s | %s |\n' "${LABEL[$row]}" "$method" "${reqs[0]}" "${instr[0]}"
+        fi
     done
-    if ((RUNS > 1)); then
-        printf '| %s | %s | %s | %s |\n' "${LABEL[$row]}" "$(IFS=/ && echo "${reqs[*]}")" \
-            "$(printf '%s · ' "${instr[@]}" | sed 's/ · $//')" "$(printf "%'d" "$(per "$row")")"
-    else
-        printf '| %s | %s | %s |\n' "${LABEL[$row]}" "${reqs[0]}" "${instr[0]}"
-    fi
 done
 
-echo
-echo "Ratios (instructions per request$( ((RUNS > 1)) && echo ", medians")):"
-limit_ratio=$(ratio "$(per limit)" "$(per gateway)")
-if awk -v r="$limit_ratio" 'BEGIN { exit !(r <= 1.05) }'; then
-    printf '  %-30s %s× (target ≤ 1.05×: met)\n' "limiter on ÷ off:" "$limit_ratio"
-else
-    printf '  %-30s %s× (target ≤ 1.05×: MISSED)\n' "limiter on ÷ off:" "$limit_ratio"
-fi
-has routed && printf '  %-30s %s×\n' "routed ÷ plain:" "$(ratio "$(per routed)" "$(per gateway)")"
-for ref in nginx haproxy; do
-    has "$ref" || {
-        printf '  %-30s not measured (skipped or not installable)\n' "gateway ÷ $ref:"
-        continue
-    }
-    printf '  %-30s %s×\n' "gateway ÷ $ref:" "$(ratio "$(per gateway)" "$(per "$ref")")"
-    printf '  %-30s %s×\n' "gateway + limiter ÷ $ref:" "$(ratio "$(per limit)" "$(per "$ref")")"
+medians=""
+((RUNS > 1)) && medians=", medians"
+for method in "${METHOD_LIST[@]}"; do
+    echo
+    echo "Ratios, $method (instructions per request$medians):"
+    limit_ratio=$(ratio "$(per limit "$method")" "$(per gateway "$method")")
+    if awk -v r="$limit_ratio" 'BEGIN { exit !(r <= 1.05) }'; then
+        printf '  %-30s %s× (target ≤ 1.05×: met)\n' "limiter on ÷ off:" "$limit_ratio"
+    else
+        printf '  %-30s %s× (target ≤ 1.05×: MISSED)\n' "limiter on ÷ off:" "$limit_ratio"
+    fi
+    has routed && printf '  %-30s %s×\n' "routed ÷ plain:" "$(ratio "$(per routed "$method")" "$(per gateway "$method")")"
+    for ref in nginx haproxy; do
+        has "$ref" || {
+            printf '  %-30s not measured (skipped or not installable)\n' "gateway ÷ $ref:"
+            continue
+        }
+        printf '  %-30s %s×\n' "gateway ÷ $ref:" "$(ratio "$(per gateway "$method")" "$(per "$ref" "$method")")"
+        printf '  %-30s %s×\n' "gateway + limiter ÷ $ref:" "$(ratio "$(per limit "$method")" "$(per "$ref" "$method")")"
+    done
 done
+
+if has_method GET && has_method POST; then
+    echo
+    echo "POST ($POST_BYTES-byte body) ÷ GET, per proxy (instructions per request$medians):"
+    for row in "${ROWS[@]}"; do
+        get=$(per "$row" GET)
+        post=$(per "$row" POST)
+        printf '  %-46s %s× (%s → %s, %+d)\n' "${LABEL[$row]}:" "$(ratio "$post" "$get")" \
+            "$(printf "%'d" "$get")" "$(printf "%'d" "$post")" $((post - get))
+    done
+fi
 
 FAILED=0
