@@ -3,10 +3,11 @@ chromedriver) for the end-to-end test, step by step with the Rust side:
 
     python3 status_page.py ADMIN_URL TOKEN DOWN_URL SCREENSHOT
 
-Prints one line per step reached (LOGGED-IN, SEEN-DOWN, SEEN-BACK,
-LIMITED, EDITED, DONE) and waits for a line on stdin where the test must
-act first (after LOGGED-IN: the test stops the backend at DOWN_URL and
-writes a line; after SEEN-DOWN: it starts it again and writes a line).
+Prints one line per step reached (LOGGED-IN, SPARKED, SEEN-DOWN,
+SEEN-BACK, LIMITED, EDITED, DONE) and waits for a line on stdin where the
+test must act first (after LOGGED-IN: the test sends requests through the
+gateway and writes a line; after SPARKED: it stops the backend at DOWN_URL
+and writes a line; after SEEN-DOWN: it starts it again and writes a line).
 Any failure prints FAILED with the reason and exits 1.
 """
 
@@ -38,6 +39,22 @@ def wait(what, check, timeout=20):
     raise AssertionError(f"timed out waiting for {what} ({last})")
 
 
+def sparklines(driver, url):
+    """The y coordinates of each sparkline (rate, latency, errors) in the
+    backend's row; 23 is the baseline, smaller is higher."""
+    lines = driver.find_elements(By.CSS_SELECTOR, f'#backends tr[data-url="{url}"] svg.spark polyline')
+    return [[float(p.split(",")[1]) for p in line.get_attribute("points").split()] for line in lines]
+
+
+def rose(driver, url):
+    """Rate and latency sparklines rose from the baseline; errors stayed flat."""
+    lines = sparklines(driver, url)
+    if len(lines) != 3:
+        return False
+    rate, latency, errors = lines
+    return min(rate) < 23 and min(latency) < 23 and set(errors) == {23.0}
+
+
 def health(driver, url):
     cells = driver.find_elements(By.CSS_SELECTOR, f'#backends tr[data-url="{url}"] td.health')
     return cells[0].text if cells else None
@@ -56,6 +73,10 @@ try:
     wait("two healthy backends", lambda: len(driver.find_elements(By.CSS_SELECTOR, "#backends td.health")) == 2
          and all(c.text == "up" for c in driver.find_elements(By.CSS_SELECTOR, "#backends td.health")))
     say("LOGGED-IN")
+
+    sys.stdin.readline()
+    wait("the request rate and latency sparklines rising", lambda: rose(driver, down_url))
+    say("SPARKED")
 
     sys.stdin.readline()
     wait("the stopped backend shown down", lambda: health(driver, down_url) == "down")

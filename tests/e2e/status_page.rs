@@ -1,10 +1,11 @@
 //! The admin status page in a real browser (Debian's headless Chromium,
 //! driven by tests/browser/status_page.py with selenium): it asks for the
-//! token, shows the backends and sees one go down and come back, lists the
+//! token, shows the backends with their request rate and latency
+//! sparklines rising under traffic, sees one go down and come back, lists the
 //! client being refused, and creates and edits a per-client limit through
 //! the admin API — which the test then reads back.
 
-use crate::support::{Gateway, TestBackend, client, get};
+use crate::support::{Gateway, TestBackend, client, client_from, get};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
@@ -79,6 +80,16 @@ rate_limit:
         );
     };
     expect("LOGGED-IN");
+    // Traffic the backends see: ten more clients (other loopback sources),
+    // two requests each, inside their budget of 3.
+    for last in 2..12u8 {
+        let other = client_from(std::net::Ipv4Addr::new(127, 0, 0, last).into());
+        for _ in 0..2 {
+            assert_eq!(get(&other, &gw.url("/")).await.0, 200);
+        }
+    }
+    writeln!(to_browser, "sent").unwrap();
+    expect("SPARKED");
     let addr = flaky.stop().await;
     writeln!(to_browser, "stopped").unwrap();
     expect("SEEN-DOWN");
