@@ -109,15 +109,21 @@ async fn slow_backend_gives_504_json() {
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broken_backend_retries_idempotent_requests_only() {
+/// A gateway over a backend that reads a request and hangs up, then a
+/// good one (answers "good"); no health checks in between.
+async fn rude_then_good() -> (Gateway, TestBackend) {
     let rude = rude_backend().await;
     let good = TestBackend::start("good").await;
     let yaml = format!(
         "backends:\n  - http://{rude}\n  - {}\nhealth_check:\n  interval: 1h\n",
         good.url()
     );
-    let gw = Gateway::start(&yaml);
+    (Gateway::start(&yaml), good)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_backend_retries_idempotent_requests_only() {
+    let (gw, _good) = rude_then_good().await;
     let client = client();
     // Every request meets the rude backend first (each pick advances the
     // rotation once, each request makes two picks): a GET moves on...
@@ -142,13 +148,7 @@ async fn small_idempotent_upload_is_sent_again_after_a_mid_request_failure() {
     // A small body read whole goes out with the head, and stays with the
     // gateway: a PUT (idempotent) whose backend read it and hung up goes to
     // the next backend with the same bytes, as a GET would.
-    let rude = rude_backend().await;
-    let good = TestBackend::start("good").await;
-    let yaml = format!(
-        "backends:\n  - http://{rude}\n  - {}\nhealth_check:\n  interval: 1h\n",
-        good.url()
-    );
-    let gw = Gateway::start(&yaml);
+    let (gw, _good) = rude_then_good().await;
     let client = client();
     for size in [1usize, 700, 16 * 1024] {
         let put = Request::put(gw.url("/upload"))
