@@ -47,9 +47,12 @@ impl Proxy {
         let idempotent = is_idempotent(&parts.method);
         // A small body read already goes out in the same write as the head:
         // one send per request, and every attempt can send it again.
-        let inline = body
-            .peek(Upload::inline)
-            .filter(|data| framing == RequestFraming::Length(data.len() as u64));
+        let inline = match framing {
+            RequestFraming::Length(n) => body
+                .peek(Upload::inline)
+                .filter(|data| data.len() as u64 == n),
+            _ => None,
+        };
         let backends = &target.pool.core.backends;
         let route = target.route;
         for attempt in 0..=target.pool.core.config.retries {
