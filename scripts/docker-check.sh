@@ -7,15 +7,18 @@
 #   2. a Debian bookworm base image is made with debootstrap (minbase, plus
 #      ca-certificates) and imported, standing in for debian:bookworm-slim;
 #   3. the Dockerfile is built with that base as its runtime image and, as
-#      its build stage, an image holding a gateway binary built here by
-#      cargo (PREBUILT, default: `cargo build --profile dist`), since no
-#      Rust image can be pulled; every other step of the Dockerfile runs;
+#      its build stage, a stand-in for rust:1.95-bookworm made from the same
+#      base, Debian's gcc and this machine's Rust toolchain (no Rust image
+#      can be pulled): the Dockerfile's own `cargo build --locked --profile
+#      dist` runs inside it, crates fetched over the host network. With
+#      PREBUILT=path the build stage copies that binary instead (quick);
 #   4. the image runs `gateway demo` on loopback ports with --network host;
 #      the script checks answers from all three demo backends through it,
 #      the admin API, the user the process runs as, and prints the image size.
 #
 # Usage: sudo scripts/docker-check.sh   (root: dockerd and debootstrap)
-#   PREBUILT=/path/to/gateway  use this binary instead of building one
+#   PREBUILT=/path/to/gateway  put this binary in the image instead of
+#                              running the Dockerfile's cargo build
 #   WORK=/var/tmp/gateway-docker  where the rootfs and logs go
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,22 +45,41 @@ if ! docker image inspect gateway-base:bookworm >/dev/null 2>&1; then
   tar -C "$WORK/rootfs" -c . | docker import - gateway-base:bookworm >/dev/null
 fi
 
-binary=${PREBUILT:-}
-if [ -z "$binary" ]; then
-  log "cargo build --profile dist"
-  cargo build --profile dist -p gateway
-  binary=target/dist/gateway
+if [ -n "${PREBUILT:-}" ]; then
+  rm -rf "$WORK/prebuilt" && mkdir -p "$WORK/prebuilt"
+  cp "$PREBUILT" "$WORK/prebuilt/gateway"
+  printf 'FROM gateway-base:bookworm\nCOPY gateway /prebuilt/gateway\n' >"$WORK/prebuilt/Dockerfile"
+  docker build -q -t gateway-builder:local "$WORK/prebuilt" >/dev/null
+else
+  log "making the Rust build image (Debian's gcc + this machine's $(rustc --version))"
+  toolchain=$(rustc --print sysroot)
+  rm -rf "$WORK/rust" && mkdir -p "$WORK/rust/rust/lib/rustlib"
+  cp -a "$toolchain/bin" "$toolchain/libexec" "$WORK/rust/rust/"
+  find "$toolchain/lib" -maxdepth 1 -type f -exec cp -a {} "$WORK/rust/rust/lib/" \;
+  cp -a "$toolchain/lib/rustlib/x86_64-unknown-linux-gnu" "$WORK/rust/rust/lib/rustlib/"
+  # This machine's own CA roots (an egress proxy's, say), so cargo in the
+  # build stage reaches crates.io as cargo on the host does.
+  mkdir -p "$WORK/rust/ca"
+  cp /usr/local/share/ca-certificates/*.crt "$WORK/rust/ca/" 2>/dev/null || true
+  cat >"$WORK/rust/Dockerfile" <<'EOF'
+FROM gateway-base:bookworm
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+COPY ca /usr/local/share/ca-certificates
+RUN update-ca-certificates >/dev/null
+COPY rust /usr/local/rust
+ENV PATH=/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    CARGO_HOME=/usr/local/cargo
+EOF
+  DOCKER_BUILDKIT=0 docker build -q --network host -t gateway-builder:local "$WORK/rust" >/dev/null
 fi
-rm -rf "$WORK/prebuilt" && mkdir -p "$WORK/prebuilt"
-cp "$binary" "$WORK/prebuilt/gateway"
-printf 'FROM gateway-base:bookworm\nCOPY gateway /prebuilt/gateway\n' >"$WORK/prebuilt/Dockerfile"
-docker build -q -t gateway-prebuilt:local "$WORK/prebuilt" >/dev/null
 
 log "docker build (the repository's Dockerfile)"
 DOCKER_BUILDKIT=0 docker build --network host -t gateway:local \
-  --build-arg RUST_IMAGE=gateway-prebuilt:local \
+  --build-arg RUST_IMAGE=gateway-builder:local \
   --build-arg RUNTIME_IMAGE=gateway-base:bookworm . >"$WORK/build.log" 2>&1 \
-  || { cat "$WORK/build.log" >&2; exit 1; }
+  || { tail -50 "$WORK/build.log" >&2; exit 1; }
+grep -E '^ *Finished' "$WORK/build.log" >&2 || true
 
 log "running it with --network host"
 docker rm -f gateway-check >/dev/null 2>&1 || true

@@ -269,13 +269,19 @@ fn demo(args: DemoArgs) -> ExitCode {
     let urls = (0..args.count)
         .map(|i| format!("http://127.0.0.1:{}", args.base_port + i))
         .collect();
-    let over = Overrides {
+    let mut over = Overrides {
         listen: args.listen.clone(),
         backends: urls,
         log_format: args.log_format.clone(),
         admin_listen: args.admin_listen.clone(),
         ..env_overrides()
     };
+    if args.backends_only {
+        // Only the echo backends run: the admin settings (a container's
+        // 0.0.0.0 with the example token, say) must not refuse the start.
+        over.admin_listen = Some("127.0.0.1:0".to_owned());
+        over.admin_token = Some("unused-with-backends-only".to_owned());
+    }
     let mut config = match load(&args.config, &over) {
         Ok(config) => config,
         Err(code) => return code,

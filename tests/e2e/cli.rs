@@ -205,6 +205,55 @@ fn the_demo_takes_its_admin_address_from_the_command_line() {
     assert_ne!(admin.port(), 9091, "{line}");
 }
 
+/// `demo --backends-only` runs no admin API, so admin settings that would
+/// refuse a gateway's start (a container's 0.0.0.0 listener with the
+/// example token) do not stop it.
+#[test]
+fn demo_backends_only_ignores_the_admin_settings() {
+    use std::io::{Read, Write};
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut child = std::process::Command::new(crate::support::BIN)
+        .args([
+            "demo",
+            "-c",
+            "gateway.yaml",
+            "--backends-only",
+            "--backends",
+            "1",
+        ])
+        .args(["--base-port", &port.to_string()])
+        .current_dir(&root)
+        .env("GATEWAY_ADMIN_LISTEN", "0.0.0.0:9091")
+        .env_remove("GATEWAY_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut answer = String::new();
+    for _ in 0..100 {
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            stream.read_to_string(&mut answer).unwrap();
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let exited = child.try_wait().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(exited, None, "the backends-only demo exited");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("demo-1"), "{answer}");
+}
+
 /// `gateway clients`: no database is made up, an empty id is refused,
 /// options go before or after the action, `delete` answers JSON.
 #[test]

@@ -13,7 +13,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub const CHANGES_CHANNEL: &str = "gateway_clients";
 
 /// PostgreSQL only: NOTIFY gateway_clients with the key on every change.
+/// Gateways starting together against a new database would race on
+/// `CREATE OR REPLACE FUNCTION` (a unique violation in `pg_proc`): the
+/// advisory lock, held to the end of this batch's implicit transaction,
+/// makes them take turns.
 const NOTIFY_TRIGGER: &str = "
+SELECT pg_advisory_xact_lock(7449354444534473009);
 CREATE OR REPLACE FUNCTION gateway_clients_changed() RETURNS trigger AS $$
 BEGIN
   IF TG_OP = 'DELETE' THEN
@@ -162,9 +167,8 @@ impl Store {
         }
         MIGRATOR.run(&self.pool).await?;
         if !self.sqlite {
-            // Push changes to every gateway (LISTEN gateway_clients). Another
-            // gateway creating the same trigger at the same moment is harmless:
-            // polling still finds every change.
+            // Push changes to every gateway (LISTEN gateway_clients). Should it
+            // fail, polling still finds every change.
             if let Err(error) = sqlx::raw_sql(NOTIFY_TRIGGER).execute(&self.pool).await {
                 tracing::warn!(%error, "could not install the change-notification trigger; relying on polling");
             }
@@ -392,5 +396,28 @@ mod tests {
             .await
             .unwrap();
         exercise(&store).await;
+    }
+
+    /// Gateways started together (compose) prepare one new database at once.
+    #[tokio::test]
+    async fn postgres_gateways_preparing_a_new_database_together_all_install_the_trigger() {
+        let Some(base) = crate::test_env::postgres() else {
+            return;
+        };
+        let schema = crate::test_env::fresh_pg_schema(&base).await;
+        let store = || Store::lazy(&schema, Duration::from_secs(5)).unwrap();
+        let (a, b, c, d) = (store(), store(), store(), store());
+        let prepare = |s: &Store| {
+            let pool = s.pool.clone();
+            async move {
+                MIGRATOR.run(&pool).await?;
+                sqlx::raw_sql(NOTIFY_TRIGGER).execute(&pool).await?;
+                Ok::<(), StoreError>(())
+            }
+        };
+        let outcomes = tokio::join!(prepare(&a), prepare(&b), prepare(&c), prepare(&d));
+        for outcome in [outcomes.0, outcomes.1, outcomes.2, outcomes.3] {
+            outcome.unwrap();
+        }
     }
 }
