@@ -1,7 +1,7 @@
 //! Host bindings generated from `wit/gateway.wit`: one module per world, the
 //! shared interfaces generated once and reused. Exports are called
-//! asynchronously because WASI's host functions are async; the runner polls
-//! each call once (see `runner`).
+//! synchronously, as plain functions (see `no_wait` for WASI's blocking
+//! calls under that arrangement).
 
 /// The `key-plugin` world; also the home of the shared `types` and `host` interfaces.
 pub mod key {
@@ -9,7 +9,6 @@ pub mod key {
         path: "../wit",
         world: "key-plugin",
         imports: { default: trappable },
-        exports: { default: async },
         with: {
             "gateway:plugin/types.request": crate::plugin::state::RequestView,
         },
@@ -22,7 +21,6 @@ pub mod select {
         path: "../wit",
         world: "select-plugin",
         imports: { default: trappable },
-        exports: { default: async },
         with: {
             "gateway:plugin/types": crate::plugin::bindings::key::gateway::plugin::types,
             "gateway:plugin/host": crate::plugin::bindings::key::gateway::plugin::host,

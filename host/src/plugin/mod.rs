@@ -12,6 +12,7 @@ pub mod bindings;
 mod capture;
 mod check;
 mod deadline;
+mod no_wait;
 mod roles;
 mod runner;
 mod runtime;

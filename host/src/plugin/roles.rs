@@ -6,7 +6,6 @@ use super::bindings::select::{SelectPlugin, SelectPluginPre};
 use super::runner::{Plugin, PluginFailure, Role};
 use super::state::{PluginState, RequestView};
 use crate::balancer::Backend;
-use std::future::Future;
 use std::sync::Arc;
 use wasmtime::Store;
 use wasmtime::component::{Component, Linker, Resource};
@@ -33,19 +32,19 @@ impl Role for KeyRole {
         KeyPluginPre::new(linker.instantiate_pre(component)?)
     }
 
-    fn instantiate<'a>(
-        pre: &'a Self::Pre,
-        store: &'a mut Store<PluginState>,
-    ) -> impl Future<Output = wasmtime::Result<Self::Bindings>> + 'a {
-        pre.instantiate_async(store)
+    fn instantiate(
+        pre: &Self::Pre,
+        store: &mut Store<PluginState>,
+    ) -> wasmtime::Result<Self::Bindings> {
+        pre.instantiate(store)
     }
 
-    fn invoke<'a, 'i: 'a>(
-        bindings: &'a Self::Bindings,
-        store: &'a mut Store<PluginState>,
+    fn invoke(
+        bindings: &Self::Bindings,
+        store: &mut Store<PluginState>,
         request: Resource<RequestView>,
         (): (),
-    ) -> impl Future<Output = wasmtime::Result<Self::Output>> + 'a {
+    ) -> wasmtime::Result<Self::Output> {
         bindings
             .gateway_plugin_client_key()
             .call_client_key(store, request)
@@ -70,19 +69,19 @@ impl Role for SelectRole {
         SelectPluginPre::new(linker.instantiate_pre(component)?)
     }
 
-    fn instantiate<'a>(
-        pre: &'a Self::Pre,
-        store: &'a mut Store<PluginState>,
-    ) -> impl Future<Output = wasmtime::Result<Self::Bindings>> + 'a {
-        pre.instantiate_async(store)
+    fn instantiate(
+        pre: &Self::Pre,
+        store: &mut Store<PluginState>,
+    ) -> wasmtime::Result<Self::Bindings> {
+        pre.instantiate(store)
     }
 
-    fn invoke<'a, 'i: 'a>(
-        bindings: &'a Self::Bindings,
-        store: &'a mut Store<PluginState>,
+    fn invoke(
+        bindings: &Self::Bindings,
+        store: &mut Store<PluginState>,
         request: Resource<RequestView>,
-        backends: &'i [BackendState],
-    ) -> impl Future<Output = wasmtime::Result<Self::Output>> + 'a {
+        backends: &[BackendState],
+    ) -> wasmtime::Result<Self::Output> {
         bindings
             .gateway_plugin_backend_select()
             .call_select_backend(store, request, backends)

@@ -1,11 +1,9 @@
 //! A loaded plugin: its prepared component, a pool of ready instances, the
 //! per-call budget and memory cap, failure isolation and hot reload.
 //!
-//! Exports are called asynchronously (WASI's host functions are async) but
-//! the runner polls each call exactly once with a no-op waker: a plugin
-//! answers from what it has, and one that would wait for a timer or I/O has
-//! failed. The call therefore runs on the request's thread, like a plain
-//! function call, with no executor hop.
+//! Exports are called synchronously, on the request's thread, like a plain
+//! function call: no fiber, no executor hop. A plugin answers from what it
+//! has; one that would wait for a timer or I/O has failed (see `no_wait`).
 
 use super::capture::Stream;
 use super::deadline::CpuDeadline;
@@ -13,13 +11,10 @@ use super::runtime;
 use super::state::{PluginState, RequestView, Shared};
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmtime::component::{Component, Linker, Resource};
 use wasmtime::{Engine, Store, Trap};
@@ -35,16 +30,16 @@ pub trait Role: Send + Sync + 'static {
     /// Interface name, for logs and metrics.
     const NAME: &'static str;
     fn prepare(linker: &Linker<PluginState>, component: &Component) -> wasmtime::Result<Self::Pre>;
-    fn instantiate<'a>(
-        pre: &'a Self::Pre,
-        store: &'a mut Store<PluginState>,
-    ) -> impl Future<Output = wasmtime::Result<Self::Bindings>> + 'a;
-    fn invoke<'a, 'i: 'a>(
-        bindings: &'a Self::Bindings,
-        store: &'a mut Store<PluginState>,
+    fn instantiate(
+        pre: &Self::Pre,
+        store: &mut Store<PluginState>,
+    ) -> wasmtime::Result<Self::Bindings>;
+    fn invoke(
+        bindings: &Self::Bindings,
+        store: &mut Store<PluginState>,
         request: Resource<RequestView>,
-        input: Self::Input<'i>,
-    ) -> impl Future<Output = wasmtime::Result<Self::Output>> + 'a;
+        input: Self::Input<'_>,
+    ) -> wasmtime::Result<Self::Output>;
     /// Calls the export once with a synthetic request; says what it answered.
     fn probe(plugin: &Plugin<Self>) -> Result<String, PluginFailure>
     where
@@ -263,7 +258,7 @@ impl<R: Role> Plugin<R> {
         let started = store
             .set_fuel(fuel_for(self.sandbox.start_timeout))
             .map(|()| arm(&mut store, self.sandbox.start_timeout))
-            .and_then(|()| poll_once(R::instantiate(&loaded.pre, &mut store)));
+            .and_then(|()| guarded(|| R::instantiate(&loaded.pre, &mut store)));
         let printed = store.data().output.drain();
         self.shared.log_output(&self.name, &printed);
         match started {
@@ -343,7 +338,7 @@ impl<R: Role> Plugin<R> {
             .ok_or_else(|| wasmtime::format_err!("request already lent"))?;
         let own = store.data_mut().table.push(lent)?;
         let request = Resource::new_borrow(own.rep());
-        let answer = poll_once(R::invoke(bindings, store, request, input));
+        let answer = guarded(|| R::invoke(bindings, store, request, input));
         *view = Some(store.data_mut().table.delete(own)?);
         answer
     }
@@ -404,18 +399,13 @@ fn arm(store: &mut Store<PluginState>, budget: Duration) {
 /// What an instance printed during a call, line by line.
 type Printed = Vec<(Stream, String)>;
 
-/// What a call that waited on a pollable failed with.
-const BLOCKED: &str = "plugin waited for a timer or I/O; a plugin must answer without waiting";
-
-/// Polls `future` once: plugins run to completion without yielding, so a
-/// future that is not ready is one waiting on something that will not come
-/// in time. Dropping it unwinds the guest.
+/// Runs a call into a plugin. A panic in a host function is caught here and
+/// becomes the call's error.
 ///
 /// WASI's timers need a Tokio context to register with even when nobody
 /// waits for them; outside the gateway's runtimes (`plugin check`) a
-/// private, never-driven one is entered. A panic in a host function is
-/// caught here and becomes the call's error.
-fn poll_once<F: Future<Output = wasmtime::Result<T>>, T>(future: F) -> wasmtime::Result<T> {
+/// private, never-driven one is entered.
+fn guarded<T>(call: impl FnOnce() -> wasmtime::Result<T>) -> wasmtime::Result<T> {
     static FALLBACK: LazyLock<Option<tokio::runtime::Runtime>> = LazyLock::new(|| {
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -426,24 +416,14 @@ fn poll_once<F: Future<Output = wasmtime::Result<T>>, T>(future: F) -> wasmtime:
         Ok(_) => None,
         Err(_) => FALLBACK.as_ref().map(|rt| rt.enter()),
     };
-    let mut future = pin!(future);
-    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        future
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-    }));
-    match polled {
-        Ok(Poll::Ready(answer)) => answer,
-        Ok(Poll::Pending) => Err(wasmtime::format_err!(BLOCKED)),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(wasmtime::format_err!("a host function failed: {what}"))
-        }
-    }
+    std::panic::catch_unwind(AssertUnwindSafe(call)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(wasmtime::format_err!("a host function failed: {what}"))
+    })
 }
 
 /// Tells a timeout from a panic from any other trap. A trap that follows

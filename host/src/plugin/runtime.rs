@@ -109,7 +109,8 @@ fn store_artifact(component: &Component, file: &PathBuf) {
 /// semver matches with traps.
 pub fn linker(engine: &Engine, component: &Component) -> wasmtime::Result<Linker<PluginState>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    super::no_wait::add_to_linker(&mut linker)?;
     KeyPlugin::add_to_linker::<PluginState, wasmtime::component::HasSelf<PluginState>>(
         &mut linker,
         |s| s,
