@@ -22,7 +22,7 @@ use gateway::plugin::{
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 fn build_plugins() -> PathBuf {
@@ -203,9 +203,8 @@ fn load<R: gateway::plugin::Role>(
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn per_language(c: &mut Criterion) {
-    let rust = build_plugins();
-    let python = build_foreign(
+fn python_api_key() -> PathBuf {
+    build_foreign(
         "plugins/python/api-key",
         "componentize-py",
         &[
@@ -218,8 +217,11 @@ fn per_language(c: &mut Criterion) {
             "-o",
         ],
         "plugins/target/python/api-key.wasm",
-    );
-    let javascript = build_foreign(
+    )
+}
+
+fn javascript_canary() -> PathBuf {
+    build_foreign(
         "plugins/javascript",
         "node_modules/.bin/componentize-js",
         &[
@@ -231,7 +233,17 @@ fn per_language(c: &mut Criterion) {
             "-o",
         ],
         "plugins/target/javascript/canary.wasm",
-    );
+    )
+}
+
+/// A benchmark's name, how to build its component, and its call budget.
+type Candidate<'a> = (&'a str, Box<dyn Fn() -> PathBuf + 'a>, Duration);
+
+/// Each plugin is built and loaded on its benchmark's first run, so a run
+/// filtered to some benchmarks (`-- per_language/key/rust`, under callgrind
+/// say) does not build or start the others.
+fn per_language(c: &mut Criterion) {
+    let rust = build_plugins();
     let set = backends();
     let canary = [("canary.backend", "http://10.0.0.7:8080")];
     let client: IpAddr = "203.0.113.7".parse().expect("ip");
@@ -245,12 +257,14 @@ fn per_language(c: &mut Criterion) {
     // runtime's occasional collection takes milliseconds.
     let fast = PluginsConfig::default().timeout;
     let collected = Duration::from_millis(50);
-    for (name, wasm, timeout) in [
-        ("key/rust", rust.join("api_key.wasm"), fast),
-        ("key/python", python, collected),
-    ] {
-        let plugin = load::<KeyRole>(&wasm, &[], timeout);
+    let keys: [Candidate; 2] = [
+        ("key/rust", Box::new(|| rust.join("api_key.wasm")), fast),
+        ("key/python", Box::new(python_api_key), collected),
+    ];
+    for (name, wasm, timeout) in keys {
+        let plugin = OnceLock::new();
         group.bench_function(name, |b| {
+            let plugin = plugin.get_or_init(|| load::<KeyRole>(&wasm(), &[], timeout));
             b.iter(|| {
                 black_box(lent(&mut head, client, |view| {
                     plugin.client_key(view).expect("key")
@@ -272,12 +286,14 @@ fn per_language(c: &mut Criterion) {
             black_box(builtin.pick(&set, &tried, &mut ctx))
         })
     });
-    for (name, wasm, timeout) in [
-        ("select/rust", rust.join("canary.wasm"), fast),
-        ("select/javascript", javascript, collected),
-    ] {
-        let plugin = load::<SelectRole>(&wasm, &canary, timeout);
+    let selects: [Candidate; 2] = [
+        ("select/rust", Box::new(|| rust.join("canary.wasm")), fast),
+        ("select/javascript", Box::new(javascript_canary), collected),
+    ];
+    for (name, wasm, timeout) in selects {
+        let plugin = OnceLock::new();
         group.bench_function(name, |b| {
+            let plugin = plugin.get_or_init(|| load::<SelectRole>(&wasm(), &canary, timeout));
             b.iter(|| {
                 black_box(lent(&mut head, client, |view| {
                     plugin
