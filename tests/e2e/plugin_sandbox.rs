@@ -84,6 +84,32 @@ async fn what_a_plugin_prints_reaches_the_log() {
     assert_eq!(outcome(&metrics, "client-key", "ok"), 1, "{metrics}");
 }
 
+/// On a gateway worker (plugins are called synchronously there) a plugin
+/// trying files, sockets (connect, bind, listen, UDP), clocks and random
+/// gets answers, not a broken call: its key is used and counted `ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_reaching_for_files_and_sockets_is_answered_in_the_gateway() {
+    let b = TestBackend::start("b").await;
+    let gw = Gateway::start(&with_plugin(
+        &b,
+        "wasi_guest",
+        "  config:\n    guest.mode: reach\n",
+    ));
+    let client = client();
+    for _ in 0..2 {
+        assert_eq!(get_keyed(&client, &gw.url("/")).await, (200, "b".into()));
+    }
+    let (_, _, metrics) = get(&client, &gw.admin_url("/metrics")).await;
+    assert_eq!(outcome(&metrics, "client-key", "ok"), 2, "{metrics}");
+    assert_eq!(outcome(&metrics, "backend-select", "ok"), 2, "{metrics}");
+    for failed in ["trap", "panic", "timeout", "invalid"] {
+        assert_eq!(outcome(&metrics, "client-key", failed), 0, "{metrics}");
+        assert_eq!(outcome(&metrics, "backend-select", failed), 0, "{metrics}");
+    }
+    let log = gw.log_text();
+    assert!(!log.contains("panicked"), "no panic in the gateway: {log}");
+}
+
 /// A gateway with `wasm` (under `settings`) answering `n` keyed requests:
 /// each still gets the backend's 200. Returns the first `plugin_failure`
 /// log line and the metrics.
@@ -212,7 +238,7 @@ fn plugin_check_runs_the_plugin_and_shows_what_it_can_reach() {
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains(
-            "env=0 args=0 file=NotFound dir=NotFound net=PermissionDenied clock=true random=true"
+            "env=0 args=0 file=NotFound dir=NotFound net=PermissionDenied listen=PermissionDenied udp=PermissionDenied clock=true random=true"
         ),
         "deny by default, clocks and random allowed: {out}"
     );

@@ -21,7 +21,13 @@ use wasmtime_wasi::p2::bindings::io::streams::{
     HostInputStream as AsyncInput, HostOutputStream as AsyncOutput,
 };
 use wasmtime_wasi::p2::bindings::sync::io::{poll, streams};
-use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, StreamError, StreamResult};
+use wasmtime_wasi::p2::bindings::sync::sockets::network::{
+    ErrorCode, IpAddressFamily, IpSocketAddress,
+};
+use wasmtime_wasi::p2::{
+    DynInputStream, DynOutputStream, DynPollable, Network, StreamError, StreamResult, TcpSocket,
+    UdpSocket,
+};
 
 /// What a call that waited on a pollable fails with.
 const BLOCKED: &str = "plugin waited for a timer or I/O; a plugin must answer without waiting";
@@ -49,12 +55,41 @@ impl HasData for Io {
 }
 
 /// Replaces `wasi:io/poll` and `wasi:io/streams` in a linker that already
-/// holds wasmtime-wasi's synchronous WASI.
+/// holds wasmtime-wasi's synchronous WASI, and the socket calls whose
+/// synchronous versions block (see `deny_sockets`).
 pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     poll::add_to_linker::<PluginState, Io>(linker, |s| NoWait(&mut s.table))?;
     streams::add_to_linker::<PluginState, Io>(linker, |s| NoWait(&mut s.table))?;
+    deny_sockets(linker)?;
     linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The WASI version wasmtime-wasi links (`wasi:sockets/tcp@…`).
+const WASI_VERSION: &str = "0.2.12";
+
+/// Plugins get no network (`PluginState` allows neither TCP nor UDP), so
+/// binding, listening and creating a UDP socket answer `access-denied`, as
+/// the asynchronous versions do under that policy; the synchronous ones
+/// would first call `block_on` and panic on a worker thread.
+fn deny_sockets(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    let denied = ErrorCode::AccessDenied;
+    let mut tcp = linker.instance(&format!("wasi:sockets/tcp@{WASI_VERSION}"))?;
+    tcp.func_wrap(
+        "[method]tcp-socket.start-bind",
+        move |_, _: (Resource<TcpSocket>, Resource<Network>, IpSocketAddress)| {
+            Ok((Err::<(), _>(denied),))
+        },
+    )?;
+    tcp.func_wrap(
+        "[method]tcp-socket.start-listen",
+        move |_, _: (Resource<TcpSocket>,)| Ok((Err::<(), _>(denied),)),
+    )?;
+    let mut udp = linker.instance(&format!("wasi:sockets/udp-create-socket@{WASI_VERSION}"))?;
+    udp.func_wrap("create-udp-socket", move |_, _: (IpAddressFamily,)| {
+        Ok((Err::<Resource<UdpSocket>, _>(denied),))
+    })?;
     Ok(())
 }
 

@@ -44,6 +44,14 @@ fn reach() -> String {
         Ok(_) => "connected".to_owned(),
         Err(e) => format!("{:?}", e.kind()),
     };
+    let listen = match std::net::TcpListener::bind("127.0.0.1:0") {
+        Ok(_) => "listening".to_owned(),
+        Err(e) => format!("{:?}", e.kind()),
+    };
+    let udp = match std::net::UdpSocket::bind("127.0.0.1:0") {
+        Ok(_) => "bound".to_owned(),
+        Err(e) => format!("{:?}", e.kind()),
+    };
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -52,7 +60,7 @@ fn reach() -> String {
         RandomState::new().hash_one(1u8) != RandomState::new().hash_one(1u8)
     };
     format!(
-        "env={env} args={args} file={file} dir={dir} net={net} clock={} random={random}",
+        "env={env} args={args} file={file} dir={dir} net={net} listen={listen} udp={udp} clock={} random={random}",
         clock > 1_700_000_000
     )
 }
