@@ -11,12 +11,19 @@
 #             request is refused, buckets persisted to SQLite in the temp dir
 #             (benches/proxy.sh's limit target); the issue's target is
 #             limit ÷ gateway ≤ 1.05
+#   plugins   the limit row keyed by the api-key example plugin, backends
+#             chosen by the sticky example plugin (benches/proxy.sh's plugins
+#             target; PLUGINS=0 leaves the row out); plugins ÷ limit is what
+#             the two component-model calls cost in the proxy
 #   routed    pools and routes: nine routes (hosts, wildcard hosts, prefixes
 #             with methods) that the benchmark's requests do not match, then
 #             a catch-all to the pool; the table is walked on every request
 #             (ROUTED=0 leaves the row out)
 #   nginx     benches/nginx_conf.sh with master_process off (one process)
 #   haproxy   benches/haproxy_conf.sh with nbthread 1, in the foreground (-db)
+#
+# Every row gets the request headers of benches/proxy.sh (X-API-Key and
+# X-User, which the plugins read).
 #
 # Methods (METHODS): GET is a plain GET /; POST sends POST_BYTES of body with
 # Content-Length (the wrk Lua script of benches/proxy.sh, from lib.sh), and
@@ -45,6 +52,7 @@
 #   Environment (defaults in brackets): METHODS [GET] (GET, POST or
 #   "GET POST"), POST_BYTES [1024] (the POST body), DURATION [8s],
 #   WARMUP [3s] (both per method), CONNECTIONS [64], RUNS [1], ROUTED [1],
+#   PLUGINS [1],
 #   NGINX [auto], HAPROXY [auto] (auto: the row when installed/installable
 #   with apt-get; 0: skip; 1: required), SKIP_BUILD [0], GATEWAY_BIN,
 #   BASE_PORT [9001], PORT [18090] (every proxy listens there in turn; the
@@ -60,6 +68,7 @@ RUNS=${RUNS:-1}
 METHODS=${METHODS:-GET}
 POST_BYTES=${POST_BYTES:-1024}
 ROUTED=${ROUTED:-1}
+PLUGINS=${PLUGINS:-1}
 NGINX=${NGINX:-auto}
 HAPROXY=${HAPROXY:-auto}
 BASE_PORT=${BASE_PORT:-9001}
@@ -78,6 +87,7 @@ source "$ROOT/benches/nginx_conf.sh"
 # shellcheck source=benches/haproxy_conf.sh
 source "$ROOT/benches/haproxy_conf.sh"
 GATEWAY_BIN=${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/gateway}
+WASM="$ROOT/plugins/target/wasm32-wasip2/release"
 BACKEND_COUNT=3
 
 bench_init gateway-instr
@@ -97,6 +107,15 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     (cd "$ROOT" && cargo build --release -p gateway) || die "cargo build --release -p gateway failed"
 fi
 [[ -x $GATEWAY_BIN ]] || die "gateway binary not found at $GATEWAY_BIN (set GATEWAY_BIN or drop SKIP_BUILD)"
+if [[ $PLUGINS == 1 ]]; then
+    if [[ ${SKIP_BUILD:-0} == 1 && -f $WASM/api_key.wasm && -f $WASM/sticky.wasm ]]; then
+        log "using the example plugins already built in $WASM (SKIP_BUILD=1)"
+    else
+        log "building the example plugins (wasm32-wasip2)"
+        cargo build --release --target wasm32-wasip2 --manifest-path "$ROOT/plugins/Cargo.toml" \
+            >"$TMP/plugins-build.txt" 2>&1 || die "plugin build failed: $(tail -n 20 "$TMP/plugins-build.txt")"
+    fi
+fi
 NGINX_BIN=$(find_or_install nginx "$NGINX" nginx find_nginx)
 HAPROXY_BIN=$(find_or_install haproxy "$HAPROXY" haproxy find_haproxy)
 ports=("$PORT" "$ADMIN_PORT")
@@ -128,20 +147,33 @@ log:
   level: warn
   access: false
 EOF
-    if [[ $1 == limit ]]; then
-        # benches/proxy.sh's limit target.
+    if [[ $1 == limit || $1 == plugins ]]; then
+        # benches/proxy.sh's limit and plugins targets.
+        local key="key: ip"
+        [[ $1 == plugins ]] && key="key: plugin
+  key_plugin: $WASM/api_key.wasm"
         cat <<EOF
 rate_limit:
-  key: ip
+  $key
   default:
     capacity: 1000000000
     refill_per_second: 1000000
-  database: sqlite://$TMP/limits.db
+  database: sqlite://$TMP/limits-$1.db
+EOF
+    fi
+    if [[ $1 == plugins ]]; then
+        cat <<EOF
+balancer:
+  algorithm: plugin
+  plugin: $WASM/sticky.wasm
+plugins:
+  cache_dir: $TMP/plugin-cache
 EOF
     fi
 }
 
 ROWS=(gateway limit)
+[[ $PLUGINS == 1 ]] && ROWS+=(plugins)
 [[ $ROUTED == 1 ]] && ROWS+=(routed)
 for row in "${ROWS[@]}"; do
     gateway_yaml "$row" >"$TMP/$row.yaml"
@@ -149,6 +181,7 @@ for row in "${ROWS[@]}"; do
         die "generated $row config is invalid: $(cat "$TMP/$row-validate.txt")"
 done
 declare -A LABEL=([gateway]="gateway" [limit]="gateway + limiter (IP key)"
+    [plugins]="gateway + limiter, api-key + sticky plugins"
     [routed]="gateway routed (10 routes, the last matches)")
 if [[ -n $NGINX_BIN ]]; then
     mkdir -p "$TMP/nginx/logs" "$TMP/nginx/tmp"
@@ -193,7 +226,7 @@ measure() {
     for method in "$@"; do
         local mtag="$tag-$method" lua="$TMP/get.lua" name="${LABEL[$row]}, $method"
         [[ $method == POST ]] && lua="$TMP/post.lua"
-        local wrk_cmd=(wrk -t1 -c"$CONNECTIONS" -s "$lua")
+        local wrk_cmd=(wrk -t1 -c"$CONNECTIONS" -s "$lua" -H "X-API-Key: bench-key" -H "X-User: bench-user")
         run_wrk "$TMP/wrk-$mtag-warmup.txt" "${wrk_cmd[@]}" -d"$WARMUP" "$url" ||
             die "wrk warm-up against $name failed: $(tail -n 5 "$TMP/wrk-$mtag-warmup.txt")"
         callgrind_control -z "$pid" >>"$TMP/callgrind-control-$tag.txt" 2>&1 ||
@@ -270,6 +303,7 @@ for method in "${METHOD_LIST[@]}"; do
     else
         printf '  %-30s %s× (target ≤ 1.05×: MISSED)\n' "limiter on ÷ off:" "$limit_ratio"
     fi
+    has plugins && printf '  %-30s %s×\n' "plugins ÷ limiter on:" "$(ratio "$(per plugins "$method")" "$(per limit "$method")")"
     has routed && printf '  %-30s %s×\n' "routed ÷ plain:" "$(ratio "$(per routed "$method")" "$(per gateway "$method")")"
     for ref in nginx haproxy; do
         has "$ref" || {
