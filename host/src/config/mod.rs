@@ -194,8 +194,7 @@ pub struct PolicyConfig {
 
 #[derive(Debug, Clone)]
 pub struct PluginsConfig {
-    /// Budget per call: wall-clock time (host calls included), and as much
-    /// work (fuel) as that time allows on an idle machine.
+    /// Budget per call: the worker thread's CPU time, host calls included.
     pub timeout: Duration,
     /// The same budget for starting a new instance (language runtimes
     /// initialise their heap then).

@@ -1,10 +1,8 @@
-//! The wall-clock half of a call's budget, counted in the worker thread's
-//! CPU time.
+//! A call's budget, counted in the worker thread's CPU time.
 //!
-//! Fuel counts work done in WebAssembly only; a plugin that spends its time
-//! in host calls (`host.log` in a loop) would hold a worker far past
-//! `plugins.timeout` on fuel alone. Wasmtime's epoch deadline catches that,
-//! but counts wall time: a worker thread the kernel preempts mid-call would
+//! It has to cover time spent in host calls too (a plugin calling
+//! `host.log` in a loop), which fuel would not count. Wasmtime's epoch
+//! deadline catches both, but counts wall time: a worker thread the kernel preempts mid-call would
 //! see a healthy plugin cut off on a busy machine. So the deadline is only
 //! the trigger: when it passes, this callback reads the thread's CPU time
 //! and lets the call go on while it has used less than its budget. Calls

@@ -2,9 +2,9 @@
 //!
 //! Components are compiled once (and cached on disk), instantiated through
 //! a pre-linked `InstancePre`, and reused from a small pool. Each call gets
-//! a fuel budget (work, so a busy machine never cuts a normal plugin short)
-//! and a wall-clock deadline (so host calls count too); each instance a
-//! memory cap. Plugins see WASI 0.2 deny-by-default: clocks, random, and
+//! a budget of the worker thread's CPU time (host calls included, and a
+//! busy machine never cuts a normal plugin short); each instance a memory
+//! cap. Plugins see WASI 0.2 deny-by-default: clocks, random, and
 //! stdout/stderr captured into the log. A failed instance is dropped; the
 //! request falls back to the built-in behaviour.
 

@@ -255,10 +255,8 @@ impl<R: Role> Plugin<R> {
         store.limiter(|state| &mut state.limits);
         store.set_hostcall_fuel(MAX_TRANSFER);
         store.epoch_deadline_callback(|mut store| Ok(store.data_mut().deadline.tick()));
-        let started = store
-            .set_fuel(fuel_for(self.sandbox.start_timeout))
-            .map(|()| arm(&mut store, self.sandbox.start_timeout))
-            .and_then(|()| guarded(|| R::instantiate(&loaded.pre, &mut store)));
+        arm(&mut store, self.sandbox.start_timeout);
+        let started = guarded(|| R::instantiate(&loaded.pre, &mut store));
         let printed = store.data().output.drain();
         self.shared.log_output(&self.name, &printed);
         match started {
@@ -331,7 +329,6 @@ impl<R: Role> Plugin<R> {
         } else {
             self.sandbox.timeout
         };
-        store.set_fuel(fuel_for(budget))?;
         arm(store, budget);
         let lent = view
             .take()
@@ -374,19 +371,6 @@ impl<R: Role> Plugin<R> {
         }
         failure
     }
-}
-
-/// Fuel units per nanosecond of a time budget: compiled WebAssembly runs
-/// more than one instruction per nanosecond, so a budget of one unit per
-/// nanosecond stops a runaway loop well inside the time, yet never depends
-/// on how busy the machine is.
-const FUEL_PER_NANO: u64 = 1;
-
-/// The fuel a time budget allows.
-fn fuel_for(budget: Duration) -> u64 {
-    u64::try_from(budget.as_nanos())
-        .unwrap_or(u64::MAX)
-        .saturating_mul(FUEL_PER_NANO)
 }
 
 /// Starts a call's CPU-time budget: the epoch callback checks it from the
@@ -433,10 +417,7 @@ fn classify(
     printed: &[(Stream, String)],
     sandbox: &Sandbox,
 ) -> PluginFailure {
-    if matches!(
-        error.downcast_ref::<Trap>(),
-        Some(Trap::OutOfFuel | Trap::Interrupt)
-    ) {
+    if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
         return PluginFailure::Timeout;
     }
     let chain = format!("{error:#}")

@@ -137,7 +137,7 @@ fn flood_log(export: &str) {
     }
 }
 
-/// Calls the host for ever: little WebAssembly work (fuel) per call, much
+/// Calls the host for ever: little WebAssembly work per call, much
 /// host time (each 60 KB message is copied into the host).
 fn host_loop() -> ! {
     let message = "x".repeat(60 * 1024);
