@@ -446,3 +446,32 @@ async fn javascript_canary_plugin_splits_by_header() {
         "{metrics}"
     );
 }
+
+/// The example plugins' own unit tests (cookie parsing, the stable hash,
+/// rendezvous and canary rules) run natively here, so they are part of the
+/// gateway's test run like everything else.
+#[test]
+fn the_example_plugins_pass_their_own_unit_tests() {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/Cargo.toml");
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["test", "--workspace", "--manifest-path"])
+        .arg(&manifest)
+        .output()
+        .expect("run cargo test for the plugins");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{printed}");
+    for test in [
+        "hash_is_stable",
+        "only_the_users_of_a_failed_backend_move",
+        "forced_requests_get_the_canary_if_healthy",
+    ] {
+        assert!(
+            printed.contains(&format!("{test} ... ok")),
+            "{test} did not run:\n{printed}"
+        );
+    }
+}
