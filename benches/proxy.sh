@@ -4,7 +4,7 @@
 # for each method (GET, POST) and each worker count (1, 2):
 #
 #   direct    wrk -> one echo backend (127.0.0.1:BASE_PORT), the floor
-#   gateway   the gateway (release build): round robin over 3 echo backends,
+#   gateway   the gateway (PROFILE build): round robin over 3 echo backends,
 #             access log off, active health checks off
 #   limit     the same + rate limiting (key: ip; a bucket so large that no
 #             request is refused; buckets persisted to SQLite in the temp dir)
@@ -110,7 +110,9 @@
 #   GATEWAY_PORT [18080], NGINX_PORT [18081], HAPROXY_PORT [18082],
 #   CADDY_PORT [18083], TRAEFIK_PORT [18084], ADMIN_PORT [19091], REDIS_PORT [16379]
 #   SKIP_BUILD [0]     1: do not run cargo build (use the existing binary)
-#   GATEWAY_BIN        gateway binary [${CARGO_TARGET_DIR:-<repo>/target}/release/gateway]
+#   PROFILE [release]  the cargo profile built and measured (dist: what
+#                      `cargo install --profile dist` and the Dockerfile build)
+#   GATEWAY_BIN        gateway binary [${CARGO_TARGET_DIR:-<repo>/target}/PROFILE/gateway]
 #   KEEP_TMP [0]       1: keep the temp dir (configs, logs, raw wrk output)
 #   READY_TIMEOUT [30] seconds a server gets to answer after it starts
 #
@@ -173,7 +175,11 @@ source "$ROOT/benches/haproxy_conf.sh"
 source "$ROOT/benches/caddy_conf.sh"
 # shellcheck source=benches/traefik_conf.sh
 source "$ROOT/benches/traefik_conf.sh"
-GATEWAY_BIN=${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/gateway}
+PROFILE=${PROFILE:-release}
+[[ $PROFILE =~ ^[a-z][a-z0-9_-]*$ ]] || die "PROFILE must be a cargo profile name (got $PROFILE)"
+PROFILE_DIR=$PROFILE
+[[ $PROFILE == dev ]] && PROFILE_DIR=debug # cargo's one exception
+GATEWAY_BIN=${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE_DIR/gateway}
 BACKEND_COUNT=3
 WASM="$ROOT/plugins/target/wasm32-wasip2/release"
 
@@ -251,8 +257,8 @@ if pgrep -x haproxy >/dev/null || pgrep -x nginx >/dev/null || pgrep -x caddy >/
 fi
 
 if [[ $SKIP_BUILD != 1 ]]; then
-    log "building the gateway: cargo build --release -p gateway"
-    (cd "$ROOT" && cargo build --release -p gateway) || die "cargo build --release -p gateway failed"
+    log "building the gateway: cargo build --profile $PROFILE -p gateway"
+    (cd "$ROOT" && cargo build --profile "$PROFILE" -p gateway) || die "cargo build --profile $PROFILE -p gateway failed"
 fi
 [[ -x $GATEWAY_BIN ]] || die "gateway binary not found at $GATEWAY_BIN (set GATEWAY_BIN or drop SKIP_BUILD)"
 
@@ -280,7 +286,7 @@ LABEL[limit]="gateway + limiter (IP key)"
 LABEL[plugins]="gateway + limiter, api-key + sticky plugins"
 LABEL[routed]="gateway routed (10 routes, the last matches)"
 LABEL[redis]="gateway + limiter in Redis"
-gateway_version=$("$GATEWAY_BIN" --version 2>/dev/null || echo gateway)
+gateway_version="$("$GATEWAY_BIN" --version 2>/dev/null || echo gateway) ($(basename "$(dirname "$GATEWAY_BIN")") build)"
 nginx_version=
 haproxy_version=
 caddy_version=

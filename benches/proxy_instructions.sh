@@ -52,7 +52,8 @@
 #   Environment (defaults in brackets): METHODS [GET] (GET, POST or
 #   "GET POST"), POST_BYTES [1024] (the POST body), DURATION [8s],
 #   WARMUP [3s] (both per method), CONNECTIONS [64], RUNS [1], ROUTED [1],
-#   PLUGINS [1],
+#   PLUGINS [1], PROFILE [release] (the cargo profile built and counted; dist is
+#   what `cargo install --profile dist` builds),
 #   NGINX [auto], HAPROXY [auto] (auto: the row when installed/installable
 #   with apt-get; 0: skip; 1: required), SKIP_BUILD [0], GATEWAY_BIN,
 #   BASE_PORT [9001], PORT [18090] (every proxy listens there in turn; the
@@ -86,7 +87,11 @@ source "$ROOT/benches/lib.sh"
 source "$ROOT/benches/nginx_conf.sh"
 # shellcheck source=benches/haproxy_conf.sh
 source "$ROOT/benches/haproxy_conf.sh"
-GATEWAY_BIN=${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/gateway}
+PROFILE=${PROFILE:-release}
+[[ $PROFILE =~ ^[a-z][a-z0-9_-]*$ ]] || die "PROFILE must be a cargo profile name (got $PROFILE)"
+PROFILE_DIR=$PROFILE
+[[ $PROFILE == dev ]] && PROFILE_DIR=debug # cargo's one exception
+GATEWAY_BIN=${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE_DIR/gateway}
 WASM="$ROOT/plugins/target/wasm32-wasip2/release"
 BACKEND_COUNT=3
 
@@ -104,7 +109,7 @@ GET | POST | "GET POST" | "POST GET") ;;
 *) die "METHODS must be GET, POST or \"GET POST\" (got \"$METHODS\")" ;;
 esac
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    (cd "$ROOT" && cargo build --release -p gateway) || die "cargo build --release -p gateway failed"
+    (cd "$ROOT" && cargo build --profile "$PROFILE" -p gateway) || die "cargo build --profile $PROFILE -p gateway failed"
 fi
 [[ -x $GATEWAY_BIN ]] || die "gateway binary not found at $GATEWAY_BIN (set GATEWAY_BIN or drop SKIP_BUILD)"
 if [[ $PLUGINS == 1 ]]; then
