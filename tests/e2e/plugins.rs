@@ -458,11 +458,7 @@ fn the_example_plugins_pass_their_own_unit_tests() {
         .arg(&manifest)
         .output()
         .expect("run cargo test for the plugins");
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let printed = printed(&out);
     assert!(out.status.success(), "{printed}");
     for test in [
         "hash_is_stable",

@@ -585,12 +585,16 @@ pub fn run_cli_in(args: &[&str], dir: &std::path::Path) -> (Option<i32>, String)
         .env_remove("GATEWAY_DATABASE")
         .output()
         .expect("run gateway");
-    let text = format!(
+    (out.status.code(), printed(&out))
+}
+
+/// What a finished command wrote, stdout then stderr.
+pub fn printed(out: &std::process::Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
+    )
 }
 
 /// Builds the example plugins (and the test plugin) from source once per
