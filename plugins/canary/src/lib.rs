@@ -24,7 +24,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use plugin_rt::{OnceBox, hash, hash2};
+use plugin_rt::{OnceBox, hash, mix};
 
 wit_bindgen::generate!({
     world: "select-plugin",
@@ -56,6 +56,8 @@ struct Config {
 /// The backends as the host configured them.
 struct Table {
     urls: Vec<String>,
+    /// `hash` of each URL, mixed with the client key's to break ties.
+    url_hashes: Vec<u64>,
     canary: Option<usize>,
 }
 
@@ -79,13 +81,13 @@ impl Guest for Canary {
             fresh = table(config, u32::try_from(backends.len()).ok()?);
             &fresh
         };
-        let key = req
-            .header(&config.key_header)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| req.client_addr());
+        let header = req.header(&config.key_header);
+        let key = match header.as_deref().map(str::trim) {
+            Some(v) if !v.is_empty() => hash(v),
+            _ => hash(&req.client_addr()),
+        };
         let forced = req.header(FORCE_HEADER).is_some_and(|v| v.trim() == "1");
-        choose(&key, forced, config.percent, table, &backends)
+        choose(key, forced, config.percent, table, &backends)
     }
 }
 
@@ -122,7 +124,12 @@ fn table(config: &Config, n: u32) -> Table {
         .backend
         .as_deref()
         .and_then(|spec| resolve_canary(spec, &urls));
-    Table { urls, canary }
+    let url_hashes = urls.iter().map(|u| hash(u)).collect();
+    Table {
+        urls,
+        url_hashes,
+        canary,
+    }
 }
 
 /// The index named by `spec`: a decimal index, or a URL, matched exactly
@@ -138,14 +145,15 @@ fn resolve_canary(spec: &str, urls: &[String]) -> Option<usize> {
     })
 }
 
-/// Whether client `key` is in the canary's share: its bucket in `0..100`
-/// is below `percent`.
-fn in_canary_share(key: &str, percent: u64) -> bool {
-    percent > 0 && hash(key) % 100 < percent
+/// Whether the client whose key hashes to `key` is in the canary's share:
+/// its bucket in `0..100` is below `percent`.
+fn in_canary_share(key: u64, percent: u64) -> bool {
+    percent > 0 && key % 100 < percent
 }
 
+/// `key` is the client key's `hash`.
 fn choose(
-    key: &str,
+    key: u64,
     forced: bool,
     percent: u64,
     table: &Table,
@@ -161,24 +169,24 @@ fn choose(
             None
         };
     }
-    least_in_flight(key, backends, &table.urls, table.canary)
+    least_in_flight(key, backends, &table.url_hashes, table.canary)
 }
 
 /// The healthy backend other than `exclude` with the fewest requests in
-/// flight; among equals, the one that hashes highest with `key`, then the
-/// lowest index.
+/// flight; among equals, the one whose URL's hash mixes highest with the
+/// key's, then the lowest index.
 fn least_in_flight(
-    key: &str,
+    key: u64,
     backends: &[Backend],
-    urls: &[String],
+    url_hashes: &[u64],
     exclude: Option<usize>,
 ) -> Option<u32> {
     let mut best: Option<(u32, u64, usize)> = None;
-    for (i, (backend, url)) in backends.iter().zip(urls).enumerate() {
+    for (i, (backend, &url)) in backends.iter().zip(url_hashes).enumerate() {
         if !backend.healthy || Some(i) == exclude {
             continue;
         }
-        let tie = hash2(key, url);
+        let tie = mix(key, url);
         let better = match best {
             None => true,
             Some((in_flight, best_tie, _)) => {
@@ -207,10 +215,23 @@ mod tests {
     }
 
     fn table(n: usize, canary: Option<usize>) -> Table {
+        let urls: Vec<String> = (0..n).map(|i| format!("http://127.0.0.1:900{i}")).collect();
         Table {
-            urls: (0..n).map(|i| format!("http://127.0.0.1:900{i}")).collect(),
+            url_hashes: urls.iter().map(|u| hash(u)).collect(),
+            urls,
             canary,
         }
+    }
+
+    /// [`choose`] for the client key `key`.
+    fn choose_for(
+        key: &str,
+        forced: bool,
+        percent: u64,
+        table: &Table,
+        backends: &[Backend],
+    ) -> Option<u32> {
+        choose(hash(key), forced, percent, table, backends)
     }
 
     #[test]
@@ -238,16 +259,16 @@ mod tests {
     fn forced_requests_get_the_canary_if_healthy() {
         let t = table(3, Some(1));
         let all = backends(&[(true, 5), (true, 9), (true, 5)]);
-        assert_eq!(choose("k", true, 0, &t, &all), Some(1));
+        assert_eq!(choose_for("k", true, 0, &t, &all), Some(1));
         let down = backends(&[(true, 5), (false, 0), (true, 5)]);
-        assert_eq!(choose("k", true, 0, &t, &down), None);
+        assert_eq!(choose_for("k", true, 0, &t, &down), None);
         // Without a canary, forcing means nothing.
         let t = table(3, None);
         assert_eq!(
-            choose("k", true, 0, &t, &all),
-            choose("k", false, 0, &t, &all)
+            choose_for("k", true, 0, &t, &all),
+            choose_for("k", false, 0, &t, &all)
         );
-        assert_ne!(choose("k", true, 0, &t, &all), Some(1));
+        assert_ne!(choose_for("k", true, 0, &t, &all), Some(1));
     }
 
     #[test]
@@ -255,13 +276,13 @@ mod tests {
         let t = table(3, Some(0));
         // The canary is the least loaded; still not chosen.
         let all = backends(&[(true, 0), (true, 4), (true, 2)]);
-        assert_eq!(choose("k", false, 0, &t, &all), Some(2));
+        assert_eq!(choose_for("k", false, 0, &t, &all), Some(2));
         let only_canary = backends(&[(true, 0), (false, 0), (false, 0)]);
-        assert_eq!(choose("k", false, 0, &t, &only_canary), None);
+        assert_eq!(choose_for("k", false, 0, &t, &only_canary), None);
         for user in 0..1000 {
             let key = format!("u{user}");
             let idle = backends(&[(true, 0), (true, 0), (true, 0)]);
-            assert_ne!(choose(&key, false, 0, &t, &idle), Some(0));
+            assert_ne!(choose_for(&key, false, 0, &t, &idle), Some(0));
         }
     }
 
@@ -271,7 +292,7 @@ mod tests {
         let idle = backends(&[(true, 0); 4]);
         let mut counts = [0usize; 4];
         for user in 0..3000 {
-            let chosen = choose(&format!("u{user}"), false, 0, &t, &idle).unwrap();
+            let chosen = choose_for(&format!("u{user}"), false, 0, &t, &idle).unwrap();
             counts[chosen as usize] += 1;
         }
         assert_eq!(counts[3], 0);
@@ -287,7 +308,7 @@ mod tests {
         for percent in [0, 10, 50, 100] {
             let canaries = (0..10_000)
                 .filter(|u| {
-                    choose(
+                    choose_for(
                         &format!("10.0.{}.{}", u / 256, u % 256),
                         false,
                         percent,
@@ -300,6 +321,9 @@ mod tests {
             assert!(canaries.abs_diff(expected) <= 200, "{percent}%: {canaries}");
         }
         // Stable per key.
-        assert_eq!(in_canary_share("alice", 30), in_canary_share("alice", 30));
+        assert_eq!(
+            in_canary_share(hash("alice"), 30),
+            in_canary_share(hash("alice"), 30)
+        );
     }
 }

@@ -23,7 +23,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::f64::consts::{LN_2, SQRT_2};
 
-use plugin_rt::{OnceBox, hash2};
+use plugin_rt::{OnceBox, hash, mix};
 
 wit_bindgen::generate!({
     world: "select-plugin",
@@ -49,8 +49,8 @@ struct Config {
 
 /// Read from the host once per instance.
 static CONFIG: OnceBox<Config> = OnceBox::new();
-/// The backends' URLs, read from the host on the first request.
-static URLS: OnceBox<Vec<String>> = OnceBox::new();
+/// The `hash` of each backend's URL, read from the host on the first request.
+static URL_HASHES: OnceBox<Vec<u64>> = OnceBox::new();
 
 struct Sticky;
 
@@ -60,15 +60,15 @@ impl Guest for Sticky {
             header: config_or(HEADER_KEY, DEFAULT_HEADER),
             cookie: config_or(COOKIE_KEY, DEFAULT_COOKIE),
         });
-        let key = user_key(req, config)?;
-        let cached = URLS.get_or_init(|| backend_urls(host::backend_count()));
+        let key = user_key_hash(req, config)?;
+        let cached = URL_HASHES.get_or_init(|| url_hashes(host::backend_count()));
         if cached.len() == backends.len() {
-            rendezvous(&key, &backends, cached)
+            rendezvous(key, &backends, cached)
         } else {
             // The host's list changed under this instance: ask again,
             // without caching (it may change back).
             let n = u32::try_from(backends.len()).ok()?;
-            rendezvous(&key, &backends, &backend_urls(n))
+            rendezvous(key, &backends, &url_hashes(n))
         }
     }
 }
@@ -82,24 +82,26 @@ fn config_or(key: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_string())
 }
 
-/// The URLs of backends `0..n`. A backend without one (which the host
-/// should not allow) is hashed under a placeholder made from its index.
-fn backend_urls(n: u32) -> Vec<String> {
+/// The `hash` of the URLs of backends `0..n`. A backend without one (which
+/// the host should not allow) is hashed under a placeholder made from its
+/// index.
+fn url_hashes(n: u32) -> Vec<u64> {
     (0..n)
-        .map(|i| host::backend_url(i).unwrap_or_else(|| format!("#{i}")))
+        .map(|i| hash(&host::backend_url(i).unwrap_or_else(|| format!("#{i}"))))
         .collect()
 }
 
-/// The request's user key: the header, else the cookie; blank is absent.
-fn user_key(req: &Request, config: &Config) -> Option<String> {
+/// The `hash` of the request's user key: the header, else the cookie;
+/// blank is absent.
+fn user_key_hash(req: &Request, config: &Config) -> Option<u64> {
     if let Some(v) = req.header(&config.header) {
         let v = v.trim();
         if !v.is_empty() {
-            return Some(v.to_string());
+            return Some(hash(v));
         }
     }
     let cookies = req.header("cookie")?;
-    cookie_value(&cookies, &config.cookie).map(str::to_string)
+    cookie_value(&cookies, &config.cookie).map(hash)
 }
 
 /// The value of cookie `name` in a `Cookie` header (`a=1; b=2`), without
@@ -121,19 +123,19 @@ fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Weighted rendezvous hashing: of the healthy backends, the one with the
-/// lowest `-ln(u) / weight`, where `u` in (0, 1] is the hash of
-/// `(key, url)`. Each backend's score depends only on the key and that
+/// lowest `-ln(u) / weight`, where `u` in (0, 1] is the hash of the key
+/// mixed with the backend URL's (`key` and `url_hashes` are `hash`es). Each backend's score depends only on the key and that
 /// backend, so a backend leaving or joining moves only the keys it wins;
 /// and the minimum of exponentials with rates `weight` falls on each
 /// backend with probability proportional to its weight. Ties (which need
 /// equal hashes) go to the lower index.
-fn rendezvous(key: &str, backends: &[Backend], urls: &[String]) -> Option<u32> {
+fn rendezvous(key: u64, backends: &[Backend], url_hashes: &[u64]) -> Option<u32> {
     let mut best: Option<(f64, usize)> = None;
-    for (i, (backend, url)) in backends.iter().zip(urls).enumerate() {
+    for (i, (backend, &url)) in backends.iter().zip(url_hashes).enumerate() {
         if !backend.healthy {
             continue;
         }
-        let score = neg_ln(unit(hash2(key, url))) / f64::from(backend.weight.max(1));
+        let score = neg_ln(unit(mix(key, url))) / f64::from(backend.weight.max(1));
         if best.is_none_or(|(s, _)| score < s) {
             best = Some((score, i));
         }
@@ -186,8 +188,11 @@ mod tests {
             .collect()
     }
 
-    fn urls(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("http://10.0.0.{i}:8080")).collect()
+    /// The URL hashes of `n` backends.
+    fn urls(n: usize) -> Vec<u64> {
+        (0..n)
+            .map(|i| hash(&format!("http://10.0.0.{i}:8080")))
+            .collect()
     }
 
     #[test]
@@ -218,9 +223,9 @@ mod tests {
 
     #[test]
     fn none_without_healthy_backends() {
-        assert_eq!(rendezvous("u", &[], &[]), None);
+        assert_eq!(rendezvous(hash("u"), &[], &[]), None);
         assert_eq!(
-            rendezvous("u", &backends(&[(false, 1), (false, 1)]), &urls(2)),
+            rendezvous(hash("u"), &backends(&[(false, 1), (false, 1)]), &urls(2)),
             None
         );
     }
@@ -232,14 +237,14 @@ mod tests {
         let mut per_backend = [0usize; 5];
         for user in 0..5_000 {
             let key = format!("user-{user}");
-            let chosen = rendezvous(&key, &all, &urls).unwrap();
+            let chosen = rendezvous(hash(&key), &all, &urls).unwrap();
             per_backend[chosen as usize] += 1;
             // Same answer every time.
-            assert_eq!(rendezvous(&key, &all, &urls), Some(chosen));
+            assert_eq!(rendezvous(hash(&key), &all, &urls), Some(chosen));
             // Take backend 2 out of rotation.
             let mut degraded = all.clone();
             degraded[2].healthy = false;
-            let moved = rendezvous(&key, &degraded, &urls).unwrap();
+            let moved = rendezvous(hash(&key), &degraded, &urls).unwrap();
             if chosen == 2 {
                 assert_ne!(moved, 2);
             } else {
@@ -257,7 +262,7 @@ mod tests {
         let all = backends(&[(true, 1), (true, 3)]);
         let urls = urls(2);
         let heavy = (0..8_000)
-            .filter(|u| rendezvous(&format!("u{u}"), &all, &urls) == Some(1))
+            .filter(|u| rendezvous(hash(&format!("u{u}")), &all, &urls) == Some(1))
             .count();
         // 6,000 expected.
         assert!((5_800..6_200).contains(&heavy), "{heavy}");
