@@ -1,10 +1,16 @@
-//! Real services for tests: PostgreSQL from `GATEWAY_TEST_POSTGRES`. Without
+//! Real services for tests: PostgreSQL from `GATEWAY_TEST_POSTGRES`, Redis
+//! from `GATEWAY_TEST_REDIS`. Without
 //! it a test says loudly that it skipped; with `GATEWAY_TEST_REQUIRE_SERVICES`
 //! set (as CI does) a missing service fails the test instead.
 
 /// The PostgreSQL base URL, or `None` (after saying so) when not configured.
 pub fn postgres() -> Option<String> {
     service("GATEWAY_TEST_POSTGRES")
+}
+
+/// The Redis URL, or `None` (after saying so) when not configured.
+pub fn redis() -> Option<String> {
+    service("GATEWAY_TEST_REDIS")
 }
 
 fn service(var: &str) -> Option<String> {

@@ -88,6 +88,22 @@ async fn twenty_parallel_clients_across_two_gateways_never_exceed_capacity() {
         }
     }
     assert!(allowed.iter().all(|&n| n == 5), "{allowed:?}");
+    // Every decision went through a script call, several per call under
+    // this load; the metric counts the calls.
+    let mut calls = 0.0;
+    for gw in [&gateways.0, &gateways.1] {
+        let (status, body) = gw.admin_call("GET", "/metrics").await;
+        assert_eq!(status, 200);
+        calls += body
+            .lines()
+            .find_map(|l| l.strip_prefix("gateway_ratelimit_shared_calls_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no shared calls counter in {body}"));
+    }
+    assert!(
+        (1.0..=320.0).contains(&calls),
+        "{calls} calls for 320 decisions"
+    );
 }
 
 /// Redis dies mid-run; `policy` decides; no request waits past the timeout.

@@ -148,6 +148,11 @@ impl Link {
         })
     }
 
+    /// A Redis Cluster, where one script call reaches one slot's keys only.
+    pub fn is_cluster(&self) -> bool {
+        matches!(*self.opener, Opener::Cluster { .. })
+    }
+
     /// Runs `script` (EVALSHA, loaded again on NOSCRIPT) where its key lives,
     /// on this thread's connection. Must be called inside a tokio runtime.
     pub async fn invoke<T: FromRedisValue>(&self, script: &ScriptInvocation<'_>) -> RedisResult<T> {

@@ -2,6 +2,7 @@
 //! bucket, a ticker that drives refill and evicts idle clients, and the
 //! per-client overrides loaded from the database.
 
+mod batch;
 mod bucket;
 mod headers;
 mod key;

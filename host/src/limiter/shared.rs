@@ -1,12 +1,13 @@
 //! Buckets in Redis, so several gateways enforce one budget per client.
 //!
-//! One Lua script per decision (EVALSHA; the `redis` crate loads it again on
-//! NOSCRIPT) runs the same token bucket as the local limiter: milli-tokens,
-//! refill from the Redis server's clock (`TIME`), so gateways with skewed
-//! clocks agree. Each bucket key expires once the bucket would be full again,
+//! A Lua script (EVALSHA; the `redis` crate loads it again on NOSCRIPT)
+//! runs the same token bucket as the local limiter: milli-tokens, refill
+//! from the Redis server's clock (`TIME`), so gateways with skewed clocks
+//! agree. A worker's concurrent decisions share one call (see `batch`). Each bucket key expires once the bucket would be full again,
 //! so idle clients cost Redis nothing. When Redis is slow or down, the
 //! configured policy decides: a local bucket, allow, or deny.
 
+use super::batch::{Ask, Batcher};
 use super::link::{Link, Target};
 use super::{ClientKey, Decision, Limiter, Limits, bucket::MILLI};
 use std::sync::Arc;
@@ -34,51 +35,10 @@ impl OnSharedFailure {
     }
 }
 
-/// KEYS[1] bucket; ARGV: capacity (tokens), refill (milli-tokens per
-/// second), cost (milli-tokens one request takes).
-/// Returns {allowed (0/1), milli-tokens left}.
-const SCRIPT: &str = r"
-local cap = tonumber(ARGV[1]) * 1000
-local rate = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = cap
-  ts = now
-end
-if tokens > cap then tokens = cap end
-if tokens >= cap then
-  ts = now
-elseif now > ts then
-  local elapsed = now - ts
-  local full_after = math.ceil((cap - tokens) * 1000000 / rate)
-  if elapsed >= full_after then
-    tokens = cap
-    ts = now
-  else
-    local added = math.floor(elapsed * rate / 1000000)
-    tokens = tokens + added
-    ts = math.min(now, ts + math.ceil(added * 1000000 / rate))
-  end
-end
-local need = tonumber(ARGV[3])
-local allowed = 0
-if tokens >= need then
-  tokens = tokens - need
-  allowed = 1
-end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.0f', tokens), 'ts', string.format('%.0f', ts))
-redis.call('PEXPIRE', KEYS[1], math.ceil((cap - tokens) / rate * 1000) + 1000)
-return {allowed, tokens}
-";
-
 pub struct SharedLimiter {
-    /// Multiplexed, pipelined connection(s); reconnect by themselves.
-    connection: Link,
-    script: redis::Script,
+    /// Decisions in Redis, batched per worker over multiplexed connections
+    /// that reconnect by themselves.
+    redis: Batcher,
     /// `gateway:{prefix}:bucket:`, followed in each Redis key by the client
     /// key with its source (`ip:…`, `header:NAME:…`, `plugin:…`).
     namespace: String,
@@ -99,10 +59,9 @@ impl SharedLimiter {
         timeout: Duration,
         policy: OnSharedFailure,
     ) -> Result<Self, String> {
-        let connection = Link::open(&Target::parse(url)?, timeout)?;
+        let link = Link::open(&Target::parse(url)?, timeout)?;
         Ok(SharedLimiter {
-            connection,
-            script: redis::Script::new(SCRIPT),
+            redis: Batcher::new(link, timeout),
             namespace: format!("gateway:{prefix}:bucket:"),
             timeout,
             policy,
@@ -116,14 +75,18 @@ impl SharedLimiter {
     pub fn for_policy(&self, name: &str) -> SharedLimiter {
         let base = self.namespace.trim_end_matches("bucket:");
         SharedLimiter {
-            connection: self.connection.clone(),
-            script: redis::Script::new(SCRIPT),
+            redis: self.redis.clone(),
             namespace: format!("{base}policy:{name}:bucket:"),
             timeout: self.timeout,
             policy: self.policy,
             up: AtomicBool::new(self.is_up()),
             display: self.display.clone(),
         }
+    }
+
+    /// Counts the script calls sent to Redis (several decisions each under load).
+    pub fn calls(&self) -> prometheus_client::metrics::counter::Counter {
+        self.redis.calls()
     }
 
     pub fn is_up(&self) -> bool {
@@ -145,16 +108,16 @@ impl SharedLimiter {
         let mut name = Vec::with_capacity(self.namespace.len() + 64);
         name.extend_from_slice(self.namespace.as_bytes());
         key.write_bytes(&mut name);
-        let mut invocation = self.script.key(name);
-        invocation
-            .arg(limits.capacity)
-            .arg(limits.refill_milli.max(1))
-            .arg(u64::from(cost) * MILLI);
-        let answer: Result<Result<(i64, i64), redis::RedisError>, _> =
-            tokio::time::timeout(self.timeout, self.connection.invoke(&invocation)).await;
+        let ask = Ask {
+            key: name,
+            capacity: limits.capacity,
+            refill_milli: limits.refill_milli.max(1),
+            cost_milli: u64::from(cost) * MILLI,
+        };
+        let answer = tokio::time::timeout(self.timeout, self.redis.decide(ask)).await;
         let outcome = match answer {
-            Ok(Ok((allowed, left))) => Ok(decision(allowed == 1, left.max(0) as u64, limits, cost)),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok((allowed, left))) => Ok(decision(allowed, left.max(0) as u64, limits, cost)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         };
         self.note(&outcome);

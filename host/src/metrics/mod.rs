@@ -201,11 +201,16 @@ impl Metrics {
             failovers.clone(),
         );
         let shared_up = Gauge::default();
-        if shared.is_some() {
+        if let Some(shared) = &shared {
             registry.register(
                 "ratelimit_shared_up",
                 "1 while the shared (Redis) limiter answers, 0 while the failure policy applies",
                 shared_up.clone(),
+            );
+            registry.register(
+                "ratelimit_shared_calls",
+                "Script calls sent to Redis; each takes the decisions a worker's concurrent requests asked for meanwhile",
+                shared.calls(),
             );
         }
         let plugin_calls = Family::<PluginLabels, Counter>::default();
