@@ -8,7 +8,7 @@
 use super::capture::Stream;
 use super::deadline::CpuDeadline;
 use super::runtime;
-use super::state::{PluginState, RequestView, Shared};
+use super::state::{LENT, PluginState, RequestView, Shared};
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use std::panic::AssertUnwindSafe;
@@ -330,13 +330,13 @@ impl<R: Role> Plugin<R> {
             self.sandbox.timeout
         };
         arm(store, budget);
-        let lent = view
-            .take()
-            .ok_or_else(|| wasmtime::format_err!("request already lent"))?;
-        let own = store.data_mut().table.push(lent)?;
-        let request = Resource::new_borrow(own.rep());
+        if view.is_none() {
+            return Err(wasmtime::format_err!("request already lent"));
+        }
+        store.data_mut().request = view.take();
+        let request = Resource::new_borrow(LENT);
         let answer = guarded(|| R::invoke(bindings, store, request, input));
-        *view = Some(store.data_mut().table.delete(own)?);
+        *view = store.data_mut().request.take();
         answer
     }
 

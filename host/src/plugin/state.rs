@@ -89,8 +89,10 @@ impl Shared {
 
 /// Store data of one plugin instance.
 pub struct PluginState {
-    /// Holds the request resource during a call, and the WASI resources.
+    /// The WASI resources.
     pub table: ResourceTable,
+    /// The request lent to the running call (see [`LENT`]).
+    pub request: Option<RequestView>,
     /// Memory, table and instance caps for the instance.
     pub limits: Limits,
     pub shared: Arc<Shared>,
@@ -115,6 +117,7 @@ impl PluginState {
             .build();
         PluginState {
             table: ResourceTable::new(),
+            request: None,
             limits: Limits {
                 caps: StoreLimitsBuilder::new()
                     .memory_size(sandbox.memory_limit)
@@ -204,19 +207,38 @@ impl WasiView for PluginState {
     }
 }
 
+/// The handle the running call's request is lent under. A call sees one
+/// request, as a borrow that ends with the call, so the store keeps it in a
+/// field of its own rather than in the resource table: no allocation to put
+/// it there and take it back on every call.
+pub const LENT: u32 = 0;
+
+impl PluginState {
+    /// The request behind `req`: the lent one; any other handle is an error
+    /// (a guest cannot make one up, wasmtime checks borrows).
+    fn lent(&self, req: &Resource<RequestView>) -> wasmtime::Result<&RequestView> {
+        match &self.request {
+            Some(view) if req.rep() == LENT => Ok(view),
+            _ => Err(wasmtime::format_err!(
+                "no request is lent under this handle"
+            )),
+        }
+    }
+}
+
 impl types::Host for PluginState {}
 
 impl types::HostRequest for PluginState {
     fn method(&mut self, req: Resource<RequestView>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&req)?.method.as_str().to_owned())
+        Ok(self.lent(&req)?.method.as_str().to_owned())
     }
 
     fn path(&mut self, req: Resource<RequestView>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&req)?.uri.path().to_owned())
+        Ok(self.lent(&req)?.uri.path().to_owned())
     }
 
     fn query(&mut self, req: Resource<RequestView>) -> wasmtime::Result<Option<String>> {
-        Ok(self.table.get(&req)?.uri.query().map(str::to_owned))
+        Ok(self.lent(&req)?.uri.query().map(str::to_owned))
     }
 
     fn header(
@@ -224,7 +246,7 @@ impl types::HostRequest for PluginState {
         req: Resource<RequestView>,
         name: String,
     ) -> wasmtime::Result<Option<String>> {
-        let view = self.table.get(&req)?;
+        let view = self.lent(&req)?;
         // A scan, not `HeaderMap::get`: a request has a few dozen headers at
         // most, and comparing lengths first is cheaper than parsing and
         // hashing the name `get` takes (a third of this call's host time).
@@ -238,16 +260,16 @@ impl types::HostRequest for PluginState {
     }
 
     fn client_addr(&mut self, req: Resource<RequestView>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&req)?.client.to_string())
+        Ok(self.lent(&req)?.client.to_string())
     }
 
     fn tls_subject(&mut self, req: Resource<RequestView>) -> wasmtime::Result<Option<String>> {
-        let view = self.table.get(&req)?;
+        let view = self.lent(&req)?;
         Ok(view.tls.as_ref().and_then(|t| t.subject.clone()))
     }
 
-    fn drop(&mut self, req: Resource<RequestView>) -> wasmtime::Result<()> {
-        self.table.delete(req)?;
+    /// Only borrows are ever handed out; there is nothing of the guest's to drop.
+    fn drop(&mut self, _req: Resource<RequestView>) -> wasmtime::Result<()> {
         Ok(())
     }
 }
@@ -296,10 +318,10 @@ mod tests {
             client: IpAddr::from([127, 0, 0, 1]),
             tls: None,
         };
-        let own = state.table.push(view).expect("push");
+        state.request = Some(view);
         let mut header = |name: &str| {
             state
-                .header(Resource::new_borrow(own.rep()), name.to_owned())
+                .header(Resource::new_borrow(LENT), name.to_owned())
                 .expect("header")
         };
         assert_eq!(header("X-User").as_deref(), Some("alice"));
@@ -310,5 +332,18 @@ mod tests {
         assert_eq!(header("x-users"), None);
         assert_eq!(header("bad name"), None);
         assert_eq!(header(""), None);
+        assert!(
+            state
+                .header(Resource::new_borrow(LENT + 1), "accept".to_owned())
+                .is_err(),
+            "only the lent handle reaches the request"
+        );
+        state.request = None;
+        assert!(
+            state
+                .header(Resource::new_borrow(LENT), "accept".to_owned())
+                .is_err(),
+            "nothing is lent between calls"
+        );
     }
 }
