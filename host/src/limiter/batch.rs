@@ -151,13 +151,11 @@ impl Batcher {
     /// Takes one decision. Must be called inside a Tokio runtime; the caller
     /// bounds the wait.
     pub async fn decide(&self, ask: Ask) -> Answer {
-        if self.inner.link.is_cluster() {
-            let (answer, receiver) = oneshot::channel();
-            self.inner.send(vec![Waiting { ask, answer }]).await;
-            return receiver.await.unwrap_or_else(|_| Err(dropped()));
-        }
         let (answer, receiver) = oneshot::channel();
-        if let Some(fresh) = self.join(Waiting { ask, answer }) {
+        let waiting = Waiting { ask, answer };
+        if self.inner.link.is_cluster() {
+            self.inner.send(vec![waiting]).await;
+        } else if let Some(fresh) = self.join(waiting) {
             let inner = Arc::clone(&self.inner);
             tokio::spawn(async move {
                 tokio::task::yield_now().await;

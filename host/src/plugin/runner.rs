@@ -330,10 +330,10 @@ impl<R: Role> Plugin<R> {
             self.sandbox.timeout
         };
         arm(store, budget);
-        if view.is_none() {
+        let Some(lent) = view.take() else {
             return Err(wasmtime::format_err!("request already lent"));
-        }
-        store.data_mut().request = view.take();
+        };
+        store.data_mut().request = Some(lent);
         let request = Resource::new_borrow(LENT);
         let answer = guarded(|| R::invoke(bindings, store, request, input));
         *view = store.data_mut().request.take();
