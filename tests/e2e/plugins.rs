@@ -197,6 +197,96 @@ async fn canary_plugin_splits_by_header() {
     canary_splits_by_header(&plugin("canary"), "").await;
 }
 
+/// A plugin that names its headers once (the `-with-headers` interfaces,
+/// WIT 0.1.2) gets their first values with each call, in its order, `none`
+/// for an absent one, and can still ask for any other header.
+#[test]
+fn declared_headers_come_with_the_call() {
+    let (code, out) = run_cli(&["plugin", "check", plugin("declared").to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("implements client-key-with-headers, backend-select-with-headers"),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"client-key answered "plugin-check-key|1|-;ua=gateway-plugin-check""#),
+        "{out}"
+    );
+}
+
+/// What a plugin declares is checked when it loads: a name that is not a
+/// header name, or more than 16, and it is refused with the reason.
+#[test]
+fn a_bad_header_declaration_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let many = (0..17)
+        .map(|i| format!("x-h{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (names, reason) in [
+        (
+            "x-ok, bad name",
+            r#"`headers` named "bad name", not a header name"#,
+        ),
+        (many.as_str(), "`headers` named 17 headers (at most 16)"),
+    ] {
+        let yaml = dir.path().join("gateway.yaml");
+        std::fs::write(
+            &yaml,
+            format!(
+                "backends: [http://127.0.0.1:9]\nbalancer:\n  algorithm: plugin\n  plugin: {}\nplugins:\n  config:\n    declared.headers: \"{names}\"\n",
+                plugin("declared").display()
+            ),
+        )
+        .unwrap();
+        let (code, out) = run_cli(&["validate", "-c", yaml.to_str().unwrap()]);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains(reason), "{out}");
+    }
+}
+
+/// Over HTTP: the declared `X-Backend` header's value picks the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_header_picks_the_backend() {
+    let backends = [
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+    ];
+    let refs: Vec<&TestBackend> = backends.iter().collect();
+    let yaml = yaml_for(
+        &refs,
+        &format!(
+            "balancer:\n  algorithm: plugin\n  plugin: {}\nplugins:\n  config:\n    declared.headers: X-Backend\n",
+            plugin("declared").display()
+        ),
+    );
+    let gw = Gateway::start(&yaml);
+    let client = client();
+    for _ in 0..5 {
+        assert_eq!(
+            get_as(&client, &gw.url("/"), &[("x-backend", "2")]).await.1,
+            "c"
+        );
+        assert_eq!(
+            get_as(&client, &gw.url("/"), &[("X-BACKEND", "0")]).await.1,
+            "a"
+        );
+    }
+    // Without it the plugin answers none: the built-in round-robin.
+    let mut seen = HashSet::new();
+    for _ in 0..6 {
+        seen.insert(get_as(&client, &gw.url("/"), &[]).await.1);
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let (_, _, metrics) = get(&client, &gw.admin_url("/metrics")).await;
+    assert!(
+        metrics
+            .contains(r#"gateway_plugin_calls_total{interface="backend-select",outcome="ok"} 16"#),
+        "{metrics}"
+    );
+}
+
 /// A gateway whose key and selection plugin misbehaves in `mode`.
 fn misbehaving(b: &TestBackend, mode: &str, extra: &str) -> String {
     let wasm = plugin("misbehave");

@@ -27,3 +27,29 @@ pub mod select {
         },
     });
 }
+
+/// The `key-plugin-with-headers` world (0.1.2).
+pub mod key_with_headers {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "key-plugin-with-headers",
+        imports: { default: trappable },
+        with: {
+            "gateway:plugin/types": crate::plugin::bindings::key::gateway::plugin::types,
+            "gateway:plugin/host": crate::plugin::bindings::key::gateway::plugin::host,
+        },
+    });
+}
+
+/// The `select-plugin-with-headers` world (0.1.2).
+pub mod select_with_headers {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "select-plugin-with-headers",
+        imports: { default: trappable },
+        with: {
+            "gateway:plugin/types": crate::plugin::bindings::key::gateway::plugin::types,
+            "gateway:plugin/host": crate::plugin::bindings::key::gateway::plugin::host,
+        },
+    });
+}

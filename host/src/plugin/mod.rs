@@ -12,6 +12,7 @@ pub mod bindings;
 mod capture;
 mod check;
 mod deadline;
+mod declared;
 mod no_wait;
 mod roles;
 mod runner;
@@ -201,9 +202,9 @@ pub fn check(
     let sandbox = Sandbox::from_config(plugins);
     let component = load(&engine, path, sandbox.cache_dir.as_deref())?;
     let found = exports(&engine, &component);
-    if !found.client_key && !found.backend_select {
+    if !found.any() {
         return Err(format!(
-            "{} implements neither plugin interface (exports gateway:plugin/client-key@0.1.x or gateway:plugin/backend-select@0.1.x expected)",
+            "{} implements neither plugin interface (exports gateway:plugin/client-key@0.1.x or gateway:plugin/backend-select@0.1.x, or their -with-headers forms, expected)",
             path.display()
         ));
     }
@@ -211,7 +212,7 @@ pub fn check(
         backend_urls.unwrap_or_else(|| CHECK_BACKENDS.iter().map(|u| (*u).to_owned()).collect());
     let shared = Arc::new(Shared::new(plugins.config.clone(), urls));
     let mut answers = Vec::new();
-    if found.client_key {
+    if found.client_key.is_some() {
         let plugin = Plugin::<KeyRole>::load(
             &engine,
             path,
@@ -221,7 +222,7 @@ pub fn check(
         )?;
         answers.push(plugin.probe.clone());
     }
-    if found.backend_select {
+    if found.backend_select.is_some() {
         let plugin =
             Plugin::<SelectRole>::load(&engine, path, sandbox, shared, Outcomes::default())?;
         answers.push(plugin.probe.clone());

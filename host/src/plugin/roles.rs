@@ -2,15 +2,52 @@
 
 use super::bindings::key::gateway::plugin::types::Backend as BackendState;
 use super::bindings::key::{KeyPlugin, KeyPluginPre};
+use super::bindings::key_with_headers::{KeyPluginWithHeaders, KeyPluginWithHeadersPre};
 use super::bindings::select::{SelectPlugin, SelectPluginPre};
+use super::bindings::select_with_headers::{SelectPluginWithHeaders, SelectPluginWithHeadersPre};
+use super::declared::Declared;
 use super::runner::{Plugin, PluginFailure, Role};
+use super::runtime::Flavor;
 use super::state::{PluginState, RequestView};
 use crate::balancer::Backend;
 use std::sync::Arc;
 use wasmtime::Store;
-use wasmtime::component::{Component, Linker, Resource};
+use wasmtime::component::{Component, InstancePre, Linker, Resource};
 
-/// Exports `gateway:plugin/client-key`.
+/// A role's prepared component, in the flavor it exports.
+pub enum Prepared<Plain, WithHeaders> {
+    Plain(Plain),
+    WithHeaders(WithHeaders),
+}
+
+/// A role's bindings to one instance; with headers, the names the instance
+/// declared when it started.
+pub enum Bound<Plain, WithHeaders> {
+    Plain(Plain),
+    WithHeaders(WithHeaders, Declared),
+}
+
+/// `component` prepared for the bindings of its `flavor`.
+fn prepare<Plain, WithHeaders>(
+    linker: &Linker<PluginState>,
+    component: &Component,
+    flavor: Flavor,
+    plain: impl FnOnce(InstancePre<PluginState>) -> wasmtime::Result<Plain>,
+    with_headers: impl FnOnce(InstancePre<PluginState>) -> wasmtime::Result<WithHeaders>,
+) -> wasmtime::Result<Prepared<Plain, WithHeaders>> {
+    let pre = linker.instantiate_pre(component)?;
+    Ok(match flavor {
+        Flavor::Plain => Prepared::Plain(plain(pre)?),
+        Flavor::WithHeaders => Prepared::WithHeaders(with_headers(pre)?),
+    })
+}
+
+/// The declared headers of a fresh instance, checked.
+fn declared(names: wasmtime::Result<Vec<String>>) -> wasmtime::Result<Declared> {
+    Ok(Declared::new(names?)?)
+}
+
+/// Exports `gateway:plugin/client-key` or `client-key-with-headers`.
 pub struct KeyRole;
 
 impl KeyRole {
@@ -22,21 +59,40 @@ impl SelectRole {
 }
 
 impl Role for KeyRole {
-    type Pre = KeyPluginPre<PluginState>;
-    type Bindings = KeyPlugin;
+    type Pre = Prepared<KeyPluginPre<PluginState>, KeyPluginWithHeadersPre<PluginState>>;
+    type Bindings = Bound<KeyPlugin, KeyPluginWithHeaders>;
     type Input<'a> = ();
     type Output = Option<String>;
     const NAME: &'static str = "client-key";
 
-    fn prepare(linker: &Linker<PluginState>, component: &Component) -> wasmtime::Result<Self::Pre> {
-        KeyPluginPre::new(linker.instantiate_pre(component)?)
+    fn prepare(
+        linker: &Linker<PluginState>,
+        component: &Component,
+        flavor: Flavor,
+    ) -> wasmtime::Result<Self::Pre> {
+        prepare(
+            linker,
+            component,
+            flavor,
+            KeyPluginPre::new,
+            KeyPluginWithHeadersPre::new,
+        )
     }
 
     fn instantiate(
         pre: &Self::Pre,
         store: &mut Store<PluginState>,
     ) -> wasmtime::Result<Self::Bindings> {
-        pre.instantiate(store)
+        Ok(match pre {
+            Prepared::Plain(pre) => Bound::Plain(pre.instantiate(store)?),
+            Prepared::WithHeaders(pre) => {
+                let bindings = pre.instantiate(&mut *store)?;
+                let names = bindings
+                    .gateway_plugin_client_key_with_headers()
+                    .call_headers(&mut *store);
+                Bound::WithHeaders(bindings, declared(names)?)
+            }
+        })
     }
 
     fn invoke(
@@ -45,9 +101,15 @@ impl Role for KeyRole {
         request: Resource<RequestView>,
         (): (),
     ) -> wasmtime::Result<Self::Output> {
-        bindings
-            .gateway_plugin_client_key()
-            .call_client_key(store, request)
+        match bindings {
+            Bound::Plain(b) => b
+                .gateway_plugin_client_key()
+                .call_client_key(store, request),
+            Bound::WithHeaders(b, declared) => declared.with_values(store, |store, values| {
+                b.gateway_plugin_client_key_with_headers()
+                    .call_client_key(store, request, values)
+            }),
+        }
     }
 
     fn probe(plugin: &Plugin<Self>) -> Result<String, PluginFailure> {
@@ -55,25 +117,44 @@ impl Role for KeyRole {
     }
 }
 
-/// Exports `gateway:plugin/backend-select`.
+/// Exports `gateway:plugin/backend-select` or `backend-select-with-headers`.
 pub struct SelectRole;
 
 impl Role for SelectRole {
-    type Pre = SelectPluginPre<PluginState>;
-    type Bindings = SelectPlugin;
+    type Pre = Prepared<SelectPluginPre<PluginState>, SelectPluginWithHeadersPre<PluginState>>;
+    type Bindings = Bound<SelectPlugin, SelectPluginWithHeaders>;
     type Input<'a> = &'a [BackendState];
     type Output = Option<u32>;
     const NAME: &'static str = "backend-select";
 
-    fn prepare(linker: &Linker<PluginState>, component: &Component) -> wasmtime::Result<Self::Pre> {
-        SelectPluginPre::new(linker.instantiate_pre(component)?)
+    fn prepare(
+        linker: &Linker<PluginState>,
+        component: &Component,
+        flavor: Flavor,
+    ) -> wasmtime::Result<Self::Pre> {
+        prepare(
+            linker,
+            component,
+            flavor,
+            SelectPluginPre::new,
+            SelectPluginWithHeadersPre::new,
+        )
     }
 
     fn instantiate(
         pre: &Self::Pre,
         store: &mut Store<PluginState>,
     ) -> wasmtime::Result<Self::Bindings> {
-        pre.instantiate(store)
+        Ok(match pre {
+            Prepared::Plain(pre) => Bound::Plain(pre.instantiate(store)?),
+            Prepared::WithHeaders(pre) => {
+                let bindings = pre.instantiate(&mut *store)?;
+                let names = bindings
+                    .gateway_plugin_backend_select_with_headers()
+                    .call_headers(&mut *store);
+                Bound::WithHeaders(bindings, declared(names)?)
+            }
+        })
     }
 
     fn invoke(
@@ -82,9 +163,15 @@ impl Role for SelectRole {
         request: Resource<RequestView>,
         backends: &[BackendState],
     ) -> wasmtime::Result<Self::Output> {
-        bindings
-            .gateway_plugin_backend_select()
-            .call_select_backend(store, request, backends)
+        match bindings {
+            Bound::Plain(b) => b
+                .gateway_plugin_backend_select()
+                .call_select_backend(store, request, backends),
+            Bound::WithHeaders(b, declared) => declared.with_values(store, |store, values| {
+                b.gateway_plugin_backend_select_with_headers()
+                    .call_select_backend(store, request, values, backends)
+            }),
+        }
     }
 
     fn probe(plugin: &Plugin<Self>) -> Result<String, PluginFailure> {

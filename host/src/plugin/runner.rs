@@ -7,7 +7,8 @@
 
 use super::capture::Stream;
 use super::deadline::CpuDeadline;
-use super::runtime;
+use super::declared::BadDeclaration;
+use super::runtime::{self, Flavor};
 use super::state::{LENT, PluginState, RequestView, Shared};
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
@@ -29,7 +30,12 @@ pub trait Role: Send + Sync + 'static {
     type Output;
     /// Interface name, for logs and metrics.
     const NAME: &'static str;
-    fn prepare(linker: &Linker<PluginState>, component: &Component) -> wasmtime::Result<Self::Pre>;
+    /// `flavor`: how the component exports this role.
+    fn prepare(
+        linker: &Linker<PluginState>,
+        component: &Component,
+        flavor: Flavor,
+    ) -> wasmtime::Result<Self::Pre>;
     fn instantiate(
         pre: &Self::Pre,
         store: &mut Store<PluginState>,
@@ -143,28 +149,32 @@ fn prepare<R: Role>(engine: &Engine, path: &Path, sandbox: &Sandbox) -> Result<R
         "client-key" => exports.client_key,
         _ => exports.backend_select,
     };
-    if !wanted {
+    let Some(flavor) = wanted else {
         return Err(format!(
             "{} does not export gateway:plugin/{}@0.1.x (it exports: {})",
             path.display(),
             R::NAME,
             describe(exports)
         ));
-    }
+    };
     let linker =
         runtime::linker(engine, &component).map_err(|e| format!("{}: {e:#}", path.display()))?;
-    R::prepare(&linker, &component)
+    R::prepare(&linker, &component, flavor)
         .map_err(|e| format!("{} does not fit the interface: {e:#}", path.display()))
 }
 
 /// `client-key, backend-select` or `neither plugin interface`.
 pub fn describe(exports: runtime::Exports) -> String {
     let mut names = Vec::new();
-    if exports.client_key {
-        names.push("client-key");
+    match exports.client_key {
+        Some(Flavor::Plain) => names.push("client-key"),
+        Some(Flavor::WithHeaders) => names.push("client-key-with-headers"),
+        None => {}
     }
-    if exports.backend_select {
-        names.push("backend-select");
+    match exports.backend_select {
+        Some(Flavor::Plain) => names.push("backend-select"),
+        Some(Flavor::WithHeaders) => names.push("backend-select-with-headers"),
+        None => {}
     }
     if names.is_empty() {
         "neither plugin interface".to_owned()
@@ -419,6 +429,9 @@ fn classify(
 ) -> PluginFailure {
     if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
         return PluginFailure::Timeout;
+    }
+    if let Some(bad) = error.downcast_ref::<BadDeclaration>() {
+        return PluginFailure::Invalid(bad.to_string());
     }
     let chain = format!("{error:#}")
         .split_whitespace()

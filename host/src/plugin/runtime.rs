@@ -220,17 +220,37 @@ fn stub(
     }
 }
 
-/// Which plugin interfaces a component exports.
+/// How a component exports one role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// `client-key` / `backend-select`: the plugin asks for each header.
+    Plain,
+    /// `client-key-with-headers` / `backend-select-with-headers` (0.1.2):
+    /// the plugin names its headers once and gets their values with each call.
+    WithHeaders,
+}
+
+/// Which plugin interfaces a component exports. A component that exports
+/// both flavors of a role is called through the one with headers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Exports {
-    pub client_key: bool,
-    pub backend_select: bool,
+    pub client_key: Option<Flavor>,
+    pub backend_select: Option<Flavor>,
+}
+
+impl Exports {
+    pub fn any(&self) -> bool {
+        self.client_key.is_some() || self.backend_select.is_some()
+    }
 }
 
 /// The interfaces a plugin may export, in any 0.1.x version of the package
-/// (0.1.1 added an import; exports built against 0.1.0 are the same).
+/// (0.1.1 added an import, 0.1.2 the `-with-headers` interfaces; exports
+/// built against 0.1.0 are the same).
 pub const CLIENT_KEY: &str = "gateway:plugin/client-key";
 pub const BACKEND_SELECT: &str = "gateway:plugin/backend-select";
+const CLIENT_KEY_WITH_HEADERS: &str = "gateway:plugin/client-key-with-headers";
+const BACKEND_SELECT_WITH_HEADERS: &str = "gateway:plugin/backend-select-with-headers";
 /// The package versions whose exports the gateway calls.
 const COMPATIBLE: &str = "0.1.";
 
@@ -242,8 +262,14 @@ pub fn exports(engine: &Engine, component: &Component) -> Exports {
             _ => continue,
         };
         match interface {
-            CLIENT_KEY => found.client_key = true,
-            BACKEND_SELECT => found.backend_select = true,
+            CLIENT_KEY => {
+                found.client_key.get_or_insert(Flavor::Plain);
+            }
+            BACKEND_SELECT => {
+                found.backend_select.get_or_insert(Flavor::Plain);
+            }
+            CLIENT_KEY_WITH_HEADERS => found.client_key = Some(Flavor::WithHeaders),
+            BACKEND_SELECT_WITH_HEADERS => found.backend_select = Some(Flavor::WithHeaders),
             _ => {}
         }
     }

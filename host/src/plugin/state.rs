@@ -93,6 +93,9 @@ pub struct PluginState {
     pub table: ResourceTable,
     /// The request lent to the running call (see [`LENT`]).
     pub request: Option<RequestView>,
+    /// Where the values of the headers a plugin declared are copied for a
+    /// call (see `declared`), kept to be reused.
+    pub values: Vec<Option<String>>,
     /// Memory, table and instance caps for the instance.
     pub limits: Limits,
     pub shared: Arc<Shared>,
@@ -118,6 +121,7 @@ impl PluginState {
         PluginState {
             table: ResourceTable::new(),
             request: None,
+            values: Vec::new(),
             limits: Limits {
                 caps: StoreLimitsBuilder::new()
                     .memory_size(sandbox.memory_limit)
@@ -226,6 +230,19 @@ impl PluginState {
     }
 }
 
+/// The first value of header `name` (any case), if it is valid UTF-8.
+///
+/// A scan, not `HeaderMap::get`: a request has a few dozen headers at most,
+/// and comparing lengths first is cheaper than parsing and hashing the name
+/// `get` takes (a third of a `header` call's host time). A name's values are
+/// kept in the order they arrived: this is the first.
+fn first_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.as_str().len() == name.len() && k.as_str().eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| std::str::from_utf8(v.as_bytes()).ok())
+}
+
 impl types::Host for PluginState {}
 
 impl types::HostRequest for PluginState {
@@ -246,17 +263,7 @@ impl types::HostRequest for PluginState {
         req: Resource<RequestView>,
         name: String,
     ) -> wasmtime::Result<Option<String>> {
-        let view = self.lent(&req)?;
-        // A scan, not `HeaderMap::get`: a request has a few dozen headers at
-        // most, and comparing lengths first is cheaper than parsing and
-        // hashing the name `get` takes (a third of this call's host time).
-        // A name's values are kept in the order they arrived: this is the first.
-        Ok(view
-            .headers
-            .iter()
-            .find(|(k, _)| k.as_str().len() == name.len() && k.as_str().eq_ignore_ascii_case(&name))
-            .and_then(|(_, v)| v.to_str().ok())
-            .map(str::to_owned))
+        Ok(first_value(&self.lent(&req)?.headers, &name).map(str::to_owned))
     }
 
     fn client_addr(&mut self, req: Resource<RequestView>) -> wasmtime::Result<String> {

@@ -12,7 +12,7 @@
 // The client key is the header `canary.key-header` (default `x-user`), or
 // the client address.
 
-import { config, backendUrl, backendCount } from "gateway:plugin/host@0.1.1";
+import { config, backendUrl, backendCount } from "gateway:plugin/host@0.1.2";
 
 let settings;
 
