@@ -1,4 +1,7 @@
-//! Gateway plugin (world `key-plugin`): the rate-limit key of a request.
+//! Gateway plugin (world `key-plugin-with-headers`): the rate-limit key of a
+//! request. It names the API-key header once per instance, and the gateway
+//! passes its value with every call; `Authorization` is asked for only when
+//! that header is absent or blank.
 //!
 //! 1. The value of the API-key header (`api-key.header`, default
 //!    `x-api-key`), as is.
@@ -10,20 +13,22 @@
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 extern crate alloc;
+// The allocator, panic handler and `cabi_realloc` (on wasm).
+extern crate plugin_rt;
 
 mod jwt;
 
 use alloc::format;
 use alloc::string::{String, ToString};
 
-use plugin_rt::OnceBox;
-
 wit_bindgen::generate!({
-    world: "key-plugin",
+    world: "key-plugin-with-headers",
     path: "../../wit",
 });
 
-use exports::gateway::plugin::client_key::Guest;
+use alloc::vec;
+use alloc::vec::Vec;
+use exports::gateway::plugin::client_key_with_headers::Guest;
 use gateway::plugin::host;
 use gateway::plugin::types::Request;
 
@@ -31,29 +36,35 @@ use gateway::plugin::types::Request;
 const HEADER_KEY: &str = "api-key.header";
 const DEFAULT_HEADER: &str = "x-api-key";
 
-/// The header name, read from the host once per instance.
-static HEADER: OnceBox<String> = OnceBox::new();
-
 struct ApiKey;
 
 impl Guest for ApiKey {
-    fn client_key(req: &Request) -> Option<String> {
-        let header = HEADER.get_or_init(|| {
-            host::config(HEADER_KEY)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| DEFAULT_HEADER.to_string())
-        });
-        if let Some(key) = req.header(header).as_deref().and_then(non_empty) {
-            return Some(key.to_string());
-        }
-        let authorization = req.header("authorization")?;
-        let sub = jwt::unverified_subject(bearer_token(&authorization)?)?;
-        Some(format!("sub:{sub}"))
+    /// The API-key header.
+    fn headers() -> Vec<String> {
+        let header = host::config(HEADER_KEY)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| DEFAULT_HEADER.to_string());
+        vec![header]
+    }
+
+    fn client_key(req: &Request, values: Vec<Option<String>>) -> Option<String> {
+        let api_key = values.into_iter().next().flatten();
+        key(api_key.as_deref(), || req.header("authorization"))
     }
 }
 
 export!(ApiKey);
+
+/// The key for a request with this API-key header value; `authorization`
+/// reads the `Authorization` header, only if the API key is missing.
+fn key(api_key: Option<&str>, authorization: impl FnOnce() -> Option<String>) -> Option<String> {
+    if let Some(key) = api_key.and_then(non_empty) {
+        return Some(key.to_string());
+    }
+    let sub = jwt::unverified_subject(bearer_token(&authorization()?)?)?;
+    Some(format!("sub:{sub}"))
+}
 
 /// `s` without surrounding whitespace, if anything is left.
 fn non_empty(s: &str) -> Option<&str> {
@@ -86,6 +97,17 @@ mod tests {
         assert_eq!(bearer_token("Bearer "), None);
         assert_eq!(bearer_token("Bearer a b"), None);
         assert_eq!(bearer_token(""), None);
+    }
+
+    #[test]
+    fn the_api_key_then_the_token_subject_then_none() {
+        let bearer = || Some("Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJjYXJvbCJ9.".to_string());
+        let unread = || -> Option<String> { panic!("Authorization read with an API key") };
+        assert_eq!(key(Some(" k1 "), unread).as_deref(), Some("k1"));
+        assert_eq!(key(Some("  "), bearer).as_deref(), Some("sub:carol"));
+        assert_eq!(key(None, bearer).as_deref(), Some("sub:carol"));
+        assert_eq!(key(None, || Some("Basic dXNlcjpwYXNz".to_string())), None);
+        assert_eq!(key(None, || None), None);
     }
 
     #[test]

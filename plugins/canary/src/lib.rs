@@ -1,4 +1,4 @@
-//! Gateway plugin (world `select-plugin`): a canary split.
+//! Gateway plugin (world `select-plugin-with-headers`): a canary split.
 //!
 //! One backend (`canary.backend`) is the canary. A request goes to it when
 //! it carries `X-Canary: 1`, or when its client key falls in the first
@@ -15,6 +15,9 @@
 //!
 //! Without a usable `canary.backend` no request is a canary request, and
 //! the plugin balances by fewest requests in flight over all backends.
+//!
+//! It names the two headers it reads once per instance (the key header and
+//! `x-canary`); the gateway passes their values with every call.
 
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
@@ -27,11 +30,12 @@ use alloc::vec::Vec;
 use plugin_rt::{OnceBox, hash, mix};
 
 wit_bindgen::generate!({
-    world: "select-plugin",
+    world: "select-plugin-with-headers",
     path: "../../wit",
 });
 
-use exports::gateway::plugin::backend_select::Guest;
+use alloc::vec;
+use exports::gateway::plugin::backend_select_with_headers::Guest;
 use gateway::plugin::host;
 use gateway::plugin::types::{Backend, Request};
 
@@ -69,7 +73,17 @@ static TABLE: OnceBox<Table> = OnceBox::new();
 struct Canary;
 
 impl Guest for Canary {
-    fn select_backend(req: &Request, backends: Vec<Backend>) -> Option<u32> {
+    /// The key header, then `x-canary`.
+    fn headers() -> Vec<String> {
+        let config = CONFIG.get_or_init(read_config);
+        vec![config.key_header.clone(), FORCE_HEADER.to_string()]
+    }
+
+    fn select_backend(
+        req: &Request,
+        values: Vec<Option<String>>,
+        backends: Vec<Backend>,
+    ) -> Option<u32> {
         let config = CONFIG.get_or_init(read_config);
         let cached = TABLE.get_or_init(|| table(config, host::backend_count()));
         let fresh;
@@ -81,12 +95,13 @@ impl Guest for Canary {
             fresh = table(config, u32::try_from(backends.len()).ok()?);
             &fresh
         };
-        let header = req.header(&config.key_header);
-        let key = match header.as_deref().map(str::trim) {
+        let mut values = values.into_iter();
+        let (key_header, force) = (values.next().flatten(), values.next().flatten());
+        let key = match key_header.as_deref().map(str::trim) {
             Some(v) if !v.is_empty() => hash(v),
             _ => hash(&req.client_addr()),
         };
-        let forced = req.header(FORCE_HEADER).is_some_and(|v| v.trim() == "1");
+        let forced = force.is_some_and(|v| v.trim() == "1");
         choose(key, forced, config.percent, table, &backends)
     }
 }
