@@ -13,7 +13,7 @@
 //! plugins/javascript`).
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gateway::balancer::{Backend, Ctx, Tried, build};
+use gateway::balancer::{Backend, Ctx, Tried, backend_states, build};
 use gateway::config::{Algorithm, PluginsConfig};
 use gateway::limiter::ClientKey;
 use gateway::plugin::{
@@ -297,7 +297,7 @@ fn per_language(c: &mut Criterion) {
             b.iter(|| {
                 black_box(lent(&mut head, client, |view| {
                     plugin
-                        .select(view, &set)
+                        .select(view, &backend_states(&set))
                         .unwrap_or_else(|e| panic!("{name}: {e}"))
                 }))
             })

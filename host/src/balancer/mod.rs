@@ -8,7 +8,7 @@ mod round_robin;
 
 pub use backend::{Backend, InFlight};
 pub use least_requests::LeastRequests;
-pub use plugin::PluginSelection;
+pub use plugin::{PluginSelection, backend_states};
 pub use random::Random;
 pub use round_robin::RoundRobin;
 

@@ -2,7 +2,7 @@
 //! it declines, fails, or names a backend already tried.
 
 use super::{Backend, BackendSelection, Ctx, Tried};
-use crate::plugin::{Plugin, RequestView, SelectRole};
+use crate::plugin::{BackendState, Plugin, RequestView, SelectRole};
 use std::sync::Arc;
 
 pub struct PluginSelection {
@@ -20,7 +20,7 @@ impl BackendSelection for PluginSelection {
             client: ctx.client,
             tls: ctx.tls.cloned(),
         });
-        let chosen = self.plugin.select(&mut view, backends);
+        let chosen = self.plugin.select(&mut view, &backend_states(backends));
         if let Some(view) = view {
             ctx.head.headers = view.headers;
         }
@@ -31,4 +31,17 @@ impl BackendSelection for PluginSelection {
         }
         self.fallback.pick(backends, tried, ctx)
     }
+}
+
+/// What a plugin is told about `backends`, in their order: health, requests
+/// in flight, weight.
+pub fn backend_states(backends: &[Arc<Backend>]) -> Vec<BackendState> {
+    backends
+        .iter()
+        .map(|b| BackendState {
+            healthy: b.is_healthy(),
+            in_flight: u32::try_from(b.in_flight()).unwrap_or(u32::MAX),
+            weight: b.weight,
+        })
+        .collect()
 }

@@ -225,6 +225,17 @@ impl PluginsConfig {
     pub const DEFAULT_MAX_MEMORIES: usize = 16;
 }
 
+/// Default place for compiled plugin artifacts (`plugins.cache_dir`):
+/// `$XDG_CACHE_HOME/gateway/plugins`, else under `~/.cache`.
+fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("gateway")
+        .join("plugins")
+}
+
 impl Default for PluginsConfig {
     fn default() -> Self {
         PluginsConfig {
@@ -236,7 +247,7 @@ impl Default for PluginsConfig {
             max_memories: Self::DEFAULT_MAX_MEMORIES,
             fail_closed: false,
             config: Default::default(),
-            cache_dir: crate::plugin::default_cache_dir(),
+            cache_dir: default_cache_dir(),
             reload: true,
         }
     }

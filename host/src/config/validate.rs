@@ -930,7 +930,7 @@ fn plugins(c: &mut Checker, raw: Option<&super::raw::RawPlugins>) -> super::Plug
         cache_dir: raw
             .and_then(|p| p.cache_dir.as_ref())
             .map(|s| std::path::PathBuf::from(s.value.trim()))
-            .unwrap_or_else(crate::plugin::default_cache_dir),
+            .unwrap_or_else(super::default_cache_dir),
         reload: raw.and_then(|p| p.reload).unwrap_or(true),
     }
 }

@@ -3,10 +3,9 @@
 //! check`, `gateway validate`, startup and hot reload all go through here,
 //! so a component whose calls trap never reaches traffic.
 
-use super::roles::{KeyRole, SelectRole};
+use super::roles::{BackendState, KeyRole, SelectRole};
 use super::runner::{Plugin, PluginFailure};
 use super::state::RequestView;
-use crate::balancer::Backend;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -34,7 +33,7 @@ pub fn synthetic_request() -> RequestView {
         uri: Uri::from_static("/plugin-check/items?id=1"),
         headers,
         client: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
-        tls: Some(std::sync::Arc::new(crate::tls::Session {
+        tls: Some(Arc::new(crate::tls::Session {
             subject: Some("CN=plugin-check,O=Example".to_owned()),
             fingerprint: None,
             server_name: Some("plugin-check.example".to_owned()),
@@ -42,15 +41,15 @@ pub fn synthetic_request() -> RequestView {
     }
 }
 
-/// Healthy, idle backends standing in for the configured ones.
-pub fn synthetic_backends(urls: &[String]) -> Vec<Arc<Backend>> {
-    urls.iter()
-        .enumerate()
-        .filter_map(|(i, url)| {
-            let uri: Uri = url.parse().ok()?;
-            Some(Arc::new(Backend::new(i, uri, 1)))
-        })
-        .collect()
+/// Healthy, idle backends of weight 1 standing in for the `count`
+/// configured ones.
+fn synthetic_backends(count: usize) -> Vec<BackendState> {
+    let idle = BackendState {
+        healthy: true,
+        in_flight: 0,
+        weight: 1,
+    };
+    vec![idle; count]
 }
 
 /// What one probe call answered, for people.
@@ -73,7 +72,7 @@ pub fn probe_key(plugin: &Plugin<KeyRole>) -> Result<String, PluginFailure> {
 /// Calls `select-backend` once with the synthetic request and `urls` as
 /// healthy, idle backends.
 pub fn probe_select(plugin: &Plugin<SelectRole>, urls: &[String]) -> Result<String, PluginFailure> {
-    let backends = synthetic_backends(urls);
+    let backends = synthetic_backends(urls.len());
     let mut view = Some(synthetic_request());
     let (chosen, ms) = timed(|| plugin.select(&mut view, &backends))?;
     Ok(match chosen {

@@ -19,9 +19,9 @@ mod runner;
 mod runtime;
 pub mod state;
 
-pub use roles::{KeyRole, SelectRole};
+pub use roles::{BackendState, KeyRole, SelectRole};
 pub use runner::{Outcomes, Plugin, PluginFailure, Role, Sandbox, describe};
-pub use runtime::{Exports, default_cache_dir, engine, exports, load};
+pub use runtime::{Exports, engine, exports, load};
 pub use state::{RequestView, Shared};
 
 use crate::config::PluginsConfig;

@@ -1,6 +1,6 @@
 //! The two plugin roles and their calls: computing a client key, choosing a backend.
 
-use super::bindings::key::gateway::plugin::types::Backend as BackendState;
+pub use super::bindings::key::gateway::plugin::types::Backend as BackendState;
 use super::bindings::key::{KeyPlugin, KeyPluginPre};
 use super::bindings::key_with_headers::{KeyPluginWithHeaders, KeyPluginWithHeadersPre};
 use super::bindings::select::{SelectPlugin, SelectPluginPre};
@@ -9,8 +9,6 @@ use super::declared::Declared;
 use super::runner::{Plugin, PluginFailure, Role};
 use super::runtime::Flavor;
 use super::state::{PluginState, RequestView};
-use crate::balancer::Backend;
-use std::sync::Arc;
 use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre, Linker, Resource};
 
@@ -205,38 +203,32 @@ impl Plugin<KeyRole> {
 }
 
 impl Plugin<SelectRole> {
-    /// The backend the plugin chooses (`None`: use the built-in balancer). An
-    /// index out of range or of an unhealthy backend counts as a failure.
+    /// The backend the plugin chooses among `backends` (`None`: use the
+    /// built-in balancer). An index out of range or of a backend `backends`
+    /// marks unhealthy counts as a failure.
     pub fn select(
         &self,
         view: &mut Option<RequestView>,
-        backends: &[Arc<Backend>],
+        backends: &[BackendState],
     ) -> Result<Option<usize>, PluginFailure> {
-        let states: Vec<BackendState> = backends
-            .iter()
-            .map(|b| BackendState {
-                healthy: b.is_healthy(),
-                in_flight: u32::try_from(b.in_flight()).unwrap_or(u32::MAX),
-                weight: b.weight,
-            })
-            .collect();
-        let chosen = self.call(view, &states)?;
-        match chosen {
+        match self.call(view, backends)? {
             None => {
                 self.succeeded();
                 Ok(None)
             }
-            Some(i) if (i as usize) < backends.len() && backends[i as usize].is_healthy() => {
-                self.succeeded();
-                Ok(Some(i as usize))
-            }
-            Some(i) if (i as usize) < backends.len() => Err(self.failed(PluginFailure::Invalid(
-                format!("backend {i} is not healthy"),
-            ))),
-            Some(i) => Err(self.failed(PluginFailure::Invalid(format!(
-                "backend index {i} out of range (0 to {})",
-                backends.len().saturating_sub(1)
-            )))),
+            Some(i) => match backends.get(i as usize) {
+                Some(backend) if backend.healthy => {
+                    self.succeeded();
+                    Ok(Some(i as usize))
+                }
+                Some(_) => Err(self.failed(PluginFailure::Invalid(format!(
+                    "backend {i} is not healthy"
+                )))),
+                None => Err(self.failed(PluginFailure::Invalid(format!(
+                    "backend index {i} out of range (0 to {})",
+                    backends.len().saturating_sub(1)
+                )))),
+            },
         }
     }
 }

@@ -275,13 +275,3 @@ pub fn exports(engine: &Engine, component: &Component) -> Exports {
     }
     found
 }
-
-/// Default place for compiled artifacts.
-pub fn default_cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("gateway")
-        .join("plugins")
-}
