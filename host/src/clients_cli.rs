@@ -65,7 +65,7 @@ pub async fn run(args: ClientsArgs) -> Result<String, String> {
         Ok(store) => store,
         Err(error) => {
             let reason = unreachable(&url).unwrap_or_else(|| error.to_string());
-            return Err(format!("{}: {reason}", crate::store::redact(&url)));
+            return Err(format!("{}: {reason}", crate::redact::redact(&url)));
         }
     };
     match args.action {

@@ -17,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;
+pub mod redact;
 pub mod reload;
 pub mod routes;
 pub mod routing;

@@ -8,13 +8,11 @@ mod headers;
 mod key;
 mod link;
 pub mod shared;
-pub mod sync;
 
 pub use bucket::{Bucket, Limits, MAX_CAPACITY, MAX_REFILL, MIN_REFILL};
 pub use headers::{RateLimitFields, apply_headers, rejection};
 pub use key::{ClientKey, KeyKind, KeySource, MAX_KEY_BYTES, UnknownKeys, canonical_client_id};
 pub use link::Target as SharedTarget;
-pub use sync::spawn_sync;
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;

@@ -66,7 +66,7 @@ impl SharedLimiter {
             timeout,
             policy,
             up: AtomicBool::new(true),
-            display: crate::store::redact(url),
+            display: crate::redact::redact(url),
         })
     }
 

@@ -1,7 +1,10 @@
 //! Per-client limits in a database: SQLite (embedded, the default) or
 //! PostgreSQL, through one sqlx `Any` pool and one portable schema.
 
+pub mod sync;
+
 use crate::limiter::Limits;
+use crate::redact::redact;
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
@@ -88,18 +91,6 @@ fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// The URL without its password.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// `SELECT` of every column, followed by the rest of the statement.
@@ -309,15 +300,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u@h:5432/db"
-        );
-        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
-    }
 
     async fn exercise(store: &Store) {
         let limits = Limits::new(10, 0.5).unwrap();

@@ -2,8 +2,8 @@
 //! fingerprint query on an interval, a full reload only when it changes.
 //! While the database is unreachable the cached limits stay in force.
 
-use super::{KeySource, Limiter, Limits, canonical_client_id};
-use crate::store::{CHANGES_CHANNEL, Store};
+use super::{CHANGES_CHANNEL, Store, StoreError};
+use crate::limiter::{KeySource, Limiter, Limits, canonical_client_id};
 use sqlx::postgres::PgListener;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 pub async fn load_overrides(
     store: &Store,
     source: &KeySource,
-) -> Result<HashMap<String, Limits>, crate::store::StoreError> {
+) -> Result<HashMap<String, Limits>, StoreError> {
     let mut map = HashMap::new();
     for record in store.list().await? {
         let limits = record
@@ -100,7 +100,7 @@ pub fn spawn_sync(
                     }
                     seen = Some(fingerprint);
                 }
-                Ok::<_, crate::store::StoreError>(())
+                Ok::<_, StoreError>(())
             }
             .await;
             match (outcome, reachable) {
