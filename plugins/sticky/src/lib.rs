@@ -1,4 +1,4 @@
-//! Gateway plugin (world `select-plugin`): sticky backends.
+//! Gateway plugin (world `select-plugin-with-headers`): sticky backends.
 //!
 //! A request's user key is the value of a header (`sticky.header`, default
 //! `x-user`) or else of a cookie (`sticky.cookie`, default `session`). The
@@ -12,7 +12,9 @@
 //! * backends get users in proportion to their weight.
 //!
 //! Without a key the plugin answers `none` and the gateway's built-in
-//! balancer decides.
+//! balancer decides. The plugin names the user-key header once per
+//! instance, and the gateway passes its value with every call; the `Cookie`
+//! header is asked for only when that header is absent or blank.
 
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
@@ -26,11 +28,12 @@ use core::f64::consts::{LN_2, SQRT_2};
 use plugin_rt::{OnceBox, hash, mix};
 
 wit_bindgen::generate!({
-    world: "select-plugin",
+    world: "select-plugin-with-headers",
     path: "../../wit",
 });
 
-use exports::gateway::plugin::backend_select::Guest;
+use alloc::vec;
+use exports::gateway::plugin::backend_select_with_headers::Guest;
 use gateway::plugin::host;
 use gateway::plugin::types::{Backend, Request};
 
@@ -54,13 +57,27 @@ static URL_HASHES: OnceBox<Vec<u64>> = OnceBox::new();
 
 struct Sticky;
 
+fn config() -> &'static Config {
+    CONFIG.get_or_init(|| Config {
+        header: config_or(HEADER_KEY, DEFAULT_HEADER),
+        cookie: config_or(COOKIE_KEY, DEFAULT_COOKIE),
+    })
+}
+
 impl Guest for Sticky {
-    fn select_backend(req: &Request, backends: Vec<Backend>) -> Option<u32> {
-        let config = CONFIG.get_or_init(|| Config {
-            header: config_or(HEADER_KEY, DEFAULT_HEADER),
-            cookie: config_or(COOKIE_KEY, DEFAULT_COOKIE),
-        });
-        let key = user_key_hash(req, config)?;
+    /// The user-key header.
+    fn headers() -> Vec<String> {
+        vec![config().header.clone()]
+    }
+
+    fn select_backend(
+        req: &Request,
+        values: Vec<Option<String>>,
+        backends: Vec<Backend>,
+    ) -> Option<u32> {
+        let config = config();
+        let header = values.into_iter().next().flatten();
+        let key = user_key_hash(header.as_deref(), || req.header("cookie"), &config.cookie)?;
         let cached = URL_HASHES.get_or_init(|| url_hashes(host::backend_count()));
         if cached.len() == backends.len() {
             rendezvous(key, &backends, cached)
@@ -91,17 +108,18 @@ fn url_hashes(n: u32) -> Vec<u64> {
         .collect()
 }
 
-/// The `hash` of the request's user key: the header, else the cookie;
-/// blank is absent.
-fn user_key_hash(req: &Request, config: &Config) -> Option<u64> {
-    if let Some(v) = req.header(&config.header) {
-        let v = v.trim();
-        if !v.is_empty() {
-            return Some(hash(v));
-        }
+/// The `hash` of the request's user key: the user-key `header`'s value,
+/// else cookie `cookie` of the `Cookie` header (read by `cookies` only
+/// then); blank is absent.
+fn user_key_hash(
+    header: Option<&str>,
+    cookies: impl FnOnce() -> Option<String>,
+    cookie: &str,
+) -> Option<u64> {
+    if let Some(v) = header.map(str::trim).filter(|v| !v.is_empty()) {
+        return Some(hash(v));
     }
-    let cookies = req.header("cookie")?;
-    cookie_value(&cookies, &config.cookie).map(hash)
+    cookie_value(&cookies()?, cookie).map(hash)
 }
 
 /// The value of cookie `name` in a `Cookie` header (`a=1; b=2`), without
@@ -186,6 +204,23 @@ mod tests {
                 weight,
             })
             .collect()
+    }
+
+    #[test]
+    fn the_header_then_the_cookie_then_none() {
+        let cookies = || Some("a=1; session=u7".to_string());
+        let unread = || -> Option<String> { panic!("Cookie read with a user header") };
+        assert_eq!(
+            user_key_hash(Some(" u1 "), unread, "session"),
+            Some(hash("u1"))
+        );
+        assert_eq!(
+            user_key_hash(Some("  "), cookies, "session"),
+            Some(hash("u7"))
+        );
+        assert_eq!(user_key_hash(None, cookies, "session"), Some(hash("u7")));
+        assert_eq!(user_key_hash(None, cookies, "other"), None);
+        assert_eq!(user_key_hash(None, || None, "session"), None);
     }
 
     /// The URL hashes of `n` backends.
