@@ -128,8 +128,12 @@ pub async fn run(config: Config, source: Source) -> anyhow::Result<()> {
             edge.clone(),
         )
     };
+    let plan = workers::Plan {
+        count: workers,
+        io: config.proxy.io,
+    };
     let proxies = workers::spawn(
-        workers,
+        plan,
         listener.into_std()?,
         https.as_ref(),
         &reloader.rebind(),

@@ -120,6 +120,9 @@ pub struct RunArgs {
     /// Admin listen address (overrides `admin.listen`).
     #[arg(long, env = "GATEWAY_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
+    /// Proxy I/O: epoll or io_uring (overrides `proxy.io`).
+    #[arg(long, env = "GATEWAY_IO")]
+    pub io: Option<String>,
 }
 
 #[derive(Debug, Args)]

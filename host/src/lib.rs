@@ -26,4 +26,5 @@ pub mod store;
 #[cfg(test)]
 mod test_env;
 pub mod tls;
+pub mod uring;
 pub mod workers;

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
                 backends: args.backends.clone(),
                 log_format: args.log_format.clone(),
                 admin_listen: args.admin_listen.clone(),
+                io: args.io.clone(),
                 ..env_overrides()
             };
             match load(&args.config, &over) {

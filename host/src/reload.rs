@@ -341,7 +341,7 @@ fn fingerprint(path: &std::path::Path) -> Option<u64> {
 fn needs_restart(running: &Config, next: &Config) -> Vec<&'static str> {
     let rl = (&running.rate_limit, &next.rate_limit);
     let tls = (&running.tls, &next.tls);
-    let checks: [(&'static str, bool); 9] = [
+    let checks: [(&'static str, bool); 10] = [
         (
             "tls (listener added, removed or moved)",
             tls.0.as_ref().map(|t| t.listen) != tls.1.as_ref().map(|t| t.listen),
@@ -356,6 +356,7 @@ fn needs_restart(running: &Config, next: &Config) -> Vec<&'static str> {
             running.admin.listen != next.admin.listen || running.admin.token != next.admin.token,
         ),
         ("proxy.workers", running.proxy.workers != next.proxy.workers),
+        ("proxy.io", running.proxy.io != next.proxy.io),
         (
             "proxy.max_header_bytes",
             running.proxy.max_header_bytes != next.proxy.max_header_bytes,

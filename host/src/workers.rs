@@ -9,9 +9,11 @@
 //! over the workers. The control plane (admin API, health checks, limiter
 //! ticker and sync, plugin reloads, signals) stays on the main runtime.
 
+use crate::config::IoMode;
 use crate::proxy::Proxy;
 use crate::server::{self, ConnLimits, Rebind, Shutdown};
 use crate::tls::TlsServer;
+use crate::uring;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -31,12 +33,19 @@ pub struct Https {
     pub tls: Arc<TlsServer>,
 }
 
-/// Starts `count` workers serving `listener` (and `https`); each builds its
-/// proxy with `make_proxy`. Returns the proxies (a reload installs new
+/// How many workers, doing their I/O how.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub count: usize,
+    pub io: IoMode,
+}
+
+/// Starts `plan.count` workers serving `listener` (and `https`); each builds
+/// its proxy with `make_proxy`. Returns the proxies (a reload installs new
 /// routing in each) once every worker is accepting, or the first worker's
 /// startup error.
 pub fn spawn(
-    count: usize,
+    plan: Plan,
     listener: TcpListener,
     https: Option<&Https>,
     rebind: &Rebind,
@@ -45,8 +54,8 @@ pub fn spawn(
     shutdown: &Shutdown,
 ) -> std::io::Result<Vec<Arc<Proxy>>> {
     let (started, outcomes) = mpsc::channel::<std::io::Result<()>>();
-    let mut proxies = Vec::with_capacity(count);
-    for id in 0..count {
+    let mut proxies = Vec::with_capacity(plan.count);
+    for id in 0..plan.count {
         let listener = listener.try_clone()?;
         let https = match https {
             Some(https) => Some((https.listener.try_clone()?, Arc::clone(&https.tls))),
@@ -59,7 +68,17 @@ pub fn spawn(
         let rebind = rebind.clone();
         std::thread::Builder::new()
             .name(format!("gateway-worker-{id}"))
-            .spawn(move || run(listener, https, rebind, proxy, limits, shutdown, started))?;
+            .spawn(move || {
+                let serve = Serve {
+                    listener,
+                    https,
+                    rebind,
+                    proxy,
+                    limits,
+                    io: plan.io,
+                };
+                run(serve, shutdown, started);
+            })?;
     }
     drop(started);
     for outcome in outcomes {
@@ -68,21 +87,35 @@ pub fn spawn(
     Ok(proxies)
 }
 
-/// A worker's thread: serve until shutdown, then keep driving the runtime so
-/// the connections it owns can drain; the process exits around it.
-fn run(
+/// What a worker serves, and how.
+struct Serve {
     listener: TcpListener,
     https: Option<(TcpListener, Arc<TlsServer>)>,
     rebind: Rebind,
     proxy: Arc<Proxy>,
     limits: ConnLimits,
-    shutdown: Shutdown,
-    started: mpsc::Sender<std::io::Result<()>>,
-) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    io: IoMode,
+}
+
+/// A worker's thread: serve until shutdown, then keep driving the runtime so
+/// the connections it owns can drain; the process exits around it.
+fn run(serve: Serve, shutdown: Shutdown, started: mpsc::Sender<std::io::Result<()>>) {
+    let Serve {
+        listener,
+        https,
+        rebind,
+        proxy,
+        limits,
+        io,
+    } = serve;
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    if io == IoMode::IoUring {
+        // The ring's queued operations go to the kernel, in one system
+        // call, whenever the worker has run everything it can.
+        builder.on_thread_park(uring::before_park);
+    }
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(error) => {
             let _ = started.send(Err(error));
@@ -107,6 +140,15 @@ fn run(
                 return;
             }
         };
+        if io == IoMode::IoUring
+            && let Err(error) = uring::start()
+        {
+            let _ = started.send(Err(std::io::Error::new(
+                error.kind(),
+                format!("proxy.io is io_uring, but no io_uring ring could be set up: {error}"),
+            )));
+            return;
+        }
         let _ = started.send(Ok(()));
         drop(started);
         if let Some((listener, tls)) = https {
@@ -124,6 +166,7 @@ fn run(
             rebind,
             move |request, peer| Arc::clone(&proxy).handle(request, peer),
             limits,
+            io,
             shutdown,
         )
         .await;

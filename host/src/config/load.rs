@@ -13,6 +13,7 @@ pub struct Overrides {
     pub log_level: Option<String>,
     pub admin_listen: Option<String>,
     pub admin_token: Option<String>,
+    pub io: Option<String>,
 }
 
 impl Overrides {
@@ -198,6 +199,28 @@ mod tests {
         assert_eq!(p[0].line, Some(3), "{p:?}");
         assert_eq!(p[0].path, "proxy.workers", "{p:?}");
         assert!(p[0].message.contains("out of range"), "{p:?}");
+    }
+
+    #[test]
+    fn io_defaults_to_epoll_and_names_its_choices() {
+        use crate::config::IoMode;
+        assert_eq!(ok("backends: [http://a:1]\n").proxy.io, IoMode::Epoll);
+        let c = ok("backends: [http://a:1]\nproxy:\n  io: io_uring\n");
+        assert_eq!(c.proxy.io, IoMode::IoUring);
+        let p = problems("backends: [http://a:1]\nproxy:\n  io: uring\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            (p[0].path.as_str(), p[0].line),
+            ("proxy.io", Some(3)),
+            "{p:?}"
+        );
+        assert!(p[0].message.contains("allowed: epoll, io_uring"), "{p:?}");
+        let over = Overrides {
+            io: Some("io_uring".into()),
+            ..Overrides::default()
+        };
+        let c = parse("backends: [http://x:9]\nproxy:\n  io: epoll\n", &over).unwrap();
+        assert_eq!(c.proxy.io, IoMode::IoUring);
     }
 
     #[test]

@@ -351,10 +351,23 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// Threads serving the proxy listener; 0: one per CPU the process may use.
     pub workers: usize,
+    /// How the workers do plain-TCP I/O (`proxy.io`).
+    pub io: IoMode,
     /// Connections (open or opening) to one backend, over all workers.
     pub max_backend_connections: usize,
     /// CA bundle for `https://` backends (else the system's roots).
     pub backend_ca: Option<PathBuf>,
+}
+
+/// How the proxy workers do their plain-TCP I/O (`proxy.io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoMode {
+    /// tokio's readiness-based sockets: `recv`/`send` after `epoll_wait`.
+    #[default]
+    Epoll,
+    /// A ring per worker (see [`crate::uring`]): client and backend reads
+    /// and writes queued and submitted together.
+    IoUring,
 }
 
 #[derive(Debug, Clone)]

@@ -209,6 +209,7 @@ pub struct RawProxy {
     pub client_body_timeout: Option<S<String>>,
     pub drain_timeout: Option<S<String>>,
     pub workers: Option<S<i64>>,
+    pub io: Option<S<String>>,
     pub max_backend_connections: Option<S<i64>>,
     pub backend_ca: Option<S<String>>,
 }

@@ -4,7 +4,7 @@
 use super::load::Overrides;
 use super::raw::{RawBackend, RawBalancer, RawConfig, RawHealthCheck, RawRateLimit, S};
 use super::{
-    AdminConfig, Algorithm, BackendConfig, Config, HealthCheckConfig, LogConfig, LogFormat,
+    AdminConfig, Algorithm, BackendConfig, Config, HealthCheckConfig, IoMode, LogConfig, LogFormat,
     PoolConfig, Problem, ProxyConfig, RateLimitConfig, ReloadConfig,
 };
 use crate::limiter::shared::OnSharedFailure;
@@ -289,6 +289,24 @@ pub fn validate(raw: &RawConfig, over: &Overrides) -> Result<Config, Vec<Problem
             1024,
             0,
         ) as usize,
+        io: match pick(
+            "proxy.io",
+            px.and_then(|p| p.io.as_ref()),
+            "--io",
+            over.io.as_ref(),
+        ) {
+            None => IoMode::Epoll,
+            Some(input) => match input.value.trim() {
+                "epoll" => IoMode::Epoll,
+                "io_uring" => IoMode::IoUring,
+                other => {
+                    c.problems.push(input.problem(format!(
+                        "unknown I/O mode {other:?}; allowed: epoll, io_uring"
+                    )));
+                    IoMode::Epoll
+                }
+            },
+        },
         max_backend_connections: c.int(
             px.and_then(|p| p.max_backend_connections.as_ref())
                 .map(|s| spanned("proxy.max_backend_connections", s)),

@@ -12,6 +12,7 @@ use super::body::BoxError;
 use super::pool::Permit;
 use crate::http1::chunked::{chunk_header, encode_trailers};
 use crate::http1::client::{self as wire, RequestFraming, ResponseHead, WireError};
+use crate::uring;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -70,10 +71,12 @@ impl SendError {
     }
 }
 
-/// A connection to a backend: TCP, or TLS over it (`https://` backends).
+/// A connection to a backend: TCP, TLS over it (`https://` backends), or
+/// TCP through the worker's io_uring ring (`proxy.io: io_uring`).
 pub enum Stream {
     Tcp(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Uring(uring::Stream),
 }
 
 impl Stream {
@@ -83,7 +86,7 @@ impl Stream {
                 let (read, write) = stream.into_split();
                 (Either::Left(read), Either::Left(write))
             }
-            Stream::Tls(stream) => {
+            stream => {
                 let (read, write) = tokio::io::split(stream);
                 (Either::Right(read), Either::Right(write))
             }
@@ -93,9 +96,9 @@ impl Stream {
     fn reunite(read: ReadSide, write: WriteSide) -> Option<Stream> {
         match (read, write) {
             (Either::Left(read), Either::Left(write)) => read.reunite(write).ok().map(Stream::Tcp),
-            (Either::Right(read), Either::Right(write)) => read
-                .is_pair_of(&write)
-                .then(|| Stream::Tls(read.unsplit(write))),
+            (Either::Right(read), Either::Right(write)) => {
+                read.is_pair_of(&write).then(|| read.unsplit(write))
+            }
             _ => None,
         }
     }
@@ -110,6 +113,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
             Stream::Tls(stream) => Pin::new(stream).poll_read(cx, buf),
+            Stream::Uring(stream) => Pin::new(stream).poll_read(cx, buf),
         }
     }
 }
@@ -123,6 +127,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
             Stream::Tls(stream) => Pin::new(stream).poll_write(cx, buf),
+            Stream::Uring(stream) => Pin::new(stream).poll_write(cx, buf),
         }
     }
 
@@ -130,6 +135,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(stream) => Pin::new(stream).poll_flush(cx),
             Stream::Tls(stream) => Pin::new(stream).poll_flush(cx),
+            Stream::Uring(stream) => Pin::new(stream).poll_flush(cx),
         }
     }
 
@@ -137,16 +143,17 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
             Stream::Tls(stream) => Pin::new(stream).poll_shutdown(cx),
+            Stream::Uring(stream) => Pin::new(stream).poll_shutdown(cx),
         }
     }
 }
 
 /// The read side of a connection whose upload another task is writing
-/// (TCP's owned half, or TLS's shared one).
-pub type ReadSide = Either<OwnedReadHalf, ReadHalf<Box<TlsStream<TcpStream>>>>;
+/// (TCP's owned half, or a shared one for TLS and io_uring).
+pub type ReadSide = Either<OwnedReadHalf, ReadHalf<Stream>>;
 
 /// The write side, while an upload is being written.
-pub type WriteSide = Either<OwnedWriteHalf, WriteHalf<Box<TlsStream<TcpStream>>>>;
+pub type WriteSide = Either<OwnedWriteHalf, WriteHalf<Stream>>;
 
 /// The connection, whole; or only its read side while the rest of an
 /// upload is still being written by another task.
@@ -194,6 +201,16 @@ impl Conn {
         }
     }
 
+    /// Readies a connection going back to the pool: on io_uring, its next
+    /// read starts now, so [`is_idle_usable`](Conn::is_idle_usable) learns
+    /// of a close without a system call. False if it cannot be kept.
+    pub fn watch(&self) -> bool {
+        match &self.io {
+            Io::Whole(Stream::Uring(stream)) => stream.watch().is_ok(),
+            _ => true,
+        }
+    }
+
     /// True if an idle connection can carry a request: the backend has
     /// neither closed it nor sent anything unasked. Costs no system call
     /// unless the socket was reported readable.
@@ -211,6 +228,9 @@ impl Conn {
                 let mut buf = ReadBuf::new(&mut probe);
                 return Pin::new(stream).poll_read(&mut cx, &mut buf).is_pending();
             }
+            // io_uring: a read has been waiting since the connection came
+            // back to the pool (`watch`); it is still waiting, empty-handed.
+            Io::Whole(Stream::Uring(stream)) => return stream.is_quiet(),
             Io::Read(_) => return false,
         };
         match stream.poll_read_ready(&mut cx) {
@@ -244,6 +264,7 @@ impl Conn {
         let Some(body) = body else {
             let written = match &mut self.io {
                 Io::Whole(Stream::Tcp(stream)) => stream.write_all(head).await,
+                Io::Whole(Stream::Uring(stream)) => stream.write_all(head).await,
                 Io::Whole(Stream::Tls(stream)) => match stream.write_all(head).await {
                     Ok(()) => stream.flush().await,
                     Err(error) => Err(error),

@@ -10,6 +10,7 @@ use super::body::{BodySlot, BoxError};
 use super::conn::{Conn, Failure, Outgoing, SendError, Stream};
 use crate::http1::client::RequestFraming;
 use crate::tls::backend::Connector;
+use crate::uring;
 use bytes::Bytes;
 use http::{Response, Uri};
 use http_body::Body;
@@ -153,7 +154,7 @@ impl Pool {
 
     /// Returns a connection whose response was read to the end to its backend's stack.
     pub fn release(&self, index: usize, conn: Conn) {
-        if !conn.buf.is_empty() {
+        if !conn.buf.is_empty() || !conn.watch() {
             return;
         }
         let slot = &self.shared.slots[index];
@@ -317,6 +318,11 @@ impl Pool {
             .set_nodelay(true)
             .map_err(|e| SendError::Connect(e.to_string()))?;
         if !target.tls {
+            if uring::active() {
+                return uring::Stream::from_tokio(stream)
+                    .map(Stream::Uring)
+                    .map_err(|e| SendError::Connect(e.to_string()));
+            }
             return Ok(Stream::Tcp(stream));
         }
         let Some(tls) = &self.shared.tls else {

@@ -118,7 +118,7 @@ where
         // idle keep-alive time included.
         tokio::select! {
             biased;
-            ready = stream.socket().readable() => if ready.is_err() {
+            ready = stream.readable() => if ready.is_err() {
                 return End::Closed;
             },
             () = tokio::time::sleep_until(waiting_since + limits.header_read_timeout) => {
@@ -480,6 +480,7 @@ mod tests {
             rebind,
             handler,
             limits,
+            crate::config::IoMode::Epoll,
             Shutdown { signal, done },
         ));
         (addr, stop)

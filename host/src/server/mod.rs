@@ -31,7 +31,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::config::IoMode;
 use crate::tls::{Session, TlsServer};
+use crate::uring;
 
 /// Who is at the other end of a client connection.
 #[derive(Debug, Clone)]
@@ -48,21 +50,29 @@ impl Peer {
     }
 }
 
-/// A client connection the HTTP/1.1 codec serves: TCP, or TLS over it.
+/// A client connection the HTTP/1.1 codec serves: TCP, TLS over it, or TCP
+/// through the worker's io_uring ring.
 pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// The socket underneath, to wait on while the connection is idle.
-    fn socket(&self) -> &TcpStream;
+    /// Resolves when the connection has something to read, or has closed:
+    /// what an idle connection waits on.
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_;
 }
 
 impl ClientStream for TcpStream {
-    fn socket(&self) -> &TcpStream {
-        self
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_ {
+        TcpStream::readable(self)
     }
 }
 
 impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
-    fn socket(&self) -> &TcpStream {
-        self.get_ref().0
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_ {
+        self.get_ref().0.readable()
+    }
+}
+
+impl ClientStream for uring::Stream {
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_ {
+        uring::Stream::readable(self)
     }
 }
 
@@ -148,6 +158,7 @@ pub async fn serve_proxy<H, F, B>(
     rebind: Rebind,
     handler: H,
     limits: ConnLimits,
+    io: IoMode,
     shutdown: Shutdown,
 ) where
     H: Fn(Request<ClientBody>, Peer) -> F + Clone + Send + Sync + 'static,
@@ -161,14 +172,23 @@ pub async fn serve_proxy<H, F, B>(
         shutdown,
         Some(rebind),
         move |stream, peer, signal| {
-            h1::serve_connection(
-                stream,
-                Peer::plain(peer),
-                handler.clone(),
-                limits,
-                Arc::clone(&builder),
-                signal,
-            )
+            let handler = handler.clone();
+            let builder = Arc::clone(&builder);
+            async move {
+                let peer = Peer::plain(peer);
+                if io == IoMode::Epoll {
+                    h1::serve_connection(stream, peer, handler, limits, builder, signal).await;
+                    return;
+                }
+                match uring::Stream::from_tokio(stream) {
+                    Ok(stream) => {
+                        h1::serve_connection(stream, peer, handler, limits, builder, signal).await;
+                    }
+                    Err(error) => {
+                        tracing::debug!(peer = %peer.addr, %error, "cannot hand the connection to io_uring");
+                    }
+                }
+            }
         },
     )
     .await;
