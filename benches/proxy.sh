@@ -8,6 +8,9 @@
 #             access log off, active health checks off
 #   limit     the same + rate limiting (key: ip; a bucket so large that no
 #             request is refused; buckets persisted to SQLite in the temp dir)
+#   uring     the limit target with proxy.io: io_uring (leave it out of
+#             TARGETS where io_uring is not allowed, e.g. under Docker's
+#             default seccomp profile: the gateway refuses to start there)
 #   plugins   the same limiter keyed by the api-key plugin + the sticky plugin
 #             choosing the backend (PLUGINS=1)
 #   routed    pools and routes: nine routes (hosts, wildcard hosts, prefixes
@@ -93,7 +96,7 @@
 #                      echo backends (and Redis) with 1 worker
 #   WRK_CPUS_MW, PROXY_CPUS_MW, BACKEND_CPUS_MW [0-(nproc-1), i.e. 0-1]
 #                      the same with 2 (or more) workers
-#   TARGETS [direct gateway limit plugins routed redis nginx haproxy caddy traefik]
+#   TARGETS [direct gateway limit uring plugins routed redis nginx haproxy caddy traefik]
 #                      which targets to measure (order is rotated per run);
 #                      the switches below drop some of them too
 #   PLUGINS [1]        0: no plugins target (1 builds the example plugins with
@@ -143,7 +146,7 @@ ALL_CPUS="0-$(($(nproc) - 1))"
 WRK_CPUS_MW=${WRK_CPUS_MW:-$ALL_CPUS}
 PROXY_CPUS_MW=${PROXY_CPUS_MW:-$ALL_CPUS}
 BACKEND_CPUS_MW=${BACKEND_CPUS_MW:-$ALL_CPUS}
-TARGETS=${TARGETS:-direct gateway limit plugins routed redis nginx haproxy caddy traefik}
+TARGETS=${TARGETS:-direct gateway limit uring plugins routed redis nginx haproxy caddy traefik}
 PLUGINS=${PLUGINS:-1}
 ROUTED=${ROUTED:-1}
 REDIS=${REDIS:-auto}
@@ -226,7 +229,7 @@ fi
 KEYS=()
 for key in $TARGETS; do
     case $key in
-    direct | gateway | limit) ;;
+    direct | gateway | limit | uring) ;;
     plugins) [[ $PLUGINS == 1 ]] || continue ;;
     routed) [[ $ROUTED == 1 ]] || continue ;;
     redis) [[ $HAVE_REDIS == 1 ]] || continue ;;
@@ -234,7 +237,7 @@ for key in $TARGETS; do
     haproxy) [[ -n $HAPROXY_BIN ]] || continue ;;
     caddy) [[ -n $CADDY_BIN ]] || continue ;;
     traefik) [[ -n $TRAEFIK_BIN ]] || continue ;;
-    *) die "unknown target '$key' in TARGETS (direct gateway limit plugins routed redis nginx haproxy caddy traefik)" ;;
+    *) die "unknown target '$key' in TARGETS (direct gateway limit uring plugins routed redis nginx haproxy caddy traefik)" ;;
     esac
     KEYS+=("$key")
 done
@@ -283,6 +286,7 @@ declare -A LABEL
 LABEL[direct]="direct (one echo backend)"
 LABEL[gateway]="gateway"
 LABEL[limit]="gateway + limiter (IP key)"
+LABEL[uring]="gateway + limiter, io_uring"
 LABEL[plugins]="gateway + limiter, api-key + sticky plugins"
 LABEL[routed]="gateway routed (10 routes, the last matches)"
 LABEL[redis]="gateway + limiter in Redis"
@@ -335,6 +339,7 @@ EOF
     cat <<EOF
 proxy:
   workers: $workers
+  io: $([[ $key == uring ]] && echo io_uring || echo epoll)
 admin:
   listen: 127.0.0.1:$ADMIN_PORT
 log:
@@ -345,7 +350,7 @@ EOF
     case $key in
     gateway) printf 'balancer:\n  algorithm: round_robin\n' ;;
     routed) ;; # the pool's default balancer: round robin
-    limit) printf 'balancer:\n  algorithm: round_robin\nrate_limit:\n  key: ip\n%s' "$LIMITS" ;;
+    limit | uring) printf 'balancer:\n  algorithm: round_robin\nrate_limit:\n  key: ip\n%s' "$LIMITS" ;;
     redis) printf 'balancer:\n  algorithm: round_robin\nrate_limit:\n  key: ip\n  shared: redis://127.0.0.1:%s\n%s' \
         "$REDIS_PORT" "$LIMITS" ;;
     plugins)
@@ -650,7 +655,7 @@ errors() { # errors KEY WORKERS METHOD: summed over the runs
 }
 
 GATEWAYS=()
-for key in gateway limit plugins routed redis; do has "$key" && GATEWAYS+=("$key"); done
+for key in gateway limit uring plugins routed redis; do has "$key" && GATEWAYS+=("$key"); done
 # Rows of the ÷ reference table: the gateway variants, then Caddy and
 # Traefik, other proxies measured against the same references (HAProxy and nginx stay the
 # columns, so every row is comparable with every other).
@@ -774,13 +779,14 @@ if has redis; then
     done
 fi
 
-if has limit && has haproxy; then
+for io_key in limit uring; do
+    if ! has "$io_key" || ! has haproxy; then continue; fi
     echo
-    echo "Target (the issue): gateway + limiter CPU µs/request ≤ 0.9× HAProxy's and p99 ≤ HAProxy's (medians of the per-run ratios)"
+    echo "Target (the issue): ${LABEL[$io_key]} CPU µs/request ≤ 0.9× HAProxy's and p99 ≤ HAProxy's (medians of the per-run ratios)"
     for workers in "${WORKER_LIST[@]}"; do
         for method in "${METHOD_LIST[@]}"; do
-            c=$(rmed limit "$workers" haproxy "$workers" "$method" cpu)
-            p=$(rmed limit "$workers" haproxy "$workers" "$method" p99)
+            c=$(rmed "$io_key" "$workers" haproxy "$workers" "$method" cpu)
+            p=$(rmed "$io_key" "$workers" haproxy "$workers" "$method" p99)
             verdict_cpu=MISSES
             verdict_p99=MISSES
             awk -v r="$c" 'BEGIN { exit !(r != "" && r <= 0.90) }' && verdict_cpu=meets
@@ -789,7 +795,7 @@ if has limit && has haproxy; then
                 "${c:-n/a}" "$verdict_cpu" "${p:-n/a}" "$verdict_p99"
         done
     done
-fi
+done
 
 echo
 notes=""

@@ -7,6 +7,7 @@ mod cli;
 mod failures;
 mod grpc;
 mod http_behaviour;
+mod io_uring;
 mod lifecycle;
 mod limiter_integrity;
 mod metrics;
