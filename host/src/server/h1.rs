@@ -180,7 +180,9 @@ where
                     .reset(since + LINGER.min(limits.header_read_timeout));
                 since
             });
-            if read.capacity() - read.len() < 1024 {
+            // Room for a whole small request: one read short of its body
+            // would hand the connection to hyper.
+            if read.capacity() - read.len() < BUFFER / 2 {
                 read.reserve(BUFFER);
             }
             tokio::select! {

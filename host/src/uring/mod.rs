@@ -67,6 +67,8 @@ struct Driver {
     unsubmitted: usize,
     /// Completions copied out of the queue before they are handled.
     reaped: Vec<(u64, i32)>,
+    /// Connections written to since the last submission.
+    pending_sends: Vec<Arc<Mutex<Sock>>>,
 }
 
 /// Sets up this thread's ring and the task that reaps its completions
@@ -97,6 +99,7 @@ pub fn start() -> io::Result<()> {
             ops: Slab::with_capacity(256),
             unsubmitted: 0,
             reaped: Vec::with_capacity(256),
+            pending_sends: Vec::with_capacity(256),
         });
     });
     tokio::spawn(async move {
@@ -116,10 +119,12 @@ pub fn active() -> bool {
     DRIVER.with(|driver| driver.try_borrow().is_ok_and(|d| d.is_some()))
 }
 
-/// The runtime is about to sleep: hand the queued operations to the kernel
-/// and wake the tasks whose operations have completed.
+/// The runtime is about to sleep: turn what its tasks wrote into `send`s,
+/// hand the queued operations to the kernel and wake the tasks whose
+/// operations have completed.
 pub fn before_park() {
     with_driver(|driver| {
+        driver.flush_sends();
         driver.submit();
         driver.reap();
     });

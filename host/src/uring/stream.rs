@@ -3,10 +3,12 @@
 //! At most one `recv`, one `send` and one readiness poll are in flight per
 //! connection. A read copies out of the buffer the last `recv` filled and
 //! queues the next `recv` when that buffer is empty. A write copies into
-//! the send buffer and returns at once (bytes written while a `send` is in
-//! flight wait in a second buffer, up to [`MAX_QUEUED`]); the driver sends
-//! the rest of a short `send` itself. A `send` error is reported by the
-//! next write, flush or shutdown.
+//! the send buffer and returns at once; everything written to a connection
+//! before the worker next submits leaves in one `send` (a request head and
+//! its body, a response head and its first bytes: one segment, not two).
+//! Bytes written while a `send` is in flight wait in a second buffer, up to
+//! [`MAX_QUEUED`]; the driver sends the rest of a short `send` itself. A
+//! `send` error is reported by the next write, flush or shutdown.
 
 use super::{Driver, Kind, lock, no_ring, with_driver};
 use std::future::Future;
@@ -17,12 +19,15 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The largest `recv`: a read asks for what its reader has room for,
-/// within these bounds. (A fixed 16 KiB for every read left an idle client
+/// The bounds of a `recv`: a read asks for what its reader has room for,
+/// within them. (A fixed 16 KiB for every read left an idle client
 /// connection costing half as much again in resident memory, through what
-/// the allocator kept of the freed buffers.)
+/// the allocator kept of the freed buffers.) The floor matters because a
+/// `recv` stays posted after its reader gives up (the codec's read while a
+/// request is in flight): the next request lands in it, and one cut short
+/// would send that request to hyper.
 const MAX_READ: usize = 16 * 1024;
-const MIN_READ: usize = 1024;
+const MIN_READ: usize = 4 * 1024;
 /// What a pooled connection's waiting read asks for: a response head.
 const WATCH_READ: usize = 4 * 1024;
 /// Bytes a writer may queue behind a `send` in flight before it waits.
@@ -55,7 +60,11 @@ pub(super) struct Sock {
     written: usize,
     /// Written while a `send` was in flight; sent after it.
     next: Vec<u8>,
+    /// A `send` is in flight (`write` must not change).
     sending: bool,
+    /// `write` holds bytes for the worker's next submission, which sends
+    /// everything written until then in one `send`.
+    send_pending: bool,
     write_error: Option<i32>,
     write_waker: Option<Waker>,
 }
@@ -110,6 +119,7 @@ impl Stream {
                 written: 0,
                 next: Vec::new(),
                 sending: false,
+                send_pending: false,
                 write_error: None,
                 write_waker: None,
             })),
@@ -140,7 +150,7 @@ impl Stream {
                 Some(_) => {}
                 None => {
                     s.read = Vec::new();
-                    if !s.sending {
+                    if !s.sending && !s.send_pending {
                         s.write = Vec::new();
                         s.next = Vec::new();
                     }
@@ -198,6 +208,20 @@ impl Driver {
         if op.ring == self.id {
             self.cancel(op.key);
         }
+    }
+
+    /// Queues one `send` for each connection written to since the last
+    /// submission.
+    pub(super) fn flush_sends(&mut self) {
+        let mut socks = std::mem::take(&mut self.pending_sends);
+        for sock in socks.drain(..) {
+            let mut s = lock(&sock);
+            if std::mem::take(&mut s.send_pending) && s.write_error.is_none() && !s.write.is_empty()
+            {
+                queue_send(self, &sock, &mut s);
+            }
+        }
+        self.pending_sends = socks;
     }
 }
 
@@ -317,19 +341,29 @@ impl AsyncWrite for Stream {
         if let Some(error) = s.write_error {
             return Poll::Ready(Err(io::Error::from_raw_os_error(error)));
         }
-        if !s.sending {
-            let n = data.len().min(MAX_QUEUED);
-            s.write.extend_from_slice(&data[..n]);
-            with_driver(|d| queue_send(d, &self.sock, &mut s)).ok_or_else(no_ring)?;
+        if s.sending {
+            let room = MAX_QUEUED.saturating_sub(s.next.len());
+            if room == 0 {
+                register(&mut s.write_waker, cx);
+                return Poll::Pending;
+            }
+            let n = data.len().min(room);
+            s.next.extend_from_slice(&data[..n]);
             return Poll::Ready(Ok(n));
         }
-        let room = MAX_QUEUED.saturating_sub(s.next.len());
+        // No `send` uses the buffer yet: what is written until the worker
+        // next submits goes out together.
+        let room = MAX_QUEUED.saturating_sub(s.write.len());
         if room == 0 {
             register(&mut s.write_waker, cx);
             return Poll::Pending;
         }
         let n = data.len().min(room);
-        s.next.extend_from_slice(&data[..n]);
+        s.write.extend_from_slice(&data[..n]);
+        if !s.send_pending {
+            s.send_pending = true;
+            with_driver(|d| d.pending_sends.push(Arc::clone(&self.sock))).ok_or_else(no_ring)?;
+        }
         Poll::Ready(Ok(n))
     }
 
@@ -348,7 +382,7 @@ impl AsyncWrite for Stream {
         if let Some(error) = s.write_error {
             return Poll::Ready(Err(io::Error::from_raw_os_error(error)));
         }
-        if s.sending {
+        if s.sending || s.send_pending {
             register(&mut s.write_waker, cx);
             return Poll::Pending;
         }
