@@ -11,6 +11,9 @@
 #             request is refused, buckets persisted to SQLite in the temp dir
 #             (benches/proxy.sh's limit target); the issue's target is
 #             limit ÷ gateway ≤ 1.05
+#   uring     the limit row with proxy.io: io_uring (URING=0 leaves it out);
+#             uring ÷ limit is what the ring path costs or saves in user
+#             space (the system calls it saves are the kernel's side)
 #   plugins   the limit row keyed by the api-key example plugin, backends
 #             chosen by the sticky example plugin (benches/proxy.sh's plugins
 #             target; PLUGINS=0 leaves the row out); plugins ÷ limit is what
@@ -51,7 +54,7 @@
 #   METHODS="GET POST" benches/proxy_instructions.sh
 #   Environment (defaults in brackets): METHODS [GET] (GET, POST or
 #   "GET POST"), POST_BYTES [1024] (the POST body), DURATION [8s],
-#   WARMUP [3s] (both per method), CONNECTIONS [64], RUNS [1], ROUTED [1],
+#   WARMUP [3s] (both per method), CONNECTIONS [64], RUNS [1], ROUTED [1], URING [1],
 #   PLUGINS [1], PROFILE [release] (the cargo profile built and counted; dist is
 #   what `cargo install --profile dist` builds),
 #   NGINX [auto], HAPROXY [auto] (auto: the row when installed/installable
@@ -70,6 +73,7 @@ METHODS=${METHODS:-GET}
 POST_BYTES=${POST_BYTES:-1024}
 ROUTED=${ROUTED:-1}
 PLUGINS=${PLUGINS:-1}
+URING=${URING:-1}
 NGINX=${NGINX:-auto}
 HAPROXY=${HAPROXY:-auto}
 BASE_PORT=${BASE_PORT:-9001}
@@ -146,13 +150,14 @@ gateway_yaml() {
     cat <<EOF
 proxy:
   workers: 1
+  io: $([[ $1 == uring ]] && echo io_uring || echo epoll)
 admin:
   listen: 127.0.0.1:$ADMIN_PORT
 log:
   level: warn
   access: false
 EOF
-    if [[ $1 == limit || $1 == plugins ]]; then
+    if [[ $1 == limit || $1 == uring || $1 == plugins ]]; then
         # benches/proxy.sh's limit and plugins targets.
         local key="key: ip"
         [[ $1 == plugins ]] && key="key: plugin
@@ -178,6 +183,7 @@ EOF
 }
 
 ROWS=(gateway limit)
+[[ $URING == 1 ]] && ROWS+=(uring)
 [[ $PLUGINS == 1 ]] && ROWS+=(plugins)
 [[ $ROUTED == 1 ]] && ROWS+=(routed)
 for row in "${ROWS[@]}"; do
@@ -186,6 +192,7 @@ for row in "${ROWS[@]}"; do
         die "generated $row config is invalid: $(cat "$TMP/$row-validate.txt")"
 done
 declare -A LABEL=([gateway]="gateway" [limit]="gateway + limiter (IP key)"
+    [uring]="gateway + limiter, io_uring"
     [plugins]="gateway + limiter, api-key + sticky plugins"
     [routed]="gateway routed (10 routes, the last matches)")
 if [[ -n $NGINX_BIN ]]; then
@@ -308,6 +315,7 @@ for method in "${METHOD_LIST[@]}"; do
     else
         printf '  %-30s %s× (target ≤ 1.05×: MISSED)\n' "limiter on ÷ off:" "$limit_ratio"
     fi
+    has uring && printf '  %-30s %s×\n' "io_uring ÷ epoll (limiter on):" "$(ratio "$(per uring "$method")" "$(per limit "$method")")"
     has plugins && printf '  %-30s %s×\n' "plugins ÷ limiter on:" "$(ratio "$(per plugins "$method")" "$(per limit "$method")")"
     has routed && printf '  %-30s %s×\n' "routed ÷ plain:" "$(ratio "$(per routed "$method")" "$(per gateway "$method")")"
     for ref in nginx haproxy; do
