@@ -34,6 +34,8 @@ use tokio::io::unix::AsyncFd;
 
 /// Submission queue entries per ring (completions: twice as many).
 const ENTRIES: u32 = 1024;
+/// Rounds of handling and submitting in one reap.
+const MAX_PASSES: usize = 64;
 /// The user data of operations whose completion nobody waits for (cancels).
 const UNWATCHED: u64 = u64::MAX;
 
@@ -75,14 +77,19 @@ struct Driver {
 /// while the worker sleeps. Call on a worker thread, inside its runtime;
 /// the runtime must call [`before_park`] from its `on_thread_park` hook.
 pub fn start() -> io::Result<()> {
+    start_sized(ENTRIES)
+}
+
+/// [`start`] with a ring of `entries` submission entries.
+fn start_sized(entries: u32) -> io::Result<()> {
     // Completions are handled when the worker next enters the kernel, not
     // by interrupting it (an inter-processor interrupt per completion cost
     // a fifth of the CPU time); kernels before 5.19 lack the flags.
     let ring = IoUring::builder()
         .setup_coop_taskrun()
         .setup_taskrun_flag()
-        .build(ENTRIES)
-        .or_else(|_| IoUring::new(ENTRIES))?;
+        .build(entries)
+        .or_else(|_| IoUring::new(entries))?;
     // The runtime watches a descriptor of its own for the ring, so it stays
     // open for as long as the watch does, whatever happens to the ring.
     // SAFETY: `RingFd` owns the descriptor and always returns it.
@@ -189,18 +196,34 @@ impl Driver {
         // a connection that `ops` keeps alive until the completion is
         // reaped, and is neither moved nor resized while it is in flight
         // (see `stream`).
-        while unsafe { self.ring.submission().push(&entry) }.is_err() {
-            self.submit();
+        if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+            self.unsubmitted += 1;
+            return;
         }
-        self.unsubmitted += 1;
+        self.submit();
+        // SAFETY: as above.
+        if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+            self.unsubmitted += 1;
+            return;
+        }
+        // The kernel takes no more entries (it failed to, and said so in
+        // the log): the operation fails at the next reap, as if the kernel
+        // had refused it, instead of this worker spinning here.
+        let key = entry.get_user_data();
+        if key != UNWATCHED {
+            self.reaped.push((key, -libc::EAGAIN));
+        }
     }
 
     /// Hands the queued entries to the kernel, and lets it run the work
-    /// that posts completions if some is waiting.
+    /// that posts completions if some is waiting, or move completions that
+    /// overflowed a full queue back into it.
     fn submit(&mut self) {
-        if self.unsubmitted == 0 && !self.ring.submission().taskrun() {
+        let sq = self.ring.submission();
+        if self.unsubmitted == 0 && !sq.taskrun() && !sq.cq_overflow() {
             return;
         }
+        drop(sq);
         loop {
             match self.ring.submit() {
                 Ok(_) => break,
@@ -223,9 +246,14 @@ impl Driver {
     /// Completions of entries the submission ran at once (a `send`, a
     /// `recv` with data waiting) are handled in the same pass.
     fn reap(&mut self) {
-        loop {
+        // Bounded, so that a kernel that keeps failing cannot hold the
+        // worker here; what is left waits for the next pass.
+        for _ in 0..MAX_PASSES {
             self.reap_queue();
-            if self.reaped.is_empty() && self.unsubmitted == 0 {
+            if self.reaped.is_empty()
+                && self.unsubmitted == 0
+                && !self.ring.submission().cq_overflow()
+            {
                 return;
             }
             self.handle_reaped();
@@ -252,7 +280,11 @@ impl Driver {
             };
             stream::complete(self, &op.sock, op.kind, result);
         }
-        self.reaped = reaped;
+        // Completions copied out while these were handled (to make room in
+        // a full queue) wait for the next pass; none is lost.
+        if self.reaped.is_empty() {
+            self.reaped = reaped;
+        }
     }
 }
 

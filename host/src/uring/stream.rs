@@ -418,13 +418,18 @@ mod tests {
 
     /// Runs `test` on a runtime that drives a ring, as a worker does.
     fn on_a_ring<F: Future<Output = ()>>(test: F) {
+        on_a_ring_of(super::super::ENTRIES, test);
+    }
+
+    /// The same with a ring of `entries` submission entries.
+    fn on_a_ring_of<F: Future<Output = ()>>(entries: u32, test: F) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .on_thread_park(super::super::before_park)
             .build()
             .unwrap();
         runtime.block_on(async {
-            super::super::start().expect("io_uring is available");
+            super::super::start_sized(entries).expect("io_uring is available");
             test.await;
         });
     }
@@ -469,6 +474,56 @@ mod tests {
             assert!(got == data, "the peer got other bytes");
             assert!(back == data, "the ring read other bytes");
         });
+    }
+
+    #[test]
+    fn a_ring_far_smaller_than_the_traffic_loses_and_reorders_nothing() {
+        // Two submission entries (four completions) for twelve connections,
+        // each with a read and writes in flight: entries are submitted
+        // mid-queue and completions overflow the queue, again and again.
+        on_a_ring_of(2, async {
+            let mut exchanges = Vec::new();
+            for i in 0..12u8 {
+                let (mut ring, mut peer) = pair().await;
+                exchanges.push(async move {
+                    let data: Vec<u8> = pattern(40_000).iter().map(|b| b ^ i).collect();
+                    let sent = data.clone();
+                    let ours = async {
+                        for piece in sent.chunks(3_000) {
+                            ring.write_all(piece).await.unwrap();
+                        }
+                        let mut back = vec![0; sent.len()];
+                        ring.read_exact(&mut back).await.unwrap();
+                        back
+                    };
+                    let theirs = async {
+                        let mut got = vec![0; data.len()];
+                        peer.read_exact(&mut got).await.unwrap();
+                        peer.write_all(&got).await.unwrap();
+                    };
+                    let (back, ()) = tokio::join!(ours, theirs);
+                    assert!(back == data, "connection {i} got other bytes back");
+                });
+            }
+            let all = futures_join_all(exchanges);
+            tokio::time::timeout(Duration::from_secs(20), all)
+                .await
+                .expect("every exchange finishes");
+        });
+    }
+
+    /// Runs the futures concurrently on this task.
+    async fn futures_join_all<F: Future<Output = ()>>(futures: Vec<F>) {
+        let mut set: Vec<_> = futures.into_iter().map(Box::pin).collect();
+        std::future::poll_fn(|cx| {
+            set.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+            if set.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 
     #[test]
